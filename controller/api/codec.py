@@ -1,0 +1,250 @@
+"""Between the Kubernetes object form (camelCase mappings) and the typed API.
+
+`decode` expects an object that `validation.validate` accepted; it fills every default, as the
+API server does from the CRD's defaults. `encode` writes every field, so a stored object shows
+the full spec a database runs with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from controller.api import types, units
+from controller.api.validation import InvalidSpecError, validate
+
+
+def _time(value: Any) -> datetime | None:
+    return units.parse_time(value) if isinstance(value, str) and value else None
+
+
+def _time_text(value: datetime | None) -> str | None:
+    return units.format_time(value) if value is not None else None
+
+
+def decode_spec(raw: Mapping[str, Any] | None) -> types.DatabaseSpec:
+    raw = raw or {}
+    postgres = raw.get("postgres") or {}
+    storage = raw.get("storage") or {}
+    capacity = raw.get("capacity") or {}
+    scaling = raw.get("scaling") or {}
+    pause = raw.get("autoPause") or {}
+    park = raw.get("autoPark") or {}
+    d = types.DatabaseSpec()
+    return types.DatabaseSpec(
+        postgres=types.PostgresSpec(
+            version=str(postgres.get("version", d.postgres.version)),
+            image=str(postgres.get("image", d.postgres.image)),
+            parameters={str(k): str(v) for k, v in (postgres.get("parameters") or {}).items()},
+        ),
+        storage=types.StorageSpec(
+            size=str(storage.get("size", d.storage.size)),
+            storage_class_name=str(storage.get("storageClassName", d.storage.storage_class_name)),
+            retain_on_delete=bool(storage.get("retainOnDelete", d.storage.retain_on_delete)),
+        ),
+        capacity=types.CapacitySpec(
+            min=float(capacity.get("min", d.capacity.min)), max=float(capacity.get("max", d.capacity.max))
+        ),
+        scaling=types.ScalingSpec(
+            target_cpu=float(scaling.get("targetCPU", d.scaling.target_cpu)),
+            target_memory=float(scaling.get("targetMemory", d.scaling.target_memory)),
+            scale_down_delay=units.parse_duration(scaling["scaleDownDelay"])
+            if "scaleDownDelay" in scaling
+            else d.scaling.scale_down_delay,
+            allow_restart=bool(scaling.get("allowRestart", d.scaling.allow_restart)),
+            schedules=tuple(
+                types.ScheduleSpec(
+                    cron=s["cron"], duration=units.parse_duration(s["duration"]), min=float(s["min"])
+                )
+                for s in scaling.get("schedules") or []
+            ),
+        ),
+        auto_pause=types.AutoPauseSpec(
+            enabled=bool(pause.get("enabled", d.auto_pause.enabled)),
+            idle_after=units.parse_duration(pause["idleAfter"])
+            if "idleAfter" in pause
+            else d.auto_pause.idle_after,
+            ignored_applications=tuple(pause.get("ignoredApplications", d.auto_pause.ignored_applications)),
+        ),
+        auto_park=types.AutoParkSpec(
+            enabled=bool(park.get("enabled", d.auto_park.enabled)),
+            idle_after=units.parse_duration(park["idleAfter"])
+            if "idleAfter" in park
+            else d.auto_park.idle_after,
+        ),
+        state=types.State(raw.get("state", d.state.value)),
+    )
+
+
+def encode_spec(spec: types.DatabaseSpec) -> dict[str, Any]:
+    postgres: dict[str, Any] = {"parameters": dict(spec.postgres.parameters)}
+    if spec.postgres.version:
+        postgres["version"] = spec.postgres.version
+    if spec.postgres.image:
+        postgres["image"] = spec.postgres.image
+    storage: dict[str, Any] = {"size": spec.storage.size, "retainOnDelete": spec.storage.retain_on_delete}
+    if spec.storage.storage_class_name:
+        storage["storageClassName"] = spec.storage.storage_class_name
+    return {
+        "postgres": postgres,
+        "storage": storage,
+        "capacity": {"min": spec.capacity.min, "max": spec.capacity.max},
+        "scaling": {
+            "targetCPU": spec.scaling.target_cpu,
+            "targetMemory": spec.scaling.target_memory,
+            "scaleDownDelay": units.format_duration(spec.scaling.scale_down_delay),
+            "allowRestart": spec.scaling.allow_restart,
+            "schedules": [
+                {"cron": s.cron, "duration": units.format_duration(s.duration), "min": s.min}
+                for s in spec.scaling.schedules
+            ],
+        },
+        "autoPause": {
+            "enabled": spec.auto_pause.enabled,
+            "idleAfter": units.format_duration(spec.auto_pause.idle_after),
+            "ignoredApplications": list(spec.auto_pause.ignored_applications),
+        },
+        "autoPark": {
+            "enabled": spec.auto_park.enabled,
+            "idleAfter": units.format_duration(spec.auto_park.idle_after),
+        },
+        "state": spec.state.value,
+    }
+
+
+def decode_metadata(raw: Mapping[str, Any]) -> types.ObjectMeta:
+    return types.ObjectMeta(
+        name=str(raw["name"]),
+        namespace=str(raw.get("namespace") or "default"),
+        uid=str(raw.get("uid") or ""),
+        generation=int(raw.get("generation") or 1),
+        resource_version=str(raw.get("resourceVersion") or ""),
+        creation_timestamp=_time(raw.get("creationTimestamp")),
+        deletion_timestamp=_time(raw.get("deletionTimestamp")),
+        labels=dict(raw.get("labels") or {}),
+        annotations=dict(raw.get("annotations") or {}),
+        finalizers=tuple(raw.get("finalizers") or ()),
+    )
+
+
+def encode_metadata(meta: types.ObjectMeta) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": meta.name, "namespace": meta.namespace}
+    optional: dict[str, Any] = {
+        "uid": meta.uid,
+        "generation": meta.generation,
+        "resourceVersion": meta.resource_version,
+        "creationTimestamp": _time_text(meta.creation_timestamp),
+        "deletionTimestamp": _time_text(meta.deletion_timestamp),
+        "labels": dict(meta.labels),
+        "annotations": dict(meta.annotations),
+        "finalizers": list(meta.finalizers),
+    }
+    out.update({k: v for k, v in optional.items() if v})
+    return out
+
+
+def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
+    """Status is written by the operator; anything unreadable falls back to the default."""
+    raw = raw or {}
+    capacity = raw.get("capacity") or {}
+    conditions = []
+    for c in raw.get("conditions") or []:
+        try:
+            kind = types.ConditionType(c["type"])
+        except (KeyError, ValueError):
+            continue  # a condition from a newer or older operator; not ours to interpret
+        conditions.append(
+            types.Condition(
+                type=kind,
+                status=types.ConditionStatus(c.get("status", "Unknown")),
+                reason=str(c.get("reason", "")),
+                message=str(c.get("message", "")),
+                last_transition_time=_time(c.get("lastTransitionTime"))
+                or units.parse_time("1970-01-01T00:00:00Z"),
+                observed_generation=int(c.get("observedGeneration") or 0),
+            )
+        )
+    return types.DatabaseStatus(
+        phase=types.Phase(raw.get("phase", types.Phase.PENDING.value)),
+        phase_since=_time(raw.get("phaseTransitionTime")),
+        capacity=types.CapacityStatus(
+            current=capacity.get("current"),
+            desired=capacity.get("desired"),
+            peaks=tuple(
+                types.Peak(capacity=float(p["capacity"]), until=_time(p.get("until")))
+                for p in capacity.get("peaks") or []
+            ),
+            last_scale_time=_time(capacity.get("lastScaleTime")),
+        ),
+        connections=int(raw.get("connections") or 0),
+        last_activity_time=_time(raw.get("lastActivityTime")),
+        endpoint=str(raw.get("endpoint") or ""),
+        conditions=tuple(conditions),
+        observed_generation=int(raw.get("observedGeneration") or 0),
+        wake_request=str(raw.get("wakeRequest") or ""),
+        failures=int(raw.get("failures") or 0),
+    )
+
+
+def encode_status(status: types.DatabaseStatus) -> dict[str, Any]:
+    capacity: dict[str, Any] = {
+        "current": status.capacity.current,
+        "desired": status.capacity.desired,
+        "peaks": [
+            {"capacity": p.capacity, **({"until": _time_text(p.until)} if p.until else {})}
+            for p in status.capacity.peaks
+        ],
+    }
+    if status.capacity.last_scale_time:
+        capacity["lastScaleTime"] = _time_text(status.capacity.last_scale_time)
+    out: dict[str, Any] = {
+        "phase": status.phase.value,
+        "capacity": capacity,
+        "connections": status.connections,
+        "endpoint": status.endpoint,
+        "conditions": [
+            {
+                "type": c.type.value,
+                "status": c.status.value,
+                "reason": c.reason,
+                "message": c.message,
+                "lastTransitionTime": _time_text(c.last_transition_time),
+                "observedGeneration": c.observed_generation,
+            }
+            for c in status.conditions
+        ],
+        "observedGeneration": status.observed_generation,
+        "failures": status.failures,
+    }
+    if status.phase_since:
+        out["phaseTransitionTime"] = _time_text(status.phase_since)
+    if status.last_activity_time:
+        out["lastActivityTime"] = _time_text(status.last_activity_time)
+    if status.wake_request:
+        out["wakeRequest"] = status.wake_request
+    return out
+
+
+def decode(raw: Mapping[str, Any]) -> types.ServerlessDatabase:
+    """A validated object to its typed form; raises InvalidSpecError naming every problem."""
+    errors = validate({k: v for k, v in raw.items() if k != "status"})
+    if errors:
+        raise InvalidSpecError(errors)
+    return types.ServerlessDatabase(
+        metadata=decode_metadata(raw["metadata"]),
+        spec=decode_spec(raw.get("spec")),
+        status=decode_status(raw.get("status")),
+    )
+
+
+def encode(db: types.ServerlessDatabase, *, with_status: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "apiVersion": types.API_VERSION,
+        "kind": types.KIND,
+        "metadata": encode_metadata(db.metadata),
+        "spec": encode_spec(db.spec),
+    }
+    if with_status:
+        out["status"] = encode_status(db.status)
+    return out

@@ -1,0 +1,262 @@
+"""The ServerlessDatabase API as Python types: spec, status, conditions, and the constants they use.
+
+Values here are frozen; a change is a new value (`dataclasses.replace`). Parsing from and writing to
+the Kubernetes object form lives in `controller.api.codec`; checking a spec lives in
+`controller.api.validation`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+GROUP = "dbscale.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ServerlessDatabase"
+PLURAL = "serverlessdatabases"
+SHORT_NAME = "sdb"
+FINALIZER = f"{GROUP}/storage"
+"""Held while the operator has storage to keep or delete for a database being deleted."""
+WAKE_ANNOTATION = f"{GROUP}/wake-request"
+"""Set by the activator to ask for a wake; the reconciler answers each new value once."""
+MONITOR_APPLICATION = "sdb-monitor"
+"""The application_name of the operator's own sessions, which never count as activity."""
+
+
+class State(StrEnum):
+    """The lifecycle a user asks for in `spec.state`."""
+
+    AUTO = "Auto"
+    """The operator pauses and parks on idleness and wakes on connect."""
+    ACTIVE = "Active"
+    """Always running, never paused (wakes a paused or parked database)."""
+    PAUSED = "Paused"
+    """Stopped at zero compute, even with sessions open; connections get 57P03 until it changes."""
+    PARKED = "Parked"
+    """Compute objects released, storage kept; connections get 57P03 until it changes."""
+
+
+class Phase(StrEnum):
+    """Where a database is in its lifecycle, as the operator last observed it."""
+
+    PENDING = "Pending"
+    """Storage or the first start is being prepared."""
+    ACTIVE = "Active"
+    """Running and accepting queries on its endpoint."""
+    PAUSING = "Pausing"
+    """New connections are held by the activator while the compute stops."""
+    PAUSED = "Paused"
+    """Compute stopped; connections are held by the activator and wake it."""
+    RESUMING = "Resuming"
+    """Starting again after a pause or park."""
+    PARKING = "Parking"
+    """Compute objects are being released."""
+    PARKED = "Parked"
+    """Only storage and credentials remain; connections still wake it, more slowly."""
+    FAILED = "Failed"
+    """A step failed; the reason is in the Ready condition and the operator retries."""
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    """Accepting queries on the endpoint."""
+    SCALING = "Scaling"
+    """A resize is in progress, or could not be made."""
+    PAUSED = "Paused"
+    """Compute is at zero."""
+    PARKED = "Parked"
+    """Compute objects are released."""
+    DEGRADED = "Degraded"
+    """Something works less well than asked (stale metrics, advisory limits, a failed wake)."""
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Reason(StrEnum):
+    """CamelCase reasons for conditions and events."""
+
+    # lifecycle
+    CREATING = "Creating"
+    STARTING = "Starting"
+    STARTED = "Started"
+    RUNNING = "Running"
+    IDLE = "Idle"
+    PAUSING = "Pausing"
+    PAUSED = "Paused"
+    PAUSE_CANCELLED = "PauseCancelled"
+    PARKING = "Parking"
+    PARKED = "Parked"
+    RESUMING = "Resuming"
+    WAKE_REQUESTED = "WakeRequested"
+    WAKE_REFUSED = "WakeRefused"
+    WAKE_FAILED = "WakeFailed"
+    START_FAILED = "StartFailed"
+    STOP_FAILED = "StopFailed"
+    MANUAL_OVERRIDE = "ManualOverride"
+    NOT_PAUSED = "NotPaused"
+    NOT_PARKED = "NotParked"
+    OPERATOR_STOPPED = "OperatorStopped"
+    DELETING = "Deleting"
+    STORAGE_RETAINED = "StorageRetained"
+    STORAGE_DELETED = "StorageDeleted"
+    # scaling
+    SCALED_UP = "ScaledUp"
+    SCALED_DOWN = "ScaledDown"
+    RESIZING = "Resizing"
+    RESIZE_FAILED = "ResizeFailed"
+    RESIZE_INFEASIBLE = "ResizeInfeasible"
+    RESIZE_DEFERRED = "ResizeDeferred"
+    RESIZE_NEEDS_RESTART = "ResizeNeedsRestart"
+    STABLE = "Stable"
+    # health
+    HEALTHY = "Healthy"
+    METRICS_STALE = "MetricsStale"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    LIMITS_ADVISORY = "LimitsAdvisory"
+    INVALID_SPEC = "InvalidSpec"
+    SETTINGS_FAILED = "SettingsFailed"
+
+
+@dataclass(frozen=True)
+class PostgresSpec:
+    version: str = ""
+    """Major version; empty means the runtime's default (the newest installed locally)."""
+    image: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    size: str = "10Gi"
+    storage_class_name: str = ""
+    retain_on_delete: bool = True
+
+
+@dataclass(frozen=True)
+class CapacitySpec:
+    min: float = 0.25
+    max: float = 4.0
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    cron: str
+    duration: timedelta
+    min: float
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    target_cpu: float = 0.9
+    target_memory: float = 0.8
+    scale_down_delay: timedelta = timedelta(minutes=5)
+    allow_restart: bool = False
+    schedules: tuple[ScheduleSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class AutoPauseSpec:
+    enabled: bool = True
+    idle_after: timedelta = timedelta(minutes=5)
+    ignored_applications: tuple[str, ...] = ("postgres_exporter", "pgbouncer")
+
+
+@dataclass(frozen=True)
+class AutoParkSpec:
+    enabled: bool = True
+    idle_after: timedelta = timedelta(hours=168)
+
+
+@dataclass(frozen=True)
+class DatabaseSpec:
+    postgres: PostgresSpec = field(default_factory=PostgresSpec)
+    storage: StorageSpec = field(default_factory=StorageSpec)
+    capacity: CapacitySpec = field(default_factory=CapacitySpec)
+    scaling: ScalingSpec = field(default_factory=ScalingSpec)
+    auto_pause: AutoPauseSpec = field(default_factory=AutoPauseSpec)
+    auto_park: AutoParkSpec = field(default_factory=AutoParkSpec)
+    state: State = State.AUTO
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    name: str
+    namespace: str = "default"
+    uid: str = ""
+    generation: int = 1
+    resource_version: str = ""
+    creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    finalizers: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: ConditionType
+    status: ConditionStatus
+    reason: str
+    message: str
+    last_transition_time: datetime
+    observed_generation: int = 0
+
+
+@dataclass(frozen=True)
+class Peak:
+    """A capacity goal of at least `capacity` was recommended until `until` (None: it still is)."""
+
+    capacity: float
+    until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CapacityStatus:
+    current: float | None = None
+    """The capacity the compute runs at now (None while it has none)."""
+    desired: float | None = None
+    """The capacity the operator is moving to."""
+    peaks: tuple[Peak, ...] = ()
+    """Recent goals above the current one, newest last: the scale-down window, kept across restarts."""
+    last_scale_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DatabaseStatus:
+    phase: Phase = Phase.PENDING
+    phase_since: datetime | None = None
+    """When the phase last changed: how long a pause has lasted, since when new connections are held."""
+    capacity: CapacityStatus = field(default_factory=CapacityStatus)
+    connections: int = 0
+    last_activity_time: datetime | None = None
+    endpoint: str = ""
+    conditions: tuple[Condition, ...] = ()
+    observed_generation: int = 0
+    wake_request: str = ""
+    """The last wake request (annotation value) this status has answered."""
+    failures: int = 0
+    """Consecutive failed attempts at the current step, for back-off."""
+
+    def condition(self, kind: ConditionType) -> Condition | None:
+        return next((c for c in self.conditions if c.type == kind), None)
+
+
+@dataclass(frozen=True)
+class ServerlessDatabase:
+    metadata: ObjectMeta
+    spec: DatabaseSpec = field(default_factory=DatabaseSpec)
+    status: DatabaseStatus = field(default_factory=DatabaseStatus)
+
+    @property
+    def key(self) -> str:
+        return self.metadata.key

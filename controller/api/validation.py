@@ -1,0 +1,283 @@
+"""Check a ServerlessDatabase as a user wrote it, and name every problem by its field path.
+
+The CRD's schema and CEL rules refuse the same objects at `kubectl apply`; this is the second line,
+for the local runtime (which has no API server) and for anything that slipped past an old CRD.
+A test keeps the two in agreement.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from croniter import croniter
+
+from controller.api import types, units
+
+NAME_MAX_LENGTH = 50
+"""Room for the suffixes of the objects the operator names after a database (e.g. `-headless`)."""
+CAPACITY_MAX = 64.0
+_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_GUC_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
+_VERSION = re.compile(r"^[0-9]{2}$")
+
+MANAGED_PARAMETERS = frozenset(
+    {
+        "listen_addresses",
+        "port",
+        "unix_socket_directories",
+        "data_directory",
+        "hba_file",
+        "ident_file",
+        "config_file",
+        "shared_buffers",
+        "max_connections",
+        "max_worker_processes",
+        "work_mem",
+        "maintenance_work_mem",
+        "effective_cache_size",
+        "max_parallel_workers",
+        "max_parallel_workers_per_gather",
+        "max_parallel_maintenance_workers",
+        "ssl",
+        "password_encryption",
+    }
+)
+"""Settings the operator derives from capacity or needs for its own access; a user may not set them."""
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class InvalidSpecError(ValueError):
+    """A ServerlessDatabase that cannot be accepted; `errors` names every problem."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(str(e) for e in errors))
+        self.errors = errors
+
+
+_FIELDS: dict[str, frozenset[str]] = {
+    "": frozenset({"apiVersion", "kind", "metadata", "spec", "status"}),
+    "spec": frozenset({"postgres", "storage", "capacity", "scaling", "autoPause", "autoPark", "state"}),
+    "spec.postgres": frozenset({"version", "image", "parameters"}),
+    "spec.storage": frozenset({"size", "storageClassName", "retainOnDelete"}),
+    "spec.capacity": frozenset({"min", "max"}),
+    "spec.scaling": frozenset({"targetCPU", "targetMemory", "scaleDownDelay", "allowRestart", "schedules"}),
+    "spec.scaling.schedules[]": frozenset({"cron", "duration", "min"}),
+    "spec.autoPause": frozenset({"enabled", "idleAfter", "ignoredApplications"}),
+    "spec.autoPark": frozenset({"enabled", "idleAfter"}),
+}
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.errors: list[FieldError] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.errors.append(FieldError(path, message))
+
+    def mapping(self, value: Any, path: str, schema_key: str) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(path, f"must be an object (got {_show(value)})")
+            return {}
+        for key in value:
+            if key not in _FIELDS[schema_key]:
+                self.fail(f"{path}.{key}" if path else key, "unknown field")
+        return value
+
+    def number(self, value: Any, path: str) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            self.fail(path, f"must be a number (got {_show(value)})")
+            return None
+        return float(value)
+
+    def boolean(self, value: Any, path: str) -> None:
+        if not isinstance(value, bool):
+            self.fail(path, f"must be true or false (got {_show(value)})")
+
+    def string(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, str):
+            self.fail(path, f"must be a string (got {_show(value)})")
+            return None
+        return value
+
+    def parsed(self, value: Any, path: str, parse: Callable[[str], _T]) -> _T | None:
+        text = self.string(value, path)
+        if text is None:
+            return None
+        try:
+            return parse(text)
+        except ValueError as error:
+            self.fail(path, str(error))
+            return None
+
+
+def _show(value: Any) -> str:
+    return (
+        repr(value)
+        if isinstance(value, str)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
+
+
+def validate(obj: Any) -> list[FieldError]:
+    """Every problem with a ServerlessDatabase object (as a parsed YAML/JSON mapping); empty when valid."""
+    check = _Checker()
+    if not isinstance(obj, Mapping):
+        return [FieldError("(object)", f"must be a mapping (got {_show(obj)})")]
+    check.mapping(obj, "", "")
+    if obj.get("apiVersion") != types.API_VERSION:
+        check.fail("apiVersion", f"must be {types.API_VERSION} (got {_show(obj.get('apiVersion'))})")
+    if obj.get("kind") != types.KIND:
+        check.fail("kind", f"must be {types.KIND} (got {_show(obj.get('kind'))})")
+    _validate_metadata(check, obj.get("metadata"))
+    spec = check.mapping(obj.get("spec"), "spec", "spec")
+    _validate_postgres(check, check.mapping(spec.get("postgres"), "spec.postgres", "spec.postgres"))
+    _validate_storage(check, check.mapping(spec.get("storage"), "spec.storage", "spec.storage"))
+    capacity = _validate_capacity(
+        check, check.mapping(spec.get("capacity"), "spec.capacity", "spec.capacity")
+    )
+    _validate_scaling(check, check.mapping(spec.get("scaling"), "spec.scaling", "spec.scaling"), capacity)
+    for section in ("autoPause", "autoPark"):
+        block = check.mapping(spec.get(section), f"spec.{section}", f"spec.{section}")
+        _validate_idle(check, block, f"spec.{section}")
+    if "state" in spec and spec["state"] not in {s.value for s in types.State}:
+        allowed = ", ".join(s.value for s in types.State)
+        check.fail("spec.state", f"must be one of {allowed} (got {_show(spec['state'])})")
+    return check.errors
+
+
+def _validate_metadata(check: _Checker, metadata: Any) -> None:
+    if not isinstance(metadata, Mapping):
+        check.fail("metadata", "must be an object with a name")
+        return
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        check.fail("metadata.name", "is required")
+    elif len(name) > NAME_MAX_LENGTH or not _NAME.match(name):
+        check.fail(
+            "metadata.name",
+            f"must be at most {NAME_MAX_LENGTH} lower-case letters, digits and '-', "
+            f"starting with a letter and ending with a letter or digit (got {name!r})",
+        )
+    namespace = metadata.get("namespace", "default")
+    if not isinstance(namespace, str) or len(namespace) > 63 or not _NAMESPACE.match(namespace):
+        check.fail("metadata.namespace", f"must be a DNS label (got {_show(namespace)})")
+
+
+def _validate_postgres(check: _Checker, postgres: Mapping[str, Any]) -> None:
+    version = postgres.get("version", "")
+    if check.string(version, "spec.postgres.version") and not _VERSION.match(version):
+        check.fail("spec.postgres.version", f'must be a major version such as "16" (got {version!r})')
+    if "image" in postgres:
+        check.string(postgres["image"], "spec.postgres.image")
+    parameters = postgres.get("parameters") or {}
+    if not isinstance(parameters, Mapping):
+        check.fail("spec.postgres.parameters", f"must be a map of setting to value (got {_show(parameters)})")
+        return
+    for name, value in parameters.items():
+        path = f"spec.postgres.parameters.{name}"
+        if not isinstance(name, str) or not _GUC_NAME.match(name):
+            check.fail(path, "is not a valid Postgres setting name")
+        elif name in MANAGED_PARAMETERS:
+            check.fail(
+                path, "is managed by the operator (it follows capacity or the runtime) and cannot be set"
+            )
+        if not isinstance(value, str) or "\n" in value or "\0" in value:
+            check.fail(path, f"must be a single-line string (got {_show(value)})")
+
+
+def _validate_storage(check: _Checker, storage: Mapping[str, Any]) -> None:
+    if "size" in storage:
+        check.parsed(storage["size"], "spec.storage.size", units.parse_bytes)
+    if "storageClassName" in storage:
+        check.string(storage["storageClassName"], "spec.storage.storageClassName")
+    if "retainOnDelete" in storage:
+        check.boolean(storage["retainOnDelete"], "spec.storage.retainOnDelete")
+
+
+def _validate_cu(check: _Checker, value: Any, path: str) -> float | None:
+    number = check.number(value, path)
+    if number is None:
+        return None
+    if not units.CU_STEP <= number <= CAPACITY_MAX:
+        check.fail(
+            path, f"must be between {units.CU_STEP} and {CAPACITY_MAX:g} compute units (got {number:g})"
+        )
+        return None
+    if not units.is_cu_step(number):
+        check.fail(path, f"must be a multiple of {units.CU_STEP} compute units (got {number:g})")
+        return None
+    return number
+
+
+def _validate_capacity(check: _Checker, capacity: Mapping[str, Any]) -> tuple[float, float]:
+    defaults = types.CapacitySpec()
+    low = _validate_cu(check, capacity.get("min", defaults.min), "spec.capacity.min")
+    high = _validate_cu(check, capacity.get("max", defaults.max), "spec.capacity.max")
+    if low is not None and high is not None and low > high:
+        check.fail("spec.capacity.min", f"must be <= spec.capacity.max (got {low:g} > {high:g})")
+    return (low or defaults.min, high or defaults.max)
+
+
+def _validate_scaling(check: _Checker, scaling: Mapping[str, Any], capacity: tuple[float, float]) -> None:
+    for key in ("targetCPU", "targetMemory"):
+        if key in scaling:
+            target = check.number(scaling[key], f"spec.scaling.{key}")
+            if target is not None and not 0.1 <= target <= 1.0:
+                check.fail(f"spec.scaling.{key}", f"must be between 0.1 and 1.0 (got {target:g})")
+    if "scaleDownDelay" in scaling:
+        check.parsed(scaling["scaleDownDelay"], "spec.scaling.scaleDownDelay", units.parse_duration)
+    if "allowRestart" in scaling:
+        check.boolean(scaling["allowRestart"], "spec.scaling.allowRestart")
+    schedules = scaling.get("schedules") or []
+    if not isinstance(schedules, list):
+        check.fail("spec.scaling.schedules", f"must be a list (got {_show(schedules)})")
+        return
+    for index, raw in enumerate(schedules):
+        path = f"spec.scaling.schedules[{index}]"
+        schedule = check.mapping(raw, path, "spec.scaling.schedules[]")
+        cron = check.string(schedule.get("cron"), f"{path}.cron")
+        if cron is not None and (len(cron.split()) != 5 or not croniter.is_valid(cron)):
+            check.fail(
+                f"{path}.cron", f"must be a five-field cron expression such as '0 8 * * 1-5' (got {cron!r})"
+            )
+        duration = check.parsed(schedule.get("duration"), f"{path}.duration", units.parse_duration)
+        if duration is not None and duration.total_seconds() <= 0:
+            check.fail(f"{path}.duration", "must be longer than zero")
+        floor = _validate_cu(check, schedule.get("min"), f"{path}.min")
+        if floor is not None and not capacity[0] <= floor <= capacity[1]:
+            check.fail(
+                f"{path}.min",
+                f"must be within spec.capacity [{capacity[0]:g}, {capacity[1]:g}] (got {floor:g})",
+            )
+
+
+def _validate_idle(check: _Checker, block: Mapping[str, Any], path: str) -> None:
+    if "enabled" in block:
+        check.boolean(block["enabled"], f"{path}.enabled")
+    if "idleAfter" in block:
+        idle = check.parsed(block["idleAfter"], f"{path}.idleAfter", units.parse_duration)
+        if idle is not None and idle.total_seconds() < 1:
+            check.fail(f"{path}.idleAfter", f"must be at least 1s (got {block['idleAfter']!r})")
+    if "ignoredApplications" in block:
+        apps = block["ignoredApplications"]
+        if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
+            check.fail(f"{path}.ignoredApplications", f"must be a list of strings (got {_show(apps)})")
