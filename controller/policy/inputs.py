@@ -1,0 +1,104 @@
+"""What the policy reads besides spec and status: one observation of load, one of the compute, and tuning.
+
+Each is a frozen value, so a test builds one and a recorded trace replays it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The load on one database, read at `time` by a metrics source."""
+
+    time: datetime
+    """When the values were read (not when they were handed over)."""
+    observing_since: datetime
+    """Start of the unbroken run of observations this one belongs to: idleness is never assumed before it."""
+    client_sessions: int
+    """Sessions that count as activity (not the operator's own, not idle exporter or pooler sessions)."""
+    cpu_cores: float | None = None
+    """CPU used, in cores, averaged since the previous reading."""
+    memory_working_set_bytes: int | None = None
+    """Memory that cannot be reclaimed (resident, excluding page cache)."""
+    memory_cache_bytes: int | None = None
+    """Page cache charged to the database: counted only partly, since it is reclaimable."""
+    waiting_sessions: int = 0
+    """Sessions waiting on locks or I/O."""
+    transactions_per_second: float | None = None
+    last_activity: datetime | None = None
+    """The latest moment a client was seen, including sessions that came and went between readings."""
+
+
+class Compute(StrEnum):
+    """The state of a database's compute, as the runtime observes it."""
+
+    ABSENT = "Absent"
+    """No compute objects (never made, or released by a park)."""
+    STOPPED = "Stopped"
+    """Compute objects exist; nothing runs (paused)."""
+    STARTING = "Starting"
+    """Running but not accepting queries yet."""
+    RUNNING = "Running"
+    """Accepting queries."""
+
+
+class Route(StrEnum):
+    """Where the endpoint sends a new connection."""
+
+    DIRECT = "Direct"
+    """Straight to Postgres: nothing in the path."""
+    ACTIVATOR = "Activator"
+    """To the activator, which holds it and asks for a wake."""
+
+
+class ResizeState(StrEnum):
+    NONE = "None"
+    IN_PROGRESS = "InProgress"
+    DEFERRED = "Deferred"
+    """The node cannot fit the new size now, and may later."""
+    INFEASIBLE = "Infeasible"
+    """The node can never fit the new size."""
+    NEEDS_RESTART = "NeedsRestart"
+    """The runtime cannot resize in place and may not restart."""
+
+
+@dataclass(frozen=True)
+class ComputeState:
+    storage: bool
+    """Whether the database's storage exists and is initialized."""
+    compute: Compute
+    route: Route
+    capacity: float | None = None
+    """The capacity applied to the running compute."""
+    resize: ResizeState = ResizeState.NONE
+    resize_message: str = ""
+    limits_enforced: bool = True
+    """False where the runtime can only advise limits (no writable cgroup)."""
+    limits_message: str = ""
+    endpoint: str = ""
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Constants of the policy; the defaults are what the operator runs with."""
+
+    stale_after: timedelta = timedelta(seconds=30)
+    """An observation older than this is not acted on: hold the size, do not pause."""
+    tick: timedelta = timedelta(seconds=5)
+    """How often a running database is looked at."""
+    prewarm: timedelta = timedelta(minutes=2)
+    """How long before a schedule's window opens its floor applies."""
+    sessions_per_cu: float = 100.0
+    """Client sessions one compute unit serves (each may hold tens of MiB of work memory)."""
+    cache_weight: float = 0.25
+    """The share of page cache counted as memory demand: cache is reclaimable, but a hot cache is not free."""
+    saturation: float = 0.95
+    """CPU use at or above this share of capacity means demand is unknown and above capacity."""
+    max_backoff: timedelta = timedelta(minutes=5)
+
+
+DEFAULT_TUNING = Tuning()
