@@ -1,0 +1,142 @@
+"""The operator's own metrics, served on /metrics through prometheus-client.
+
+Names are under `sdb_`; per-database series carry `namespace` and `database` labels. The set is the
+contract the Grafana dashboards are built on (`docs/metrics.md` lists it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from controller.api import types
+
+DB_LABELS = ("namespace", "database")
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.capacity_current = Gauge(
+            "sdb_capacity_current_cu",
+            "Compute units the database runs at now (0 when paused or parked).",
+            DB_LABELS,
+            registry=r,
+        )
+        self.capacity_desired = Gauge(
+            "sdb_capacity_desired_cu",
+            "Compute units the operator is moving the database to.",
+            DB_LABELS,
+            registry=r,
+        )
+        self.capacity_min = Gauge(
+            "sdb_capacity_min_cu", "The database's floor (spec.capacity.min).", DB_LABELS, registry=r
+        )
+        self.capacity_max = Gauge(
+            "sdb_capacity_max_cu", "The database's ceiling (spec.capacity.max).", DB_LABELS, registry=r
+        )
+        self.phase = Gauge(
+            "sdb_phase",
+            "1 for the database's current phase, 0 for the others.",
+            (*DB_LABELS, "phase"),
+            registry=r,
+        )
+        self.client_sessions = Gauge(
+            "sdb_client_sessions",
+            "Client sessions (not the operator's, exporters' or idle poolers').",
+            DB_LABELS,
+            registry=r,
+        )
+        self.cpu_used = Gauge("sdb_cpu_used_cores", "CPU the database used, in cores.", DB_LABELS, registry=r)
+        self.memory_used = Gauge(
+            "sdb_memory_working_set_bytes",
+            "Memory the database uses, excluding reclaimable cache.",
+            DB_LABELS,
+            registry=r,
+        )
+        self.transactions = Gauge(
+            "sdb_transactions_per_second", "Client transactions per second.", DB_LABELS, registry=r
+        )
+        self.cu_seconds = Counter(
+            "sdb_compute_unit_seconds", "Compute-unit seconds consumed: the cost.", DB_LABELS, registry=r
+        )
+        self.max_cu_seconds = Counter(
+            "sdb_compute_unit_seconds_at_max",
+            "Compute-unit seconds an always-at-max database would have consumed over the same time.",
+            DB_LABELS,
+            registry=r,
+        )
+        self.resizes = Counter(
+            "sdb_resizes",
+            "Resizes applied, by direction (up or down).",
+            (*DB_LABELS, "direction"),
+            registry=r,
+        )
+        self.pauses = Counter("sdb_pauses", "Pauses completed.", DB_LABELS, registry=r)
+        self.parks = Counter("sdb_parks", "Parks completed.", DB_LABELS, registry=r)
+        self.wakes = Counter(
+            "sdb_wakes", "Wakes completed (a paused or parked database made active).", DB_LABELS, registry=r
+        )
+        self.wake_duration = Histogram(
+            "sdb_wake_duration_seconds",
+            "From a wake request to Postgres accepting connections.",
+            DB_LABELS,
+            registry=r,
+            buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.reconcile_duration = Histogram(
+            "sdb_reconcile_duration_seconds",
+            "Time one reconcile of one database took.",
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.reconciles = Counter("sdb_reconciles", "Reconciles run, per database.", DB_LABELS, registry=r)
+        self.held_connections = Gauge(
+            "sdb_activator_held_connections",
+            "Connections the activator holds while their database wakes.",
+            DB_LABELS,
+            registry=r,
+        )
+        self.errors = Counter("sdb_errors", "Failed steps, by reason.", (*DB_LABELS, "reason"), registry=r)
+        self.databases = Gauge("sdb_databases", "Databases the operator manages.", registry=r)
+
+    def observe_phase(self, namespace: str, name: str, phase: types.Phase) -> None:
+        for each in types.Phase:
+            self.phase.labels(namespace, name, each.value).set(1 if each is phase else 0)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop a deleted database's series."""
+        for metric in (
+            self.capacity_current,
+            self.capacity_desired,
+            self.capacity_min,
+            self.capacity_max,
+            self.client_sessions,
+            self.cpu_used,
+            self.memory_used,
+            self.transactions,
+            self.cu_seconds,
+            self.max_cu_seconds,
+            self.pauses,
+            self.parks,
+            self.wakes,
+            self.wake_duration,
+            self.reconciles,
+            self.held_connections,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(namespace, name)
+        for phase in types.Phase:
+            with contextlib.suppress(KeyError):
+                self.phase.remove(namespace, name, phase.value)
+
+    def held(self, key: str, delta: int) -> None:
+        namespace, _, name = key.partition("/")
+        self.held_connections.labels(namespace, name).inc(delta)
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> int:
+        """Serve /metrics on a background thread; returns the port (0 picks one)."""
+        server, _thread = start_http_server(port, addr=address, registry=self.registry)
+        return int(server.server_port)

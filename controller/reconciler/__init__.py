@@ -1,0 +1,5 @@
+"""The reconciler: reads objects, asks the policy, drives a runtime, and alone writes status and events.
+
+`loop` runs it; `status` turns a plan and its outcome into status, conditions and events (pure);
+`queue` is the work queue of database keys.
+"""

@@ -1,0 +1,391 @@
+"""The reconciler: level-triggered, shared by every runtime.
+
+For a database it reads the object, observes the compute, asks the policy, takes the step, and
+writes status once. Steps that need no waiting (route, recheck, stop) follow each other in the same
+pass. Triggers: a change of the object (watch), a sampling tick for running databases, and the
+plan's own "look again". Parked databases get none of these: they cost nothing until they change.
+Nothing lives only in memory that a restart would need: history is in status, the world is observed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import structlog
+
+from controller.api import types, units
+from controller.api.validation import InvalidSpecError
+from controller.metrics.exposition import OperatorMetrics
+from controller.metrics.source import MetricsSource
+from controller.policy import plan as policy
+from controller.policy.inputs import DEFAULT_TUNING, Compute, ComputeState, Observation, Tuning
+from controller.policy.lifecycle import Action
+from controller.policy.plan import Plan
+from controller.reconciler import status as status_of
+from controller.reconciler.queue import WorkQueue
+from controller.runtime.base import EventType, PermanentError, Runtime, StepError, Store, TransientError
+
+log = structlog.get_logger("reconciler")
+
+MAX_STEPS = 12
+"""Immediate steps taken in one pass before status is written (a pause is three)."""
+
+
+class WakeListener(Protocol):
+    """Told when a database becomes ready, or a wake fails (the in-process activator listens)."""
+
+    def ready(self, key: str) -> None: ...
+
+    def failed(self, key: str, message: str) -> None: ...
+
+
+@dataclass
+class _Cost:
+    """What a database costs now, for the per-tick cost counters."""
+
+    phase: types.Phase
+    capacity: float
+    ceiling: float
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        runtime: Runtime,
+        metrics: MetricsSource,
+        exposition: OperatorMetrics | None = None,
+        tuning: Tuning = DEFAULT_TUNING,
+        workers: int = 8,
+        clock: Callable[[], datetime] = units.now_utc,
+        listener: WakeListener | None = None,
+        resync: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self.store = store
+        self.runtime = runtime
+        self.metrics = metrics
+        self.exposition = exposition or OperatorMetrics()
+        self.tuning = tuning
+        self.workers = workers
+        self.clock = clock
+        self.listener = listener
+        self.resync = resync
+        self.queue = WorkQueue()
+        self.observations: dict[str, Observation] = {}
+        self._running: dict[str, types.ServerlessDatabase] = {}
+        """Databases whose compute ran at their last reconcile: the sampler's fleet."""
+        self._costs: dict[str, _Cost] = {}
+        self._wakes_started: dict[str, float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reconciles = 0
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for db in await self.store.list():
+            self.queue.add(db.key)
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"reconcile-{i}") for i in range(self.workers)
+        ]
+        self._tasks.append(asyncio.create_task(self._watch(), name="watch"))
+        self._tasks.append(asyncio.create_task(self._sample(), name="sample"))
+        self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
+
+    async def stop(self) -> None:
+        self.queue.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def trigger(self, key: str) -> None:
+        self.queue.add(key)
+
+    @property
+    def reconciles(self) -> int:
+        return self._reconciles
+
+    async def _worker(self) -> None:
+        while (key := await self.queue.get()) is not None:
+            try:
+                again = await self.reconcile(key)
+            except Exception:  # a bug must not kill the worker; the next trigger tries again
+                log.exception("reconcile crashed", database=key)
+                again = timedelta(seconds=5)
+            finally:
+                self.queue.done(key)
+            if again is not None:
+                self.queue.add(key, again.total_seconds())
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                async for key in self.store.changes():
+                    self.queue.add(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("watch failed; restarting it")
+                await asyncio.sleep(1)
+
+    async def _sample(self) -> None:
+        """Each tick, one reading for the whole running fleet, then a reconcile of each."""
+        tick = self.tuning.tick.total_seconds()
+        counted_at = time.monotonic()
+        while True:
+            started = time.monotonic()
+            self._count_costs(started - counted_at)
+            counted_at = started
+            fleet = list(self._running.values())
+            if fleet:
+                try:
+                    readings = await self.metrics.observe(fleet)
+                except Exception:
+                    log.exception("metrics source failed")
+                    readings = {}
+                self.observations.update(readings)
+                for db in fleet:
+                    self.queue.add(db.key)
+            await asyncio.sleep(max(tick - (time.monotonic() - started), 0.05))
+
+    def _count_costs(self, elapsed: float) -> None:
+        """CU-seconds used and what always-at-max would have used; parked databases cost nothing."""
+        for key, cost in self._costs.items():
+            if cost.phase is types.Phase.PARKED:
+                continue
+            namespace, _, name = key.partition("/")
+            self.exposition.cu_seconds.labels(namespace, name).inc(cost.capacity * elapsed)
+            self.exposition.max_cu_seconds.labels(namespace, name).inc(cost.ceiling * elapsed)
+
+    async def _resync(self) -> None:
+        """A periodic full look at every database that is not parked, in case a change was missed."""
+        while True:
+            await asyncio.sleep(self.resync.total_seconds())
+            for db in await self.store.list():
+                if db.status.phase is not types.Phase.PARKED:
+                    self.queue.add(db.key)
+
+    # -- one database ----------------------------------------------------------------------------
+
+    async def reconcile(self, key: str) -> timedelta | None:
+        """One pass for one database; returns when to look again (None: only on change)."""
+        started = time.monotonic()
+        self._reconciles += 1
+        try:
+            db = await self.store.get(key)
+        except InvalidSpecError as error:
+            log.warning("invalid object in store", database=key, error=str(error))
+            return None
+        if db is None:
+            await self._forget(key)
+            return None
+        namespace, name = db.metadata.namespace, db.metadata.name
+        self.exposition.reconciles.labels(namespace, name).inc()
+        try:
+            if db.metadata.deletion_timestamp is not None:
+                await self._finalize(db)
+                return None
+            return await self._converge(db)
+        finally:
+            self.exposition.reconcile_duration.observe(time.monotonic() - started)
+
+    async def _converge(self, stored: types.ServerlessDatabase) -> timedelta | None:
+        db = stored
+        notes: list[status_of.EventNote] = []
+        outcome: status_of.Outcome | None = None
+        for _ in range(MAX_STEPS):
+            compute = await self.runtime.observe(db)
+            now = self.clock()
+            plan = policy.decide(
+                db=db, compute=compute, observation=self.observations.get(db.key), now=now, tuning=self.tuning
+            )
+            outcome = await self._act(db, plan, compute)
+            new_status = status_of.next_status(db, outcome, now)
+            notes += status_of.events(db, new_status, outcome)
+            self._account(db, outcome, new_status)
+            db = replace(db, status=new_status)
+            if outcome.failure is not None or plan.requeue_after != policy.IMMEDIATELY:
+                break
+        assert outcome is not None
+        await self.store.write_status(stored, db.status)
+        for note in notes:
+            await self.store.record_event(stored, note.type, note.reason, note.message)
+            log.info(note.message, database=db.key, reason=note.reason, type=note.type.value)
+        self._publish(db, outcome)
+        if outcome.failure is not None:
+            return policy.backoff(db.status.failures, self.tuning)
+        return outcome.plan.requeue_after
+
+    async def _act(
+        self, db: types.ServerlessDatabase, plan: Plan, compute: ComputeState
+    ) -> status_of.Outcome:
+        try:
+            match plan.action:
+                case Action.CREATE_STORAGE:
+                    await self.runtime.create_storage(db)
+                case Action.START:
+                    assert plan.capacity is not None
+                    await self.runtime.start(db, plan.capacity)
+                case Action.PROVISION:
+                    await self.runtime.provision(db)
+                case Action.ROUTE_DIRECT:
+                    await self.runtime.route(db, policy.Route.DIRECT)
+                case Action.ROUTE_ACTIVATOR:
+                    await self.runtime.route(db, policy.Route.ACTIVATOR)
+                case Action.RECHECK:
+                    await self._recheck(db)
+                case Action.STOP:
+                    await self.metrics.forget(db.key)
+                    await self.runtime.stop(db)
+                case Action.RELEASE:
+                    await self.runtime.release(db)
+                case Action.RESIZE:
+                    assert plan.capacity is not None
+                    await self.runtime.resize(db, plan.capacity)
+                case Action.NONE | Action.WAIT:
+                    pass
+        except StepError as failure:
+            self.exposition.errors.labels(db.metadata.namespace, db.metadata.name, failure.reason.value).inc()
+            log.warning(
+                "step failed",
+                database=db.key,
+                action=plan.action.value,
+                reason=failure.reason.value,
+                error=failure.message,
+            )
+            return status_of.Outcome(plan, compute, failure)
+        return status_of.Outcome(plan, compute)
+
+    async def _recheck(self, db: types.ServerlessDatabase) -> None:
+        """A reading taken after new connections were routed to the activator."""
+        readings = await self.metrics.observe([db])
+        if db.key not in readings:
+            raise TransientError(types.Reason.METRICS_UNAVAILABLE, "could not read sessions while pausing")
+        self.observations[db.key] = readings[db.key]
+
+    async def _finalize(self, db: types.ServerlessDatabase) -> None:
+        keep = db.spec.storage.retain_on_delete
+        try:
+            await self.metrics.forget(db.key)
+            await self.runtime.delete(db, keep_storage=keep)
+        except StepError as failure:
+            await self.store.record_event(db, EventType.WARNING, failure.reason.value, failure.message)
+            raise
+        reason = types.Reason.STORAGE_RETAINED if keep else types.Reason.STORAGE_DELETED
+        message = "storage kept (spec.storage.retainOnDelete)" if keep else "storage deleted"
+        await self.store.record_event(db, EventType.NORMAL, reason.value, message)
+        log.info("deleted", database=db.key, storage="kept" if keep else "deleted")
+        await self.store.set_finalizer(db, False)
+        await self._forget(db.key)
+
+    async def _forget(self, key: str) -> None:
+        self._running.pop(key, None)
+        self.observations.pop(key, None)
+        self._costs.pop(key, None)
+        self._wakes_started.pop(key, None)
+        self.queue.forget(key)
+        await self.metrics.forget(key)
+        namespace, _, name = key.partition("/")
+        self.exposition.forget(namespace, name)
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def _account(
+        self, db: types.ServerlessDatabase, outcome: status_of.Outcome, new: types.DatabaseStatus
+    ) -> None:
+        """Counters and wake timing from one step, and telling a waiting activator how the wake went."""
+        now = time.monotonic()
+        namespace, name = db.metadata.namespace, db.metadata.name
+        plan = outcome.plan
+        if plan.wake:
+            self._wakes_started.setdefault(db.key, now)
+        if outcome.failure is not None:
+            if plan.wake and self.listener is not None:
+                self.listener.failed(db.key, f"the database could not be woken: {outcome.failure.message}")
+            self._wakes_started.pop(db.key, None)
+            return
+        if (
+            plan.action is Action.RESIZE
+            and plan.capacity is not None
+            and db.status.capacity.current is not None
+        ):
+            direction = "up" if plan.capacity > db.status.capacity.current else "down"
+            self.exposition.resizes.labels(namespace, name, direction).inc()
+        became = new.phase if new.phase is not db.status.phase else None
+        if became is types.Phase.PAUSED:
+            self.exposition.pauses.labels(namespace, name).inc()
+        elif became is types.Phase.PARKED:
+            self.exposition.parks.labels(namespace, name).inc()
+        running = outcome.compute.compute is Compute.RUNNING or plan.action is Action.START
+        if running and plan.action in (Action.START, Action.ROUTE_DIRECT, Action.NONE, Action.RESIZE):
+            if self.listener is not None:
+                self.listener.ready(db.key)
+            started = self._wakes_started.pop(db.key, None)
+            if started is not None:
+                self.exposition.wake_duration.labels(namespace, name).observe(now - started)
+                self.exposition.wakes.labels(namespace, name).inc()
+
+    def _publish(self, db: types.ServerlessDatabase, outcome: status_of.Outcome) -> None:
+        namespace, name = db.metadata.namespace, db.metadata.name
+        status = db.status
+        m = self.exposition
+        m.capacity_current.labels(namespace, name).set(status.capacity.current or 0)
+        m.capacity_desired.labels(namespace, name).set(status.capacity.desired or 0)
+        m.capacity_min.labels(namespace, name).set(db.spec.capacity.min)
+        m.capacity_max.labels(namespace, name).set(db.spec.capacity.max)
+        m.client_sessions.labels(namespace, name).set(status.connections)
+        m.observe_phase(namespace, name, status.phase)
+        observation = self.observations.get(db.key)
+        if observation is not None and status.capacity.current:
+            m.cpu_used.labels(namespace, name).set(observation.cpu_cores or 0)
+            m.memory_used.labels(namespace, name).set(observation.memory_working_set_bytes or 0)
+            m.transactions.labels(namespace, name).set(observation.transactions_per_second or 0)
+        else:
+            for gauge in (m.cpu_used, m.memory_used, m.transactions):
+                gauge.labels(namespace, name).set(0)
+        if outcome.compute.compute is Compute.RUNNING and status.phase is types.Phase.ACTIVE:
+            self._running[db.key] = db
+        else:
+            self._running.pop(db.key, None)
+            if status.phase in (types.Phase.PAUSED, types.Phase.PARKED):
+                self.observations.pop(db.key, None)
+        self._costs[db.key] = _Cost(status.phase, status.capacity.current or 0.0, db.spec.capacity.max)
+        m.databases.set(len(self._costs))
+
+    async def mark_stopped(self) -> None:
+        """The operator is stopping its servers: say so in each running database's Ready condition."""
+        for db in await self.store.list():
+            if db.status.phase not in (types.Phase.ACTIVE, types.Phase.RESUMING, types.Phase.PENDING):
+                continue
+            now = self.clock()
+            conditions = tuple(
+                types.Condition(
+                    c.type,
+                    types.ConditionStatus.FALSE,
+                    types.Reason.OPERATOR_STOPPED.value,
+                    "the operator stopped and shut Postgres down cleanly; it starts again with the operator",
+                    now if c.status is not types.ConditionStatus.FALSE else c.last_transition_time,
+                    c.observed_generation,
+                )
+                if c.type is types.ConditionType.READY
+                else c
+                for c in db.status.conditions
+            )
+            status = replace(
+                db.status,
+                conditions=conditions,
+                connections=0,
+                capacity=replace(db.status.capacity, current=None),
+            )
+            with contextlib.suppress(OSError):
+                await self.store.write_status(db, status)
+
+
+__all__ = ["PermanentError", "Reconciler", "WakeListener"]

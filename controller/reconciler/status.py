@@ -1,0 +1,167 @@
+"""The status a plan leads to, its conditions, and the events worth telling: pure, no I/O.
+
+Only the reconciler writes conditions, and only through here, so every runtime reports the same way.
+A condition keeps its lastTransitionTime while its status stays the same (Kubernetes conventions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from controller.api import types
+from controller.policy.inputs import Compute, ComputeState, ResizeState
+from controller.policy.lifecycle import Action
+from controller.policy.plan import Plan
+from controller.runtime.base import EventType, StepError
+
+Phase = types.Phase
+Reason = types.Reason
+T, F = types.ConditionStatus.TRUE, types.ConditionStatus.FALSE
+
+_AT_ZERO = frozenset({Phase.PAUSED, Phase.PARKING, Phase.PARKED})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened when the reconciler acted on a plan."""
+
+    plan: Plan
+    compute: ComputeState
+    failure: StepError | None = None
+
+
+@dataclass(frozen=True)
+class EventNote:
+    type: EventType
+    reason: str
+    message: str
+
+
+def next_status(db: types.ServerlessDatabase, outcome: Outcome, now: datetime) -> types.DatabaseStatus:
+    plan, compute, failure = outcome.plan, outcome.compute, outcome.failure
+    old = db.status
+    phase = plan.failure_phase if failure else plan.phase
+    running_after = _capacity_after(plan, compute, failure)
+    capacity = types.CapacityStatus(
+        current=running_after,
+        desired=plan.capacity if running_after is not None or plan.action is Action.START else None,
+        peaks=plan.peaks if running_after is not None else (),
+        last_scale_time=now if plan.action is Action.RESIZE and not failure else old.capacity.last_scale_time,
+    )
+    status = replace(
+        old,
+        phase=phase,
+        phase_since=now if phase is not old.phase or old.phase_since is None else old.phase_since,
+        capacity=capacity,
+        connections=plan.connections,
+        last_activity_time=plan.last_activity_time,
+        endpoint=compute.endpoint or old.endpoint,
+        observed_generation=db.metadata.generation,
+        wake_request=plan.wake_request,
+        failures=old.failures + 1 if failure else 0,
+    )
+    return replace(status, conditions=_conditions(db, status, outcome, now))
+
+
+def _capacity_after(plan: Plan, compute: ComputeState, failure: StepError | None) -> float | None:
+    if failure is not None:
+        return compute.capacity if compute.compute is Compute.RUNNING else None
+    if plan.action in (Action.START, Action.RESIZE):
+        return plan.capacity
+    if plan.action in (Action.STOP, Action.RELEASE) or compute.compute is not Compute.RUNNING:
+        return None
+    return compute.capacity
+
+
+def _conditions(
+    db: types.ServerlessDatabase, status: types.DatabaseStatus, outcome: Outcome, now: datetime
+) -> tuple[types.Condition, ...]:
+    plan, compute, failure = outcome.plan, outcome.compute, outcome.failure
+    generation = db.metadata.generation
+    phase = status.phase
+    if failure is not None:
+        ready = (F, failure.reason.value, failure.message)
+    elif phase is Phase.ACTIVE:
+        ready = (T, Reason.RUNNING.value, f"accepting connections at {status.endpoint}")
+    else:
+        ready = (F, plan.reason.value, plan.message or phase.value)
+    paused = (
+        (T, Reason.PAUSED.value, "compute is at zero; a connection wakes it")
+        if phase in _AT_ZERO
+        else (F, Reason.PAUSING.value if phase is Phase.PAUSING else Reason.NOT_PAUSED.value, "")
+    )
+    parked = (
+        (T, Reason.PARKED.value, "compute released; storage and credentials kept")
+        if phase is Phase.PARKED
+        else (F, Reason.NOT_PARKED.value, "")
+    )
+    degraded = (
+        (T, plan.degraded[0].value, plan.degraded[1]) if plan.degraded else (F, Reason.HEALTHY.value, "")
+    )
+    wanted: list[tuple[types.ConditionType, tuple[types.ConditionStatus, str, str]]] = [
+        (types.ConditionType.READY, ready),
+        (types.ConditionType.SCALING, _scaling(status, compute, plan, failure)),
+        (types.ConditionType.PAUSED, paused),
+        (types.ConditionType.PARKED, parked),
+        (types.ConditionType.DEGRADED, degraded),
+    ]
+    out = []
+    for kind, (state, reason, message) in wanted:
+        before = db.status.condition(kind)
+        since = before.last_transition_time if before is not None and before.status is state else now
+        out.append(types.Condition(kind, state, reason, message, since, generation))
+    return tuple(out)
+
+
+def _scaling(
+    status: types.DatabaseStatus, compute: ComputeState, plan: Plan, failure: StepError | None
+) -> tuple[types.ConditionStatus, str, str]:
+    if failure is not None and plan.action is Action.RESIZE:
+        return F, failure.reason.value, f"kept {status.capacity.current} CU: {failure.message}"
+    blocked = {
+        ResizeState.INFEASIBLE: Reason.RESIZE_INFEASIBLE,
+        ResizeState.DEFERRED: Reason.RESIZE_DEFERRED,
+        ResizeState.NEEDS_RESTART: Reason.RESIZE_NEEDS_RESTART,
+    }
+    if compute.resize in blocked:
+        return F, blocked[compute.resize].value, compute.resize_message
+    if compute.resize is ResizeState.IN_PROGRESS:
+        return T, Reason.RESIZING.value, compute.resize_message or f"moving to {status.capacity.desired} CU"
+    if plan.action is Action.RESIZE:
+        return T, plan.reason.value, plan.message
+    return F, Reason.STABLE.value, ""
+
+
+def events(db: types.ServerlessDatabase, status: types.DatabaseStatus, outcome: Outcome) -> list[EventNote]:
+    """The events one step is worth: transitions, resizes, failures."""
+    plan, failure = outcome.plan, outcome.failure
+    notes: list[EventNote] = []
+    if failure is not None:
+        notes.append(EventNote(EventType.WARNING, failure.reason.value, failure.message))
+    elif plan.action is Action.RESIZE:
+        notes.append(EventNote(EventType.NORMAL, plan.reason.value, plan.message))
+    if plan.reason is Reason.PAUSE_CANCELLED and failure is None:
+        notes.append(EventNote(EventType.NORMAL, plan.reason.value, plan.message))
+    if status.phase is not db.status.phase:
+        message = f"{db.status.phase.value} -> {status.phase.value}"
+        detail = plan.message if failure is None else failure.message
+        reason = _PHASE_REASONS.get(status.phase, plan.reason)
+        notes.append(EventNote(EventType.NORMAL, reason.value, f"{message}: {detail}" if detail else message))
+    before = db.status.condition(types.ConditionType.DEGRADED)
+    after = status.condition(types.ConditionType.DEGRADED)
+    if after is not None and after.status is T:
+        if before is None or before.status is not T or before.reason != after.reason:
+            notes.append(EventNote(EventType.WARNING, after.reason, after.message))
+    return notes
+
+
+_PHASE_REASONS = {
+    Phase.ACTIVE: Reason.STARTED,
+    Phase.PAUSING: Reason.PAUSING,
+    Phase.PAUSED: Reason.PAUSED,
+    Phase.PARKING: Reason.PARKING,
+    Phase.PARKED: Reason.PARKED,
+    Phase.RESUMING: Reason.RESUMING,
+    Phase.PENDING: Reason.CREATING,
+}

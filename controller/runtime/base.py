@@ -1,0 +1,118 @@
+"""The interfaces the reconciler drives: where databases are declared (`Store`), where they run (`Runtime`).
+
+Each has a local implementation (files and Postgres processes on this host) and a Kubernetes one
+(the API server, StatefulSets, Services). Constructors do no I/O; `open` and `close` do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from controller.api import types
+from controller.policy.inputs import ComputeState, Route
+
+
+class StepError(Exception):
+    """A step failed. `transient` failures are retried with back-off; others need a change of spec or host."""
+
+    transient = True
+
+    def __init__(self, reason: types.Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class TransientError(StepError):
+    transient = True
+
+
+class PermanentError(StepError):
+    transient = False
+
+
+class EventType(StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    reason: str
+    message: str
+    first_time: datetime
+    last_time: datetime
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the activator sends a held connection once the database is awake."""
+
+    host: str
+    port: int
+
+
+class Store(Protocol):
+    """ServerlessDatabase objects: read them, watch them, write their status and events."""
+
+    async def list(self) -> Sequence[types.ServerlessDatabase]: ...
+
+    async def get(self, key: str) -> types.ServerlessDatabase | None: ...
+
+    async def write_status(self, db: types.ServerlessDatabase, status: types.DatabaseStatus) -> None:
+        """Replace the status (one write); a no-op when it equals what is stored."""
+
+    async def record_event(
+        self, db: types.ServerlessDatabase, type: EventType, reason: str, message: str
+    ) -> None: ...
+
+    async def request_wake(self, key: str) -> str:
+        """Ask for a wake (the activator's way in); returns the request's token."""
+
+    async def set_finalizer(self, db: types.ServerlessDatabase, present: bool) -> None: ...
+
+    def changes(self) -> AsyncIterator[str]:
+        """Keys of databases whose object changed (spec, metadata or deletion), as they change."""
+
+
+class Runtime(Protocol):
+    """Runs Postgres for databases. Every method is idempotent: called twice, it does the work once."""
+
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None:
+        """The operator is stopping (local: stop servers cleanly; Kubernetes: nothing, they keep running)."""
+
+    async def observe(self, db: types.ServerlessDatabase) -> ComputeState: ...
+
+    async def create_storage(self, db: types.ServerlessDatabase) -> None: ...
+
+    async def start(self, db: types.ServerlessDatabase, capacity: float) -> None:
+        """Start the compute at `capacity`; may return before it is ready (then observe says Starting)."""
+
+    async def provision(self, db: types.ServerlessDatabase) -> None:
+        """Create compute objects without running anything (a parked database asked to be paused)."""
+
+    async def route(self, db: types.ServerlessDatabase, route: Route) -> None: ...
+
+    async def stop(self, db: types.ServerlessDatabase) -> None:
+        """Stop Postgres cleanly: a fast shutdown with a checkpoint, so the next start needs no recovery."""
+
+    async def release(self, db: types.ServerlessDatabase) -> None:
+        """Remove compute objects; storage and credentials stay."""
+
+    async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None: ...
+
+    async def delete(self, db: types.ServerlessDatabase, *, keep_storage: bool) -> None:
+        """Remove everything of a deleted database; its storage only when `keep_storage` is false."""
+
+    async def target(self, db: types.ServerlessDatabase) -> Target | None:
+        """Where a held connection should go now, or None while Postgres is not ready."""

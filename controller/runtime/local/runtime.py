@@ -1,0 +1,386 @@
+"""The local runtime: a real Postgres server per database, on this host.
+
+Per database, under `<state>/databases/<namespace>/<name>/`:
+  pgdata/        the data directory (the volume; kept by pause, park, restart and, by default, delete)
+  password       the generated superuser password, mode 0600 (never logged, never in status)
+  runtime.json   the endpoint port and the capacity last applied
+  postgres.log   the server's log
+The endpoint (127.0.0.1:<endpoint port>) never changes: the activator always listens there, and an
+in-kernel redirect sends new connections straight to Postgres while the database is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hashlib
+import json
+import secrets
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from controller.activator.proxy import Activator
+from controller.api import types, units
+from controller.policy import sizing
+from controller.policy.inputs import Compute, ComputeState, Route
+from controller.runtime.base import PermanentError, Target, TransientError
+from controller.runtime.local import postgres
+from controller.runtime.local.cgroups import Cgroups
+from controller.runtime.local.redirect import KernelRedirect
+from controller.runtime.local.store import split_key
+
+log = structlog.get_logger("runtime.local")
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class _Database:
+    """What the runtime knows of one database's files and routes."""
+
+    key: str
+    directory: Path
+    cluster: postgres.Cluster
+
+    @property
+    def password_file(self) -> Path:
+        return self.directory / "password"
+
+    @property
+    def state_file(self) -> Path:
+        return self.directory / "runtime.json"
+
+    @property
+    def cgroup(self) -> str:
+        namespace, name = split_key(self.key)
+        return f"{namespace}.{name}"
+
+    def read_state(self) -> dict[str, Any]:
+        try:
+            loaded = json.loads(self.state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
+    def write_state(self, **changes: Any) -> None:
+        state = {**self.read_state(), **changes}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.state_file)
+
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+
+class LocalRuntime:
+    name = "local"
+
+    def __init__(self, state_dir: Path, activator: Activator) -> None:
+        self.state_dir = state_dir
+        self.activator = activator
+        digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+        self.cgroups = Cgroups(f"sdb-{digest}")
+        self.redirect = KernelRedirect(digest)
+        self.user: postgres.ServerUser | None = None
+        self._databases: dict[str, _Database] = {}
+        self._routes: dict[str, Route] = {}
+        self._installs: dict[str, postgres.Install] = {}
+        self.own_sessions: collections.Counter[str] = collections.Counter()
+        """Sessions the operator opened per database, so they are not mistaken for clients."""
+
+    # -- life of the runtime ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.user = await asyncio.to_thread(postgres.ServerUser.for_this_process)
+        changed = await asyncio.to_thread(postgres.grant_traverse, self.state_dir, self.user)
+        for directory in changed:
+            log.info(
+                "granted the server user traversal of a directory",
+                directory=str(directory),
+                user=self.user.name,
+            )
+        await asyncio.to_thread(self.cgroups.detect)
+        await asyncio.to_thread(self.redirect.open)
+        log.info(
+            "local runtime ready",
+            state_dir=str(self.state_dir),
+            limits=self.cgroups.message,
+            endpoints=self.redirect.message,
+            server_user=self.user.name,
+        )
+
+    async def close(self) -> None:
+        """Stop every server cleanly and drop the redirect table; data stays for the next start."""
+        for database in list(self._databases.values()):
+            if database.cluster.pid_file() is not None:
+                log.info("stopping Postgres", database=database.key)
+                with contextlib.suppress(TransientError):
+                    await database.cluster.stop()
+        await asyncio.to_thread(self.redirect.close)
+
+    def _database(self, db: types.ServerlessDatabase) -> _Database:
+        known = self._databases.get(db.key)
+        if known is not None:
+            return known
+        directory = database_directory(self.state_dir, db.key)
+        database = _Database(
+            key=db.key,
+            directory=directory,
+            cluster=postgres.Cluster(
+                install=self._install(db, directory / "pgdata"),
+                user=self._user(),
+                pgdata=directory / "pgdata",
+                log=directory / "postgres.log",
+            ),
+        )
+        self._databases[db.key] = database
+        return database
+
+    def _user(self) -> postgres.ServerUser:
+        if self.user is None:
+            raise RuntimeError("LocalRuntime.open() was not called")
+        return self.user
+
+    def _install(self, db: types.ServerlessDatabase, pgdata: Path) -> postgres.Install:
+        # An existing data directory decides the version: its files need the binaries that made them.
+        existing = pgdata / "PG_VERSION"
+        version = existing.read_text().strip() if existing.exists() else db.spec.postgres.version
+        if version not in self._installs:
+            self._installs[version] = postgres.Install.find(version)
+        return self._installs[version]
+
+    # -- observation -----------------------------------------------------------------------------
+
+    async def observe(self, db: types.ServerlessDatabase) -> ComputeState:
+        database = self._database(db)
+        cluster = database.cluster
+        state = database.read_state()
+        endpoint_port = state.get("endpointPort")
+        if cluster.initialized and endpoint_port and self.activator.listening(db.key) is None:
+            await self._listen(database, int(endpoint_port))
+        if not cluster.initialized:
+            compute = Compute.ABSENT
+        elif cluster.ready():
+            compute = Compute.RUNNING
+        elif cluster.pid_file() is not None:
+            compute = Compute.STARTING
+        else:
+            compute = Compute.STOPPED if state.get("provisioned", False) else Compute.ABSENT
+        return ComputeState(
+            storage=cluster.initialized,
+            compute=compute,
+            route=self._routes.get(db.key, Route.ACTIVATOR),
+            capacity=state.get("capacity") if compute is Compute.RUNNING else None,
+            limits_enforced=self.cgroups.enforced,
+            limits_message=self.cgroups.message,
+            endpoint=f"{HOST}:{endpoint_port}" if endpoint_port else "",
+        )
+
+    async def _listen(self, database: _Database, port: int) -> None:
+        try:
+            await self.activator.listen(database.key, HOST, port)
+        except OSError as error:
+            # The port was taken while the operator was away: the endpoint has to move.
+            new_port = await self.activator.listen(database.key, HOST, 0)
+            database.write_state(endpointPort=new_port)
+            log.warning(
+                "endpoint port was taken; endpoint moved",
+                database=database.key,
+                old_port=port,
+                new_port=new_port,
+                error=str(error),
+            )
+
+    # -- storage ---------------------------------------------------------------------------------
+
+    async def create_storage(self, db: types.ServerlessDatabase) -> None:
+        database = self._database(db)
+        database.directory.mkdir(parents=True, exist_ok=True)
+        database.directory.chmod(0o711)
+        if not database.password_file.exists():
+            tmp = database.password_file.with_suffix(".tmp")
+            tmp.write_text(secrets.token_urlsafe(24) + "\n")
+            tmp.chmod(0o600)
+            tmp.replace(database.password_file)
+        await database.cluster.initdb(database.password())
+        state = database.read_state()
+        if "endpointPort" not in state:
+            database.write_state(endpointPort=await self.activator.listen(db.key, HOST, 0))
+        else:
+            await self._listen(database, int(state["endpointPort"]))
+
+    # -- compute ---------------------------------------------------------------------------------
+
+    async def provision(self, db: types.ServerlessDatabase) -> None:
+        database = self._database(db)
+        self.cgroups.ensure(database.cgroup, owner=None)
+        database.write_state(provisioned=True)
+
+    async def start(self, db: types.ServerlessDatabase, capacity: float) -> None:
+        database = self._database(db)
+        cluster = database.cluster
+        user = self._user()
+        if (
+            cluster.data_version
+            and db.spec.postgres.version
+            and cluster.data_version != db.spec.postgres.version
+        ):
+            raise PermanentError(
+                types.Reason.START_FAILED,
+                f"the data directory is Postgres {cluster.data_version}; spec.postgres.version "
+                f"{db.spec.postgres.version} needs an upgrade, which this runtime does not do",
+            )
+        procs: list[Path] = []
+        if cluster.pid_file() is None:
+            settings = sizing.restart_settings(db.spec)
+            cluster.write_settings(
+                postgres.Settings(
+                    port=free_port(),
+                    shared_buffers=settings["shared_buffers"],
+                    max_connections=int(settings["max_connections"]),
+                    max_worker_processes=int(settings["max_worker_processes"]),
+                    parameters=db.spec.postgres.parameters,
+                )
+            )
+            procs = self.cgroups.ensure(
+                database.cgroup, owner=(user.uid, user.gid) if user.switches else None
+            )
+            self._set_limits(database, capacity)
+        database.write_state(provisioned=True)
+        await cluster.start(cgroup_procs=procs)
+        await self._apply_settings(database, capacity)
+
+    def _set_limits(self, database: _Database, capacity: float) -> None:
+        try:
+            self.cgroups.set_limits(
+                database.cgroup,
+                cpu_cores=capacity * units.CPU_PER_CU,
+                memory_bytes=int(capacity * units.MEMORY_PER_CU),
+            )
+        except OSError as error:
+            raise TransientError(
+                types.Reason.RESIZE_FAILED, f"the kernel refused limits of {capacity:g} CU: {error}"
+            ) from error
+
+    async def _apply_settings(self, database: _Database, capacity: float) -> None:
+        port = database.cluster.running_port()
+        if port is None:
+            raise TransientError(types.Reason.RESIZE_FAILED, "Postgres is not running")
+        self.own_sessions[database.key] += 1
+        try:
+            await asyncio.to_thread(
+                postgres.alter_system, port, database.password(), sizing.reloadable_settings(capacity)
+            )
+        except Exception as error:  # psycopg raises many kinds; any of them means the size did not apply
+            raise TransientError(
+                types.Reason.SETTINGS_FAILED, f"could not apply settings: {error}"
+            ) from error
+        database.write_state(capacity=capacity)
+
+    async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
+        database = self._database(db)
+        previous = database.read_state().get("capacity")
+        growing = previous is None or capacity >= previous
+        # Limits grow before settings and shrink after them, so settings never exceed the limits.
+        if growing:
+            self._set_limits(database, capacity)
+        await self._apply_settings(database, capacity)
+        if not growing:
+            self._set_limits(database, capacity)
+
+    async def route(self, db: types.ServerlessDatabase, route: Route) -> None:
+        database = self._database(db)
+        endpoint_port = database.read_state().get("endpointPort")
+        if endpoint_port is None:
+            raise TransientError(types.Reason.START_FAILED, "no endpoint port yet")
+        try:
+            if route is Route.DIRECT:
+                postgres_port = database.cluster.running_port()
+                if postgres_port is None:
+                    raise TransientError(types.Reason.START_FAILED, "Postgres is not running")
+                await self.redirect.direct(int(endpoint_port), postgres_port)
+            else:
+                await self.redirect.to_activator(int(endpoint_port))
+        except OSError as error:
+            raise TransientError(
+                types.Reason.START_FAILED, f"could not switch the endpoint: {error}"
+            ) from error
+        self._routes[db.key] = route
+
+    async def stop(self, db: types.ServerlessDatabase) -> None:
+        await self._database(db).cluster.stop()
+
+    async def release(self, db: types.ServerlessDatabase) -> None:
+        database = self._database(db)
+        await database.cluster.stop()
+        self.cgroups.remove(database.cgroup)
+        database.write_state(provisioned=False, capacity=None)
+
+    async def delete(self, db: types.ServerlessDatabase, *, keep_storage: bool) -> None:
+        database = self._database(db)
+        if database.read_state().get("endpointPort"):
+            await self.route(db, Route.ACTIVATOR)
+        await self.activator.unlisten(db.key)
+        await database.cluster.stop()
+        self.cgroups.remove(database.cgroup)
+        self._routes.pop(db.key, None)
+        self._databases.pop(db.key, None)
+        if not keep_storage:
+            await asyncio.to_thread(shutil.rmtree, database.directory, True)
+
+    async def target(self, db: types.ServerlessDatabase) -> Target | None:
+        self._database(db)
+        return self.running_target(db.key)
+
+    def running_target(self, key: str) -> Target | None:
+        """Postgres's own address while it accepts connections."""
+        database = self._databases.get(key)
+        if database is None or not database.cluster.ready():
+            return None
+        port = database.cluster.running_port()
+        return Target(HOST, port) if port else None
+
+    # -- for the CLI, metrics and benchmarks -----------------------------------------------------
+
+    def connection_info(self, db: types.ServerlessDatabase) -> tuple[int, str] | None:
+        """(Postgres's own port, password) while it runs: the operator's monitoring way in."""
+        database = self._database(db)
+        port = database.cluster.running_port()
+        return (port, database.password()) if port else None
+
+    def cluster(self, db: types.ServerlessDatabase) -> postgres.Cluster:
+        return self._database(db).cluster
+
+    def cgroup_name(self, db: types.ServerlessDatabase) -> str:
+        return self._database(db).cgroup
+
+    def route_of(self, key: str) -> Route:
+        return self._routes.get(key, Route.ACTIVATOR)
+
+
+def database_directory(state_dir: Path, key: str) -> Path:
+    namespace, name = split_key(key)
+    return state_dir / "databases" / namespace / name
+
+
+def read_endpoint(state_dir: Path, key: str) -> tuple[int | None, str | None]:
+    """(endpoint port, password) from a database's files, for the CLI (no operator needed)."""
+    directory = database_directory(state_dir, key)
+    try:
+        state = json.loads((directory / "runtime.json").read_text())
+        password = (directory / "password").read_text().strip()
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None, None
+    return state.get("endpointPort"), password
