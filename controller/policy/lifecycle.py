@@ -97,10 +97,9 @@ def target(
         return Target(State.ACTIVE, Reason.WAKE_REQUESTED, "a client connected", wake=True)
     if schedule_open:
         return Target(State.ACTIVE, Reason.RUNNING, "a scaling schedule's window is open")
-    resting = status.phase in _RESTING or (
-        status.phase is Phase.PAUSING and compute.compute is Compute.STOPPED
-    )
-    if resting:
+    # At rest on purpose, and nothing has started it since: it stays so until a wake.
+    at_zero = compute.compute in (Compute.STOPPED, Compute.ABSENT)
+    if at_zero and (status.phase in _RESTING or status.phase is Phase.PAUSING):
         return _resting_target(spec, status, now)
     if compute.compute is not Compute.RUNNING or not spec.auto_pause.enabled:
         return Target(State.ACTIVE, Reason.RUNNING, "")
@@ -143,7 +142,7 @@ def step(
             return Step(
                 Action.ROUTE_ACTIVATOR, resting, Reason.PAUSING, f"holding new connections: {want.message}"
             )
-        if want.reason is Reason.MANUAL_OVERRIDE or status.phase is Phase.PARKING:
+        if want.reason is Reason.MANUAL_OVERRIDE:
             return Step(Action.STOP, resting, Reason.PAUSING, f"stopping Postgres: {want.message}")
         return _after_recheck(want, status, observation, now, spec, tuning, resting)
     if want.state is State.PAUSED:
@@ -171,7 +170,7 @@ def _after_recheck(
     if (
         observation is None
         or held_since is None
-        or observation.time < held_since
+        or observation.time <= held_since
         or not is_fresh(observation, now, tuning)
     ):
         return Step(Action.RECHECK, resting, Reason.PAUSING, "checking sessions again before stopping")
@@ -202,6 +201,10 @@ def _toward_active(want: Target, status: types.DatabaseStatus, compute: ComputeS
             Action.WAIT, phase, Reason.STARTING, "waiting for Postgres to accept connections", failure_phase
         )
     if compute.route is Route.ACTIVATOR:
+        if status.phase is Phase.PAUSING:
+            return Step(
+                Action.ROUTE_DIRECT, Phase.ACTIVE, Reason.PAUSE_CANCELLED, f"pause cancelled: {want.message}"
+            )
         return Step(Action.ROUTE_DIRECT, Phase.ACTIVE, Reason.STARTED, "Postgres is ready", failure_phase)
     return Step(Action.NONE, Phase.ACTIVE, Reason.RUNNING, want.message)
 

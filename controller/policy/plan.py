@@ -167,10 +167,10 @@ def _requeue_after(
     now: datetime,
     tuning: Tuning,
 ) -> timedelta | None:
-    if action in (Action.ROUTE_ACTIVATOR, Action.RECHECK, Action.STOP, Action.RELEASE, Action.ROUTE_DIRECT):
-        return IMMEDIATELY
-    if action in (Action.START, Action.WAIT, Action.CREATE_STORAGE, Action.PROVISION):
+    if action is Action.WAIT:
         return SOON
+    if action not in (Action.NONE, Action.RESIZE):
+        return IMMEDIATELY  # the step is done when the runtime returns; the next can follow at once
     if phase in (Phase.PAUSED, Phase.PARKED):
         deadlines = [_next_window(spec, now, tuning)]
         if phase is Phase.PAUSED and spec.state is types.State.AUTO and spec.auto_park.enabled:

@@ -150,9 +150,12 @@ def events(db: types.ServerlessDatabase, status: types.DatabaseStatus, outcome: 
         notes.append(EventNote(EventType.NORMAL, reason.value, f"{message}: {detail}" if detail else message))
     before = db.status.condition(types.ConditionType.DEGRADED)
     after = status.condition(types.ConditionType.DEGRADED)
-    if after is not None and after.status is T:
-        if before is None or before.status is not T or before.reason != after.reason:
-            notes.append(EventNote(EventType.WARNING, after.reason, after.message))
+    degraded_now = after is not None and after.status is T
+    was_same = (
+        before is not None and before.status is T and after is not None and before.reason == after.reason
+    )
+    if degraded_now and not was_same and after is not None:
+        notes.append(EventNote(EventType.WARNING, after.reason, after.message))
     return notes
 
 

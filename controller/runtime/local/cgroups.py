@@ -78,7 +78,9 @@ class Cgroups:
         except OSError as error:
             self._advisory(Version.NONE, f"cannot read cgroup mounts ({error})")
             return
-        v1: dict[str, _Mount] = {c: m for m in mounts if not m.v2 for c in ("cpu", "cpuacct", "memory") if c in m.options}
+        v1: dict[str, _Mount] = {
+            c: m for m in mounts if not m.v2 for c in ("cpu", "cpuacct", "memory") if c in m.options
+        }
         if "cpu" in v1 and "memory" in v1:
             roots = {c: m.path / own.get(c, "/").lstrip("/") / self.group for c, m in v1.items()}
             self._claim(Version.V1, roots)

@@ -22,7 +22,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import watchfiles
 import yaml
 
 from controller.api import codec, types, units
@@ -185,6 +184,16 @@ class FileStore:
     def _write_object(self, db: types.ServerlessDatabase) -> None:
         text = yaml.safe_dump(codec.encode(db, with_status=False), sort_keys=False)
         _write_atomic(self._object_path(db.key), text)
+        self._bump()
+
+    def _bump(self) -> None:
+        """Move the generation that `changes` watches (callers hold the lock)."""
+        path = self.objects / ".generation"
+        try:
+            generation = int(path.read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            generation = 0
+        _write_atomic(path, str(generation + 1))
 
     def update(self, key: str, change: Any) -> types.ServerlessDatabase | None:
         """Read-modify-write of one object under the lock; `change` maps the old object to the new."""
@@ -222,6 +231,7 @@ class FileStore:
         with self._locked():
             for path in (self._object_path(key), self._status_path(key), self._events_path(key)):
                 path.unlink(missing_ok=True)
+            self._bump()
 
     # -- the Store interface, for the reconciler -------------------------------------------------
 
@@ -276,16 +286,36 @@ class FileStore:
 
         await asyncio.to_thread(self.update, db.key, change)
 
-    async def changes(self) -> AsyncIterator[str]:
-        self.objects.mkdir(parents=True, exist_ok=True)
-        async for batch in watchfiles.awatch(self.objects, debounce=50, step=20, recursive=True):
-            keys = set()
-            for _change, path in batch:
-                p = Path(path)
-                if p.suffix == ".yaml" and not p.name.startswith("."):
-                    keys.add(f"{p.parent.name}/{p.stem}")
-            for key in sorted(keys):
-                yield key
+    async def changes(self, *, every: float = 0.2) -> AsyncIterator[str]:
+        """Keys whose object file changed, appeared or went away since the last look.
+
+        Every write bumps one generation file, so an idle store costs one stat per look; only when it
+        moved are the object files compared (by size and mtime), as a list after a watch would.
+        """
+        seen: dict[str, tuple[int, int]] = {}
+        generation: tuple[int, int] | None = None
+        while True:
+            now = _stamp(self.objects / ".generation")
+            if now != generation:
+                generation = now
+                current = (
+                    {f"{p.parent.name}/{p.stem}": _stamp(p) for p in self.objects.glob("*/*.yaml")}
+                    if self.objects.exists()
+                    else {}
+                )
+                for key in sorted(set(seen) | set(current)):
+                    if seen.get(key) != current.get(key):
+                        yield key
+                seen = current
+            await asyncio.sleep(every)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return (0, 0)
+    return (info.st_mtime_ns, info.st_size)
 
 
 def _encode_event(event: Event) -> dict[str, Any]:

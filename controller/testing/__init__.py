@@ -1,0 +1,1 @@
+"""In-package test doubles shared by tests and the simulator."""

@@ -1,0 +1,180 @@
+"""Run the real `sdb` against a temporary state directory: the operator as a process, the CLI in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+import yaml
+
+from controller import cli
+from controller.api import types
+from controller.runtime.local.runtime import read_endpoint
+from controller.runtime.local.store import FileStore
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+SDB = [sys.executable, "-m", "controller.cli"]
+
+
+def require_postgres() -> None:
+    from controller.runtime.local.postgres import Install, PostgresNotFoundError
+
+    try:
+        Install.find()
+    except PostgresNotFoundError as error:
+        pytest.skip(f"needs Postgres server binaries: {error}")
+
+
+def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, every: float = 0.05, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+        time.sleep(every)
+
+
+class Operator:
+    """`sdb up` as a child process, and the CLI and store over the same state directory."""
+
+    def __init__(self, state_dir: Path, *, tick: float = 0.5, wake_timeout: float = 30.0) -> None:
+        self.state_dir = state_dir
+        self.tick = tick
+        self.wake_timeout = wake_timeout
+        self.store = FileStore(state_dir)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = state_dir.parent / f"{state_dir.name}-operator.log"
+
+    def start(self, *extra: str) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    *SDB,
+                    "up",
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--metrics-port",
+                    "-1",
+                    "--tick",
+                    str(self.tick),
+                    "--wake-timeout",
+                    str(self.wake_timeout),
+                    "--log-format",
+                    "json",
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,  # its own process group, so a test can kill all of it at once
+            )
+        wait_for(
+            lambda: (self.state_dir / "operator.lock").exists() and self._log_has("operator running"),
+            timeout=30,
+            what="the operator to start",
+        )
+
+    def _log_has(self, text: str) -> bool:
+        self._check_alive()
+        return text in self.log.read_text(errors="replace")
+
+    def _check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(
+                f"the operator exited ({self.process.returncode}):\n{self.log.read_text()[-3000:]}"
+            )
+
+    def stop(self) -> None:
+        """Ctrl-C: a clean stop, which also stops its Postgres servers."""
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(60)
+        finally:
+            self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL to the operator and every process of its group (Postgres servers have their own)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.process = None
+
+    # -- the CLI ---------------------------------------------------------------------------------
+
+    def sdb(self, *args: str, check: bool = True) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main([args[0], "--state-dir", str(self.state_dir), *args[1:]])
+        if check and code != 0:
+            raise AssertionError(f"sdb {' '.join(args)} exited {code}: {err.getvalue()}")
+        return code, out.getvalue(), err.getvalue()
+
+    def apply(self, manifest: dict[str, Any] | str | Path) -> None:
+        if isinstance(manifest, Path):
+            path = manifest
+        else:
+            path = self.state_dir.parent / f"manifest-{time.monotonic_ns()}.yaml"
+            path.write_text(manifest if isinstance(manifest, str) else yaml.safe_dump(manifest))
+        self.sdb("apply", "-f", str(path))
+
+    def get(self, name: str, namespace: str = "default") -> types.ServerlessDatabase:
+        db = self.store.read(f"{namespace}/{name}")
+        assert db is not None, f"{namespace}/{name} does not exist"
+        return db
+
+    def wait_phase(
+        self, name: str, phase: types.Phase, *, timeout: float = 60, namespace: str = "default"
+    ) -> None:
+        def reached() -> bool:
+            self._check_alive()
+            return self.get(name, namespace).status.phase is phase
+
+        wait_for(reached, timeout=timeout, what=f"{namespace}/{name} to be {phase.value}")
+
+    def dsn(self, name: str, namespace: str = "default") -> str:
+        port, password = read_endpoint(self.state_dir, f"{namespace}/{name}")
+        assert port is not None, f"{name} has no endpoint"
+        return f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
+
+    def connect(self, name: str, **kwargs: Any) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(self.dsn(name), autocommit=True, connect_timeout=60, **kwargs)
+
+    def pgdata(self, name: str, namespace: str = "default") -> Path:
+        return self.state_dir / "databases" / namespace / name / "pgdata"
+
+
+def database(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "dbscale.io/v1alpha1",
+        "kind": "ServerlessDatabase",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+@contextlib.contextmanager
+def running_operator(state_dir: Path, **kwargs: Any) -> Iterator[Operator]:
+    operator = Operator(state_dir, **kwargs)
+    operator.start()
+    try:
+        yield operator
+    finally:
+        operator.stop()

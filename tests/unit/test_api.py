@@ -1,0 +1,244 @@
+"""The API: the Python validator and the CRD's schema refuse the same specs, naming the field."""
+
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support import crd_schema
+
+from controller.api import codec, types, units
+from controller.api.validation import validate
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = sorted((ROOT / "manifests" / "samples").glob("*.yaml"))
+
+
+def database(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "dbscale.io/v1alpha1",
+        "kind": "ServerlessDatabase",
+        "metadata": {"name": "orders", "namespace": "shop"},
+        "spec": spec,
+    }
+
+
+# spec, the field the refusal must name, what the Python message must say
+BAD_SPECS = [
+    pytest.param(
+        {"capacity": {"min": 4, "max": 2}},
+        "spec.capacity.min",
+        "must be <= spec.capacity.max (got 4 > 2)",
+        id="min-above-max",
+    ),
+    pytest.param({"capacity": {"min": 0.3}}, "spec.capacity.min", "multiple of 0.25", id="capacity-0.3"),
+    pytest.param({"capacity": {"max": 0}}, "spec.capacity.max", "between 0.25 and 64", id="capacity-zero"),
+    pytest.param(
+        {"storage": {"size": "-10Gi"}}, "spec.storage.size", "greater than zero", id="negative-storage"
+    ),
+    pytest.param({"storage": {"size": "0"}}, "spec.storage.size", "greater than zero", id="zero-storage"),
+    pytest.param(
+        {"state": "Sleeping"}, "spec.state", "must be one of Auto, Active, Paused, Parked", id="unknown-state"
+    ),
+    pytest.param(
+        {"autoPause": {"idleAfter": "soon"}},
+        "spec.autoPause.idleAfter",
+        "must be a duration",
+        id="idleAfter-soon",
+    ),
+    pytest.param(
+        {"autoPause": {"idleAfter": "500ms"}},
+        "spec.autoPause.idleAfter",
+        "at least 1s",
+        id="idleAfter-below-1s",
+    ),
+    pytest.param(
+        {"autoPark": {"idleAfter": "3 days"}},
+        "spec.autoPark.idleAfter",
+        "must be a duration",
+        id="park-idleAfter-words",
+    ),
+    pytest.param(
+        {"scaling": {"targetCPU": 1.5}},
+        "spec.scaling.targetCPU",
+        "between 0.1 and 1.0",
+        id="targetCPU-above-1",
+    ),
+    pytest.param(
+        {"scaling": {"scaleDownDelay": "5 minutes"}},
+        "spec.scaling.scaleDownDelay",
+        "must be a duration",
+        id="scaleDownDelay-words",
+    ),
+    pytest.param(
+        {"scaling": {"schedules": [{"cron": "0 8 * * 1-5", "duration": "10h", "min": 8}]}},
+        "spec.scaling.schedules[0].min",
+        "within spec.capacity",
+        id="schedule-above-ceiling",
+    ),
+    pytest.param(
+        {"scaling": {"schedules": [{"cron": "every morning", "duration": "10h", "min": 1}]}},
+        "spec.scaling.schedules[0].cron",
+        "cron expression",
+        id="schedule-bad-cron",
+    ),
+    pytest.param(
+        {"postgres": {"parameters": {"shared_buffers": "1GB"}}},
+        "spec.postgres.parameters.shared_buffers",
+        "managed by the operator",
+        id="managed-parameter",
+    ),
+    pytest.param(
+        {"postgres": {"version": "sixteen"}}, "spec.postgres.version", "major version", id="bad-version"
+    ),
+    pytest.param({"capacity": {"min": "1"}}, "spec.capacity.min", "must be a number", id="capacity-string"),
+    pytest.param(
+        {"autoPause": {"enabled": "yes"}}, "spec.autoPause.enabled", "true or false", id="enabled-string"
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "field", "message"), BAD_SPECS)
+def test_validator_names_the_field(spec: dict[str, Any], field: str, message: str) -> None:
+    errors = validate(database(**spec))
+    assert [e.path for e in errors] == [field], errors
+    assert message in errors[0].message
+
+
+@pytest.mark.parametrize(("spec", "field", "message"), BAD_SPECS)
+def test_crd_schema_refuses_the_same_specs(spec: dict[str, Any], field: str, message: str) -> None:
+    problems = crd_schema.validate(database(**spec))
+    assert problems, f"the CRD accepted {spec}"
+    # A schema error names the path as JSON Schema does; a CEL rule names it in its message.
+    leaf = field.rsplit(".", 1)[-1].split("[", 1)[0]
+    assert any(leaf in p for p in problems), problems
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    errors = validate(
+        database(
+            capacity={"min": 0.3, "max": 0}, state="Sleeping", autoPause={"idleAfter": "soon"}, colour="blue"
+        )
+    )
+    assert {e.path for e in errors} == {
+        "spec.capacity.min",
+        "spec.capacity.max",
+        "spec.state",
+        "spec.autoPause.idleAfter",
+        "spec.colour",
+    }
+    assert "spec.colour: unknown field" in [str(e) for e in errors]
+
+
+@pytest.mark.parametrize("name", ["Orders", "1db", "a" * 51, "with_underscore", ""])
+def test_names_that_cannot_name_kubernetes_objects_are_refused(name: str) -> None:
+    obj = database()
+    obj["metadata"]["name"] = name
+    assert [e.path for e in validate(obj)] == ["metadata.name"]
+    if name:
+        assert crd_schema.validate(obj)
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_samples_are_valid_for_both_validators(path: Path) -> None:
+    obj = yaml.safe_load(path.read_text())
+    assert validate(obj) == []
+    assert crd_schema.validate(obj) == []
+
+
+def test_samples_cover_minimal_full_and_always_on() -> None:
+    specs = {p.stem: yaml.safe_load(p.read_text())["spec"] for p in SAMPLES}
+    assert specs["minimal"] == {}
+    assert specs["always-on"]["autoPause"]["enabled"] is False
+    full = specs["full"]
+    assert set(full) == {"postgres", "storage", "capacity", "scaling", "autoPause", "autoPark", "state"}
+
+
+def test_python_defaults_match_the_crd_defaults() -> None:
+    """An empty spec decodes to the same values the API server would default it to."""
+    defaulted = crd_schema.apply_defaults(crd_schema.openapi_schema(), database())
+    from_crd = codec.decode(defaulted).spec
+    assert from_crd == codec.decode(database()).spec == types.DatabaseSpec()
+
+
+def test_codec_round_trips_a_full_spec() -> None:
+    obj = yaml.safe_load((ROOT / "manifests/samples/full.yaml").read_text())
+    db = codec.decode(obj)
+    assert db.spec.scaling.schedules[0].duration == timedelta(hours=10)
+    assert db.spec.auto_pause.idle_after == timedelta(minutes=10)
+    again = codec.decode(codec.encode(db))
+    assert again.spec == db.spec
+    assert again.metadata.key == "shop/orders"
+
+
+def test_status_round_trips() -> None:
+    now = units.parse_time("2026-11-26T10:00:00.123456Z")
+    status = types.DatabaseStatus(
+        phase=types.Phase.PAUSED,
+        phase_since=now,
+        capacity=types.CapacityStatus(
+            current=None, desired=1.0, peaks=(types.Peak(2.0, now), types.Peak(1.0))
+        ),
+        connections=3,
+        last_activity_time=now,
+        endpoint="127.0.0.1:5432",
+        conditions=(
+            types.Condition(types.ConditionType.READY, types.ConditionStatus.FALSE, "Paused", "m", now, 3),
+        ),
+        observed_generation=3,
+        wake_request="t1",
+    )
+    assert codec.decode_status(codec.encode_status(status)) == status
+
+
+def test_crd_fields_all_have_descriptions() -> None:
+    """`kubectl explain` is only useful when every field says what it is for."""
+    missing: list[str] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        for name, prop in node.get("properties", {}).items():
+            here = f"{path}.{name}"
+            if name != "metadata" and not prop.get("description"):
+                missing.append(here)
+            walk(prop, here)
+        if "items" in node:
+            walk(node["items"], path + "[]")
+
+    walk(crd_schema.openapi_schema(), "")
+    assert missing == []
+
+
+def test_crd_has_printer_columns_status_and_short_name() -> None:
+    crd = crd_schema.load_crd()
+    version = crd["spec"]["versions"][0]
+    assert crd["spec"]["names"]["shortNames"] == ["sdb"]
+    assert version["subresources"] == {"status": {}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns[:5] == ["Phase", "Capacity", "Min", "Max", "Connections"]
+    assert columns[-1] == "Age"
+    rules = crd_schema.cel_rules()
+    assert "self.min <= self.max" in rules
+
+
+def test_generated_crd_manifest_matches_the_chart() -> None:
+    """manifests/crd.yaml is made from the chart's CRD by `make manifests`; it must not drift."""
+    generated = (ROOT / "manifests/crd.yaml").read_text().splitlines(keepends=True)
+    body = "".join(line for line in generated if not line.startswith("# "))
+    assert generated[0].startswith("# Generated from charts/serverless-db-operator/crds/")
+    assert body == crd_schema.CRD_PATH.read_text()
+
+
+def test_durations_and_quantities() -> None:
+    assert units.parse_duration("1h30m") == timedelta(minutes=90)
+    assert units.format_duration(timedelta(minutes=90)) == "1h30m"
+    assert units.format_duration(timedelta(seconds=1.5)) == "1.5s"
+    assert units.parse_bytes("10Gi") == 10 * 1024**3
+    with pytest.raises(ValueError, match="duration"):
+        units.parse_duration("5 m")
+    assert units.round_up_to_step(1.01) == 1.25
+    assert units.round_up_to_step(1.0000000001) == 1.0
+    assert copy.copy(units.CU_STEP) == 0.25

@@ -1,0 +1,121 @@
+"""The `sdb` CLI without an operator: apply refuses bad specs and stores nothing; get, describe, state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from support.operator import Operator
+
+from controller.api import types
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BAD = {
+    "min-above-max": (
+        "capacity: {min: 4, max: 2}",
+        "spec.capacity.min: must be <= spec.capacity.max (got 4 > 2)",
+    ),
+    "capacity-0.3": ("capacity: {min: 0.3}", "spec.capacity.min: must be a multiple of 0.25 compute units"),
+    "negative-storage": ("storage: {size: -10Gi}", "spec.storage.size: must be greater than zero"),
+    "unknown-state": ("state: Sleeping", "spec.state: must be one of Auto, Active, Paused, Parked"),
+    "idleAfter-soon": ("autoPause: {idleAfter: soon}", "spec.autoPause.idleAfter: must be a duration"),
+}
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Operator:
+    return Operator(tmp_path / "state")
+
+
+def manifest(tmp_path: Path, spec_yaml: str, name: str = "orders") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    header = "apiVersion: dbscale.io/v1alpha1\nkind: ServerlessDatabase\n"
+    path.write_text(f"{header}metadata: {{name: {name}}}\nspec:\n  {spec_yaml}\n")
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_apply_refuses_a_bad_spec_naming_the_field_and_stores_nothing(
+    cli: Operator, tmp_path: Path, case: str
+) -> None:
+    spec_yaml, expected = BAD[case]
+    code, out, err = cli.sdb("apply", "-f", str(manifest(tmp_path, spec_yaml)), check=False)
+    assert code == 1
+    assert expected in err
+    assert out == ""
+    assert cli.store.keys() == []
+
+
+def test_apply_reports_every_problem(cli: Operator, tmp_path: Path) -> None:
+    path = manifest(tmp_path, "{capacity: {min: 0.3, max: 0}, state: Sleeping}")
+    code, _, err = cli.sdb("apply", "-f", str(path), check=False)
+    assert code == 1
+    assert "spec.capacity.min" in err
+    assert "spec.capacity.max" in err
+    assert "spec.state" in err
+
+
+def test_a_bad_spec_does_not_touch_the_stored_one(cli: Operator, tmp_path: Path) -> None:
+    cli.sdb("apply", "-f", str(manifest(tmp_path, "capacity: {min: 1, max: 2}")))
+    before = (cli.state_dir / "objects/default/orders.yaml").read_text()
+    code, _, _ = cli.sdb("apply", "-f", str(manifest(tmp_path, "capacity: {min: 4, max: 2}")), check=False)
+    assert code == 1
+    assert (cli.state_dir / "objects/default/orders.yaml").read_text() == before
+
+
+def test_apply_get_and_generation(cli: Operator, tmp_path: Path) -> None:
+    _, out, _ = cli.sdb("apply", "-f", str(ROOT / "manifests/samples/full.yaml"))
+    assert out.strip() == "serverlessdatabase.dbscale.io/orders created"
+    _, out, _ = cli.sdb("apply", "-f", str(ROOT / "manifests/samples/full.yaml"))
+    assert out.strip() == "serverlessdatabase.dbscale.io/orders unchanged"
+    assert cli.get("orders", "shop").metadata.generation == 1
+    changed = yaml.safe_load((ROOT / "manifests/samples/full.yaml").read_text())
+    changed["spec"]["capacity"]["max"] = 8
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    _, out, _ = cli.sdb("apply", "-f", str(path))
+    assert out.strip() == "serverlessdatabase.dbscale.io/orders configured"
+    assert cli.get("orders", "shop").metadata.generation == 2
+    _, table, _ = cli.sdb("get", "-n", "shop")
+    assert table.split("\n")[1].split()[:5] == ["orders", "Pending", "0", "0.5", "8"]
+    _, as_json, _ = cli.sdb("get", "orders", "-n", "shop", "-o", "json")
+    obj = json.loads(as_json)
+    assert obj["spec"]["capacity"] == {"min": 0.5, "max": 8}
+    assert obj["status"]["phase"] == "Pending"
+    assert obj["metadata"]["generation"] == 2
+    _, as_yaml, _ = cli.sdb("get", "-A", "-o", "yaml")
+    assert yaml.safe_load(as_yaml)["items"][0]["metadata"]["name"] == "orders"
+    _, described, _ = cli.sdb("describe", "orders", "-n", "shop")
+    assert "Generation:   2 (observed 0)" in described
+    assert "cron: 0 8 * * 1-5" in described
+
+
+def test_pause_resume_park_set_the_state(cli: Operator, tmp_path: Path) -> None:
+    cli.sdb("apply", "-f", str(manifest(tmp_path, "{}")))
+    for verb, state in (("pause", "Paused"), ("park", "Parked"), ("resume", "Auto")):
+        _, out, _ = cli.sdb(verb, "orders")
+        assert f"spec.state: {state}" in out
+        assert cli.get("orders").spec.state.value == state
+    assert cli.get("orders").metadata.annotations[types.WAKE_ANNOTATION]  # resume asks for a wake
+    cli.sdb("resume", "orders", "--pin")
+    assert cli.get("orders").spec.state is types.State.ACTIVE
+    assert cli.get("orders").metadata.generation == 5
+
+
+def test_unknown_database_is_a_clear_error(cli: Operator) -> None:
+    code, _, err = cli.sdb("describe", "nope", check=False)
+    assert code == 1
+    assert 'serverlessdatabase "default/nope" not found' in err
+
+
+def test_state_dir_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from controller import cli as sdb_cli
+
+    monkeypatch.setenv("SDB_STATE_DIR", str(tmp_path / "from-env"))
+    assert sdb_cli.default_state_dir() == tmp_path / "from-env"
+    monkeypatch.delenv("SDB_STATE_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert sdb_cli.default_state_dir() == tmp_path / "xdg" / "sdb"
