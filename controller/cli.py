@@ -78,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
         "--wake-timeout", type=float, default=30.0, help="seconds a held connection waits for a wake"
     )
     up.add_argument("--tick", type=float, default=5.0, help="seconds between readings of a running database")
+    up.add_argument(
+        "--endpoints",
+        choices=["auto", "userspace"],
+        default="auto",
+        help="auto: redirect active databases' endpoints in the kernel where nftables allows; "
+        "userspace: always relay through the activator",
+    )
     up.add_argument("--log-level", default="info")
     up.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     up.set_defaults(func=_cmd_up)
@@ -162,7 +169,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
     tuning = Tuning(tick=timedelta(seconds=args.tick))
     try:
         with operator.exclusive(state_dir):
-            built = operator.build(state_dir, wake_timeout=args.wake_timeout, tuning=tuning)
+            built = operator.build(
+                state_dir,
+                wake_timeout=args.wake_timeout,
+                tuning=tuning,
+                kernel_redirect=args.endpoints == "auto",
+            )
             port = None if args.metrics_port < 0 else args.metrics_port
             asyncio.run(operator.run(built, metrics_port=port, metrics_address=args.metrics_address))
     except operator.AlreadyRunningError as error:

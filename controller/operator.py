@@ -13,7 +13,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import structlog
 
@@ -23,12 +23,24 @@ from controller.metrics.exposition import OperatorMetrics
 from controller.metrics.local import LocalSource
 from controller.policy.inputs import DEFAULT_TUNING, Route, Tuning
 from controller.reconciler.loop import Reconciler
-from controller.runtime.base import Target
+from controller.runtime.base import Store, Target
 from controller.runtime.local import postgres
 from controller.runtime.local.runtime import LocalRuntime
 from controller.runtime.local.store import FileStore, split_key
 
 log = structlog.get_logger("operator")
+
+
+class Endpoints(Protocol):
+    """What the activator needs of the local runtime: where each endpoint sends connections now."""
+
+    def route_of(self, key: str) -> Route: ...
+
+    def running_target(self, key: str) -> Target | None: ...
+
+
+class Waker(Protocol):
+    def trigger(self, key: str) -> None: ...
 
 
 class LocalBackend:
@@ -38,13 +50,14 @@ class LocalBackend:
     every held connection waits on it.
     """
 
-    def __init__(self, store: FileStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.runtime: LocalRuntime | None = None
-        self.reconciler: Reconciler | None = None
+        self.runtime: Endpoints | None = None
+        self.reconciler: Waker | None = None
         self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._requests: set[asyncio.Task[None]] = set()
 
-    def bind(self, runtime: LocalRuntime, reconciler: Reconciler) -> None:
+    def bind(self, runtime: Endpoints, reconciler: Waker) -> None:
         self.runtime, self.reconciler = runtime, reconciler
 
     async def target(self, key: str) -> Target | None:
@@ -55,9 +68,26 @@ class LocalBackend:
 
     async def wake(self, key: str) -> Target:
         assert self.runtime is not None
-        assert self.reconciler is not None
         future = self._waiting.get(key)
         if future is None:
+            # Registered before the first await, so every client that arrives meanwhile shares this wake.
+            future = asyncio.get_running_loop().create_future()
+            # Nobody may be left to read a failure (every client timed out); do not warn about it then.
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._waiting[key] = future
+            task = asyncio.ensure_future(self._request(key, future))
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+        await asyncio.shield(future)
+        target = self.runtime.running_target(key)
+        if target is None:
+            raise WakeError(f"database {key} stopped again before the connection could be made")
+        return target
+
+    async def _request(self, key: str, future: asyncio.Future[None]) -> None:
+        """Ask the reconciler for a wake, or refuse at once when the spec keeps the database at rest."""
+        assert self.reconciler is not None
+        try:
             db = await self.store.get(key)
             if db is None:
                 raise WakeError(f"database {key} does not exist")
@@ -67,17 +97,11 @@ class LocalBackend:
                     f"database {key} is {db.spec.state.value.lower()} by its spec.state; "
                     f"`sdb resume {name}` lets clients in again"
                 )
-            future = asyncio.get_running_loop().create_future()
-            # Nobody may be left to read a failure (every client timed out); do not warn about it then.
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())
-            self._waiting[key] = future
             await self.store.request_wake(key)
-            self.reconciler.trigger(key)
-        await asyncio.shield(future)
-        target = self.runtime.running_target(key)
-        if target is None:
-            raise WakeError(f"database {key} stopped again before the connection could be made")
-        return target
+        except (WakeError, OSError) as error:
+            self.failed(key, str(error))
+            return
+        self.reconciler.trigger(key)
 
     def ready(self, key: str) -> None:
         future = self._waiting.pop(key, None)
@@ -101,13 +125,19 @@ class LocalOperator:
     metrics_port: int | None = None
 
 
-def build(state_dir: Path, *, wake_timeout: float = 30.0, tuning: Tuning = DEFAULT_TUNING) -> LocalOperator:
+def build(
+    state_dir: Path,
+    *,
+    wake_timeout: float = 30.0,
+    tuning: Tuning = DEFAULT_TUNING,
+    kernel_redirect: bool = True,
+) -> LocalOperator:
     """Wire the parts; nothing touches the world until `run` opens them."""
     store = FileStore(state_dir)
     exposition = OperatorMetrics()
     backend = LocalBackend(store)
     activator = Activator(backend, wake_timeout=wake_timeout, observer=exposition)
-    runtime = LocalRuntime(state_dir, activator)
+    runtime = LocalRuntime(state_dir, activator, kernel_redirect=kernel_redirect)
     source = LocalSource(runtime)
     reconciler = Reconciler(
         store=store, runtime=runtime, metrics=source, exposition=exposition, tuning=tuning, listener=backend

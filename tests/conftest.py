@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +12,15 @@ from support.operator import Operator, require_postgres
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    return tmp_path / "state"
+def state_dir() -> Iterator[Path]:
+    """A state directory the postgres server user can reach.
+
+    Not under pytest's own temporary directory: pytest resets that to mode 0700 whenever a
+    session starts, which would cut a running server off from its data directory.
+    """
+    root = Path(tempfile.mkdtemp(prefix="sdb-test-"))
+    yield root / "state"
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

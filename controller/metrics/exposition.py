@@ -93,6 +93,12 @@ class OperatorMetrics:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.reconciles = Counter("sdb_reconciles", "Reconciles run, per database.", DB_LABELS, registry=r)
+        self.readings = Counter(
+            "sdb_load_readings",
+            "Readings of load taken from the metrics source, per database.",
+            DB_LABELS,
+            registry=r,
+        )
         self.held_connections = Gauge(
             "sdb_activator_held_connections",
             "Connections the activator holds while their database wakes.",
@@ -124,6 +130,7 @@ class OperatorMetrics:
             self.wakes,
             self.wake_duration,
             self.reconciles,
+            self.readings,
             self.held_connections,
         ):
             with contextlib.suppress(KeyError):

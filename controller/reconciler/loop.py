@@ -151,6 +151,9 @@ class Reconciler:
                     log.exception("metrics source failed")
                     readings = {}
                 self.observations.update(readings)
+                for key in readings:
+                    namespace, _, name = key.partition("/")
+                    self.exposition.readings.labels(namespace, name).inc()
                 for db in fleet:
                     self.queue.add(db.key)
             await asyncio.sleep(max(tick - (time.monotonic() - started), 0.05))

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller import cli
 from controller.api import types
@@ -50,10 +52,13 @@ def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, every: float 
 class Operator:
     """`sdb up` as a child process, and the CLI and store over the same state directory."""
 
-    def __init__(self, state_dir: Path, *, tick: float = 0.5, wake_timeout: float = 30.0) -> None:
+    def __init__(
+        self, state_dir: Path, *, tick: float = 0.5, wake_timeout: float = 30.0, metrics_port: int = -1
+    ) -> None:
         self.state_dir = state_dir
         self.tick = tick
         self.wake_timeout = wake_timeout
+        self.metrics_port = metrics_port
         self.store = FileStore(state_dir)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = state_dir.parent / f"{state_dir.name}-operator.log"
@@ -68,7 +73,7 @@ class Operator:
                     "--state-dir",
                     str(self.state_dir),
                     "--metrics-port",
-                    "-1",
+                    str(self.metrics_port),
                     "--tick",
                     str(self.tick),
                     "--wake-timeout",
@@ -156,6 +161,16 @@ class Operator:
 
     def connect(self, name: str, **kwargs: Any) -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(self.dsn(name), autocommit=True, connect_timeout=60, **kwargs)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the operator's /metrics (0 when the series does not exist yet)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
 
     def pgdata(self, name: str, namespace: str = "default") -> Path:
         return self.state_dir / "databases" / namespace / name / "pgdata"

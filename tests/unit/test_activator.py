@@ -11,7 +11,11 @@ import pytest
 
 from controller.activator import protocol
 from controller.activator.proxy import Activator, WakeError
+from controller.api.types import WAKE_ANNOTATION, DatabaseSpec, ObjectMeta, ServerlessDatabase, State
+from controller.operator import LocalBackend
+from controller.policy.inputs import Route
 from controller.runtime.base import Target
+from controller.testing.fakes import MemoryStore
 
 # -- the parser -----------------------------------------------------------------------------------
 
@@ -220,3 +224,51 @@ async def test_held_connections_are_counted(echo: Target) -> None:
     for _, writer in clients:
         writer.close()
     await activator.close()
+
+
+# -- the local operator's wake path ---------------------------------------------------------------
+
+
+class Endpoints:
+    def __init__(self) -> None:
+        self.up = False
+
+    def route_of(self, key: str) -> Route:
+        return Route.ACTIVATOR
+
+    def running_target(self, key: str) -> Target | None:
+        return Target("127.0.0.1", 5432) if self.up else None
+
+
+class Triggers:
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def trigger(self, key: str) -> None:
+        self.keys.append(key)
+
+
+async def test_two_hundred_clients_share_one_wake_request() -> None:
+    store = MemoryStore()
+    store.put(ServerlessDatabase(metadata=ObjectMeta(name="orders", namespace="shop")))
+    endpoints, triggers = Endpoints(), Triggers()
+    backend = LocalBackend(store)
+    backend.bind(endpoints, triggers)
+    waiters = [asyncio.ensure_future(backend.wake("shop/orders")) for _ in range(200)]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert triggers.keys == ["shop/orders"]
+    assert WAKE_ANNOTATION in store.objects["shop/orders"].metadata.annotations
+    endpoints.up = True
+    backend.ready("shop/orders")
+    assert await asyncio.gather(*waiters) == [Target("127.0.0.1", 5432)] * 200
+
+
+async def test_a_database_paused_by_its_spec_is_refused_at_once() -> None:
+    store = MemoryStore()
+    spec = DatabaseSpec(state=State.PAUSED)
+    store.put(ServerlessDatabase(metadata=ObjectMeta(name="orders", namespace="shop"), spec=spec))
+    backend = LocalBackend(store)
+    backend.bind(Endpoints(), Triggers())
+    with pytest.raises(WakeError, match=r"paused by its spec\.state; `sdb resume orders`"):
+        await backend.wake("shop/orders")

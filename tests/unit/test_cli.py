@@ -26,8 +26,8 @@ BAD = {
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> Operator:
-    return Operator(tmp_path / "state")
+def cli(state_dir: Path) -> Operator:
+    return Operator(state_dir)
 
 
 def manifest(tmp_path: Path, spec_yaml: str, name: str = "orders") -> Path:

@@ -346,6 +346,19 @@ class Cluster:
         if self._process is not None and self._process.poll() is not None:
             self._process = None
 
+    def persisted_settings(self) -> dict[str, str]:
+        """What ALTER SYSTEM left in postgresql.auto.conf (read only; Postgres owns the file)."""
+        settings: dict[str, str] = {}
+        try:
+            text = (self.pgdata / "postgresql.auto.conf").read_text()
+        except FileNotFoundError:
+            return settings
+        for line in text.splitlines():
+            match = re.match(r"^\s*([a-z_.]+)\s*=\s*'((?:[^']|'')*)'\s*$", line)
+            if match:
+                settings[match.group(1)] = match.group(2).replace("''", "'")
+        return settings
+
     def log_tail(self, lines: int = 5) -> str:
         try:
             text = self.log.read_text(errors="replace").strip().splitlines()
@@ -375,24 +388,27 @@ def connect(port: int, password: str, *, dbname: str = "postgres") -> psycopg.Co
     )
 
 
-def alter_system(port: int, password: str, settings: Mapping[str, str]) -> dict[str, str]:
-    """Set reloadable settings through ALTER SYSTEM and reload; returns those that changed."""
-    changed: dict[str, str] = {}
+def alter_system(
+    port: int, password: str, settings: Mapping[str, str], *, reload: bool = True
+) -> dict[str, str]:
+    """Set reloadable settings through ALTER SYSTEM and reload; returns those whose value changed.
+
+    Every setting is written, changed or not, so postgresql.auto.conf always holds the whole size.
+    Without `reload` the values wait there for the next start.
+    """
     with connect(port, password) as conn:
         rows = conn.execute(
             "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)", [list(settings)]
         ).fetchall()
         current = {str(row[0]): row[1] for row in rows}
+        changed = {k: v for k, v in settings.items() if _normalized(current.get(k)) != _normalized(v)}
         for name, value in settings.items():
-            if _normalized(current.get(name)) == _normalized(value):
-                continue
             conn.execute(
                 psycopg.sql.SQL("ALTER SYSTEM SET {} = {}").format(
                     psycopg.sql.Identifier(name), psycopg.sql.Literal(value)
                 )
             )
-            changed[name] = value
-        if changed:
+        if changed and reload:
             conn.execute("SELECT pg_reload_conf()")
     return changed
 

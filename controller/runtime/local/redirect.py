@@ -22,14 +22,18 @@ _TABLE_PREFIX = "sdb_"
 class KernelRedirect:
     """One nftables table per operator (named after its state directory)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, enabled: bool = True) -> None:
         self.table = f"{_TABLE_PREFIX}{name}"
+        self.enabled = enabled
         self.available = False
         self.message = "not probed"
         self._nft = shutil.which("nft") or ""
 
     def open(self) -> None:
         """Create the table afresh (dropping one left by a crashed run); never raises."""
+        if not self.enabled:
+            self.message = "in-kernel redirect turned off: the activator relays connections in user space"
+            return
         if not self._nft:
             self.message = "nftables (nft) is not installed: the activator relays connections in user space"
             return

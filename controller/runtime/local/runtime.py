@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import structlog
 
 from controller.activator.proxy import Activator
@@ -86,12 +87,12 @@ class _Database:
 class LocalRuntime:
     name = "local"
 
-    def __init__(self, state_dir: Path, activator: Activator) -> None:
+    def __init__(self, state_dir: Path, activator: Activator, *, kernel_redirect: bool = True) -> None:
         self.state_dir = state_dir
         self.activator = activator
         digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
         self.cgroups = Cgroups(f"sdb-{digest}")
-        self.redirect = KernelRedirect(digest)
+        self.redirect = KernelRedirect(digest, enabled=kernel_redirect)
         self.user: postgres.ServerUser | None = None
         self._databases: dict[str, _Database] = {}
         self._routes: dict[str, Route] = {}
@@ -257,10 +258,15 @@ class LocalRuntime:
             procs = self.cgroups.ensure(
                 database.cgroup, owner=(user.uid, user.gid) if user.switches else None
             )
-            self._set_limits(database, capacity)
+            # Startup boost: start at the ceiling's CPU, so a quarter-core floor does not throttle a wake.
+            self._set_limits(database, max(capacity, db.spec.capacity.max))
         database.write_state(provisioned=True)
         await cluster.start(cgroup_procs=procs)
-        await self._apply_settings(database, capacity)
+        self._set_limits(database, capacity)
+        if cluster.persisted_settings() != sizing.reloadable_settings(capacity):
+            await self._apply_settings(database, capacity)
+        else:
+            database.write_state(capacity=capacity)
 
     def _set_limits(self, database: _Database, capacity: float) -> None:
         try:
@@ -320,7 +326,20 @@ class LocalRuntime:
         self._routes[db.key] = route
 
     async def stop(self, db: types.ServerlessDatabase) -> None:
-        await self._database(db).cluster.stop()
+        """Stop cleanly, leaving the floor's settings in place so the next start needs no ALTER SYSTEM."""
+        database = self._database(db)
+        port = database.cluster.running_port()
+        if port is not None:
+            self.own_sessions[database.key] += 1
+            with contextlib.suppress(psycopg.Error, OSError):
+                await asyncio.to_thread(
+                    postgres.alter_system,
+                    port,
+                    database.password(),
+                    sizing.reloadable_settings(db.spec.capacity.min),
+                    reload=False,
+                )
+        await database.cluster.stop()
 
     async def release(self, db: types.ServerlessDatabase) -> None:
         database = self._database(db)

@@ -1,0 +1,105 @@
+"""Endpoint overhead: pgbench -S through the database's endpoint against directly to Postgres's own port.
+
+    .venv/bin/python bench/proxy_overhead.py [--clients 8] [--seconds 10] [--rounds 3] [--endpoints auto]
+
+Both targets are measured in the same run, alternating, with the same client count; the figure for
+each is the median over the rounds. `--endpoints userspace` measures the activator's user-space
+relay instead of the in-kernel redirect an active database normally gets.
+Last line: tps_endpoint tps_direct ratio (goal: ratio >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+
+from common import database, median, report, scratch_operator
+
+from controller.api import types
+from controller.runtime.local.runtime import read_endpoint
+
+
+def pgbench(port: int, password: str, *args: str) -> str:
+    binary = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    env = {**os.environ, "PGPASSWORD": password}
+    result = subprocess.run(
+        [binary, "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", *args, "postgres"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout
+
+
+def tps(output: str) -> float:
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", output)
+    if match is None:
+        raise RuntimeError(f"no tps in pgbench output:\n{output}")
+    return float(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--endpoints", choices=["auto", "userspace"], default="auto")
+    args = parser.parse_args()
+    operator = scratch_operator(tick=1.0)
+    operator.start("--endpoints", args.endpoints)
+    try:
+        # A fixed size (2 CU), always on: the comparison is about the path, not the autoscaler.
+        operator.apply(database("bench", capacity={"min": 2, "max": 2}, autoPause={"enabled": False}))
+        operator.wait_phase("bench", types.Phase.ACTIVE)
+        endpoint_port, password = read_endpoint(operator.state_dir, "default/bench")
+        assert endpoint_port is not None
+        assert password is not None
+        _, direct_dsn, _ = operator.sdb("dsn", "bench", "--direct")
+        direct_port = int(direct_dsn.strip().rsplit(":", 1)[1].split("/")[0])
+        pgbench(endpoint_port, password, "-i", "-q", "-s", str(args.scale))
+        run = [
+            "-S",
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(args.clients),
+            "-j",
+            str(min(args.clients, 2)),
+            "-T",
+            str(args.seconds),
+        ]
+        endpoint_tps: list[float] = []
+        direct_tps: list[float] = []
+        for _ in range(args.rounds):
+            endpoint_tps.append(tps(pgbench(endpoint_port, password, *run)))
+            direct_tps.append(tps(pgbench(direct_port, password, *run)))
+        routing = operator.log.read_text().split('"endpoints": "', 1)[1].split('"', 1)[0]
+    finally:
+        operator.stop()
+    figures = {
+        "tps_endpoint": median(endpoint_tps),
+        "tps_direct": median(direct_tps),
+        "ratio": median(endpoint_tps) / median(direct_tps),
+    }
+    report(
+        "proxy_overhead" if args.endpoints == "auto" else "proxy_overhead_userspace",
+        figures,
+        {
+            "endpoint_routing": routing,
+            "clients": args.clients,
+            "seconds_per_run": args.seconds,
+            "rounds": args.rounds,
+            "endpoint_tps": [round(t) for t in endpoint_tps],
+            "direct_tps": [round(t) for t in direct_tps],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
