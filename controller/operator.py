@@ -19,8 +19,9 @@ import structlog
 
 from controller.activator.proxy import Activator, WakeError
 from controller.api import types
+from controller.metrics import local
 from controller.metrics.exposition import OperatorMetrics
-from controller.metrics.local import LocalSource
+from controller.metrics.postgres import PostgresSource
 from controller.policy.inputs import DEFAULT_TUNING, Route, Tuning
 from controller.reconciler.loop import Reconciler
 from controller.runtime.base import Store, Target
@@ -119,7 +120,7 @@ class LocalOperator:
     store: FileStore
     runtime: LocalRuntime
     activator: Activator
-    source: LocalSource
+    source: PostgresSource
     reconciler: Reconciler
     exposition: OperatorMetrics
     metrics_port: int | None = None
@@ -138,7 +139,7 @@ def build(
     backend = LocalBackend(store)
     activator = Activator(backend, wake_timeout=wake_timeout, observer=exposition)
     runtime = LocalRuntime(state_dir, activator, kernel_redirect=kernel_redirect)
-    source = LocalSource(runtime)
+    source = local.source(runtime)
     reconciler = Reconciler(
         store=store, runtime=runtime, metrics=source, exposition=exposition, tuning=tuning, listener=backend
     )

@@ -73,7 +73,7 @@ def parse_bytes(text: str) -> int:
     from kubernetes.utils.quantity import parse_quantity  # noqa: PLC0415
 
     try:
-        value: Decimal = parse_quantity(text)  # type: ignore[no-untyped-call]
+        value: Decimal = parse_quantity(text)
     except (ValueError, InvalidOperation, TypeError) as error:
         raise ValueError(f"must be a quantity such as 10Gi (got {text!r})") from error
     if value <= 0:

@@ -41,7 +41,12 @@ def goal(
     so a jump in load is met in one tick instead of one step per tick.
     """
     cpu_used = observation.cpu_cores or 0.0
-    cpu_goal = cpu_used / (units.CPU_PER_CU * spec.scaling.target_cpu)
+    # CPU not observed (a first reading, or no CPU metrics at all) is unknown, not idle: hold what runs.
+    cpu_goal = (
+        cpu_used / (units.CPU_PER_CU * spec.scaling.target_cpu)
+        if observation.cpu_cores is not None
+        else current or 0.0
+    )
     memory_used = (observation.memory_working_set_bytes or 0) + tuning.cache_weight * (
         observation.memory_cache_bytes or 0
     )

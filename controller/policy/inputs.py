@@ -42,6 +42,8 @@ class Compute(StrEnum):
     """Compute objects exist; nothing runs (paused)."""
     STARTING = "Starting"
     """Running but not accepting queries yet."""
+    STOPPING = "Stopping"
+    """Shutting down (a pod terminating); nothing to do but wait."""
     RUNNING = "Running"
     """Accepting queries."""
 
@@ -76,6 +78,8 @@ class ComputeState:
     """The capacity applied to the running compute."""
     resize: ResizeState = ResizeState.NONE
     resize_message: str = ""
+    capacity_limit: float | None = None
+    """The most the runtime can give now (after the node refused a bigger resize)."""
     limits_enforced: bool = True
     """False where the runtime can only advise limits (no writable cgroup)."""
     limits_message: str = ""
@@ -99,6 +103,8 @@ class Tuning:
     saturation: float = 0.95
     """CPU use at or above this share of capacity means demand is unknown and above capacity."""
     max_backoff: timedelta = timedelta(minutes=5)
+    activity_resolution: timedelta = timedelta(seconds=30)
+    """How stale status.lastActivityTime may be while clients are active (at most idleAfter / 10)."""
 
 
 DEFAULT_TUNING = Tuning()

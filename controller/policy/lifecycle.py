@@ -98,7 +98,7 @@ def target(
     if schedule_open:
         return Target(State.ACTIVE, Reason.RUNNING, "a scaling schedule's window is open")
     # At rest on purpose, and nothing has started it since: it stays so until a wake.
-    at_zero = compute.compute in (Compute.STOPPED, Compute.ABSENT)
+    at_zero = compute.compute in (Compute.STOPPED, Compute.ABSENT, Compute.STOPPING)
     if at_zero and (status.phase in _RESTING or status.phase is Phase.PAUSING):
         return _resting_target(spec, status, now)
     if compute.compute is not Compute.RUNNING or not spec.auto_pause.enabled:
@@ -137,6 +137,8 @@ def step(
     if want.state is State.ACTIVE:
         return _toward_active(want, status, compute)
     resting = Phase.PAUSING if want.state is State.PAUSED else Phase.PARKING
+    if compute.compute is Compute.STOPPING:
+        return Step(Action.WAIT, resting, Reason.PAUSING, "waiting for Postgres to shut down")
     if compute.compute in (Compute.RUNNING, Compute.STARTING):
         if compute.route is Route.DIRECT:
             return Step(
@@ -195,6 +197,8 @@ def _toward_active(want: Target, status: types.DatabaseStatus, compute: ComputeS
     if compute.compute in (Compute.ABSENT, Compute.STOPPED):
         reason = Reason.RESUMING if want.wake or not first_time else Reason.STARTING
         return Step(Action.START, starting_phase, reason, want.message or "starting Postgres", failure_phase)
+    if compute.compute is Compute.STOPPING:
+        return Step(Action.WAIT, Phase.RESUMING, Reason.STARTING, "waiting for the last shutdown to finish")
     if compute.compute is Compute.STARTING:
         phase = status.phase if status.phase in (Phase.PENDING, Phase.RESUMING) else starting_phase
         return Step(

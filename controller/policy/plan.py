@@ -69,7 +69,9 @@ def decide(
     )
     floor = capacity.effective_floor(spec, schedule_floor)
     running = compute.compute is Compute.RUNNING and move.phase is Phase.ACTIVE
-    last_activity = _last_activity(status, observation if fresh else None, now if want.wake else None)
+    last_activity = _last_activity(
+        status, observation if fresh else None, now if want.wake else None, spec.auto_pause.idle_after, tuning
+    )
     plan_capacity: float | None = None
     peaks: tuple[types.Peak, ...] = ()
     goal: Goal | None = None
@@ -95,6 +97,8 @@ def decide(
             )
         elif floor > current:
             plan_capacity = floor  # a floor applies whatever the metrics say
+        if compute.capacity_limit is not None and plan_capacity > current:
+            plan_capacity = max(min(plan_capacity, compute.capacity_limit), current)
         if plan_capacity != current and move.action is Action.NONE:
             action = Action.RESIZE
             up = plan_capacity > current
@@ -113,7 +117,7 @@ def decide(
         connections=observation.client_sessions if fresh and observation and running else 0,
         wake_request=wake_request if want.wake or move.phase is Phase.ACTIVE else status.wake_request,
         degraded=_degraded(compute, fresh, running, observation, starting=_just_started(status, now, tuning)),
-        failure_phase=move.failure_phase,
+        failure_phase=Phase.ACTIVE if action is Action.RESIZE else move.failure_phase,
         requeue_after=_requeue_after(action, move.phase, spec, status, now, tuning),
         goal=goal,
         wake=want.wake,
@@ -121,15 +125,31 @@ def decide(
 
 
 def _last_activity(
-    status: types.DatabaseStatus, observation: Observation | None, woken_at: datetime | None
+    status: types.DatabaseStatus,
+    observation: Observation | None,
+    woken_at: datetime | None,
+    idle_after: timedelta,
+    tuning: Tuning,
 ) -> datetime | None:
-    times = [t for t in (status.last_activity_time, woken_at) if t is not None]
+    """The last activity, kept to a resolution so a busy database's status is not rewritten every tick.
+
+    Precision matters only where idleness starts: when the last session ends, the time is exact.
+    """
+    stored = status.last_activity_time
+    seen = [t for t in (woken_at,) if t is not None]
     if observation is not None:
-        if observation.client_sessions > 0:
-            times.append(observation.time)
+        if observation.client_sessions > 0 or status.connections > 0:
+            seen.append(observation.time)  # sessions now, or they ended since the last reading
         if observation.last_activity is not None:
-            times.append(observation.last_activity)
-    return max(times, default=None)
+            seen.append(observation.last_activity)
+    latest = max(seen, default=None)
+    if latest is None or (stored is not None and latest <= stored):
+        return stored
+    resolution = min(tuning.activity_resolution, idle_after / 10)
+    sessions_ended = observation is not None and observation.client_sessions == 0 and status.connections > 0
+    if stored is None or sessions_ended or woken_at is not None or latest - stored >= resolution:
+        return latest
+    return stored
 
 
 def _just_started(status: types.DatabaseStatus, now: datetime, tuning: Tuning) -> bool:
@@ -192,7 +212,7 @@ def _next_window(spec: types.DatabaseSpec, now: datetime, tuning: Tuning) -> tim
 
 def backoff(failures: int, tuning: Tuning = DEFAULT_TUNING) -> timedelta:
     """Exponential back-off after consecutive failures: 1 s, 2 s, 4 s, ... up to the maximum."""
-    return min(timedelta(seconds=2 ** max(failures - 1, 0)), tuning.max_backoff)
+    return min(timedelta(seconds=2 ** min(max(failures - 1, 0), 30)), tuning.max_backoff)
 
 
 __all__ = ["Action", "ComputeState", "Observation", "Plan", "Route", "Tuning", "backoff", "decide"]

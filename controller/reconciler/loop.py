@@ -67,10 +67,13 @@ class Reconciler:
         clock: Callable[[], datetime] = units.now_utc,
         listener: WakeListener | None = None,
         resync: timedelta = timedelta(minutes=10),
+        recheck: MetricsSource | None = None,
     ) -> None:
         self.store = store
         self.runtime = runtime
         self.metrics = metrics
+        self.recheck = recheck or metrics
+        """Where a pause's recheck reads sessions: it must be a reading taken now, not a scrape ago."""
         self.exposition = exposition or OperatorMetrics()
         self.tuning = tuning
         self.workers = workers
@@ -82,6 +85,8 @@ class Reconciler:
         self._running: dict[str, types.ServerlessDatabase] = {}
         """Databases whose compute ran at their last reconcile: the sampler's fleet."""
         self._costs: dict[str, _Cost] = {}
+        self._backoff_until: dict[str, float] = {}
+        """Databases whose last step failed: the sampler leaves them alone until then (a change does not)."""
         self._wakes_started: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._reconciles = 0
@@ -154,8 +159,10 @@ class Reconciler:
                 for key in readings:
                     namespace, _, name = key.partition("/")
                     self.exposition.readings.labels(namespace, name).inc()
+                now = time.monotonic()
                 for db in fleet:
-                    self.queue.add(db.key)
+                    if self._backoff_until.get(db.key, 0.0) <= now:
+                        self.queue.add(db.key)
             await asyncio.sleep(max(tick - (time.monotonic() - started), 0.05))
 
     def _count_costs(self, elapsed: float) -> None:
@@ -185,6 +192,7 @@ class Reconciler:
             db = await self.store.get(key)
         except InvalidSpecError as error:
             log.warning("invalid object in store", database=key, error=str(error))
+            await self.store.mark_invalid(key, str(error), self.clock())
             return None
         if db is None:
             await self._forget(key)
@@ -195,6 +203,8 @@ class Reconciler:
             if db.metadata.deletion_timestamp is not None:
                 await self._finalize(db)
                 return None
+            if types.FINALIZER not in db.metadata.finalizers:
+                await self.store.set_finalizer(db, True)  # before any storage exists to keep or delete
             return await self._converge(db)
         finally:
             self.exposition.reconcile_duration.observe(time.monotonic() - started)
@@ -208,6 +218,15 @@ class Reconciler:
             now = self.clock()
             plan = policy.decide(
                 db=db, compute=compute, observation=self.observations.get(db.key), now=now, tuning=self.tuning
+            )
+            log.debug(
+                "step",
+                database=db.key,
+                compute=compute.compute.value,
+                route=compute.route.value,
+                capacity=compute.capacity,
+                phase=db.status.phase.value,
+                action=plan.action.value,
             )
             outcome = await self._act(db, plan, compute)
             new_status = status_of.next_status(db, outcome, now)
@@ -223,7 +242,10 @@ class Reconciler:
             log.info(note.message, database=db.key, reason=note.reason, type=note.type.value)
         self._publish(db, outcome)
         if outcome.failure is not None:
-            return policy.backoff(db.status.failures, self.tuning)
+            delay = policy.backoff(db.status.failures, self.tuning)
+            self._backoff_until[db.key] = time.monotonic() + delay.total_seconds()
+            return delay
+        self._backoff_until.pop(db.key, None)
         return outcome.plan.requeue_after
 
     async def _act(
@@ -268,7 +290,7 @@ class Reconciler:
 
     async def _recheck(self, db: types.ServerlessDatabase) -> None:
         """A reading taken after new connections were routed to the activator."""
-        readings = await self.metrics.observe([db])
+        readings = await self.recheck.observe([db])
         if db.key not in readings:
             raise TransientError(types.Reason.METRICS_UNAVAILABLE, "could not read sessions while pausing")
         self.observations[db.key] = readings[db.key]
@@ -293,6 +315,7 @@ class Reconciler:
         self.observations.pop(key, None)
         self._costs.pop(key, None)
         self._wakes_started.pop(key, None)
+        self._backoff_until.pop(key, None)
         self.queue.forget(key)
         await self.metrics.forget(key)
         namespace, _, name = key.partition("/")

@@ -7,7 +7,7 @@ Each has a local implementation (files and Postgres processes on this host) and 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
@@ -77,6 +77,9 @@ class Store(Protocol):
 
     async def set_finalizer(self, db: types.ServerlessDatabase, present: bool) -> None: ...
 
+    async def mark_invalid(self, key: str, message: str, now: datetime) -> None:
+        """Say in status why an object cannot be acted on (it slipped past the CRD's validation)."""
+
     def changes(self) -> AsyncIterator[str]:
         """Keys of databases whose object changed (spec, metadata or deletion), as they change."""
 
@@ -116,3 +119,12 @@ class Runtime(Protocol):
 
     async def target(self, db: types.ServerlessDatabase) -> Target | None:
         """Where a held connection should go now, or None while Postgres is not ready."""
+
+
+def invalid_status(status: types.DatabaseStatus, message: str, now: datetime) -> types.DatabaseStatus:
+    """The status of an object the operator refuses to act on: Failed, with the problems in Ready."""
+    ready = types.Condition(
+        types.ConditionType.READY, types.ConditionStatus.FALSE, types.Reason.INVALID_SPEC.value, message, now
+    )
+    conditions = tuple(c for c in status.conditions if c.type is not types.ConditionType.READY)
+    return replace(status, phase=types.Phase.FAILED, conditions=(ready, *conditions))

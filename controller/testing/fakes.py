@@ -15,7 +15,7 @@ from datetime import datetime
 
 from controller.api import types, units
 from controller.policy.inputs import Compute, ComputeState, Observation, Route
-from controller.runtime.base import Event, EventType, StepError, Target
+from controller.runtime.base import Event, EventType, StepError, Target, invalid_status
 
 
 @dataclass
@@ -180,6 +180,11 @@ class MemoryStore:
         now = units.now_utc()
         self.events[db.key].append(Event(type, reason, message, now, now))
 
+    async def mark_invalid(self, key: str, message: str, now: datetime) -> None:
+        db = self.objects.get(key)
+        if db is not None:
+            self.objects[key] = replace(db, status=invalid_status(db.status, message, now))
+
     async def request_wake(self, key: str) -> str:
         db = self.objects[key]
         token = f"wake-{len(self.events[key])}-{len(db.metadata.annotations)}-{id(db)}"
@@ -205,3 +210,19 @@ class MemoryStore:
 
     def reasons(self, key: str) -> builtins.list[str]:
         return [e.reason for e in self.events[key]]
+
+
+class FakePostgresAccess:
+    """Postgres settings per server address, as ALTER SYSTEM leaves them (pending until a reload)."""
+
+    def __init__(self) -> None:
+        self.applied: dict[str, dict[str, str]] = {}
+        self.pending: dict[str, dict[str, str]] = {}
+        self.calls = 0
+
+    async def alter_system(
+        self, host: str, password: str, settings: Mapping[str, str], *, reload: bool
+    ) -> None:
+        self.calls += 1
+        target = self.applied if reload else self.pending
+        target[host] = {**target.get(host, {}), **settings}

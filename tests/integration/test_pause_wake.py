@@ -14,7 +14,7 @@ import pytest
 from support.operator import Operator, database, require_postgres, wait_for
 
 from controller.api import types
-from controller.runtime.local.runtime import free_port
+from controller.runtime.local.runtime import cgroup_group, free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -173,11 +173,12 @@ def test_a_parked_database_costs_no_work_and_wakes_on_connect(fast: Operator) ->
     assert fast.metric("sdb_reconciles_total", database="sleeper") == reconciles
     assert fast.metric("sdb_load_readings_total", database="sleeper") == readings
     assert fast.metric("sdb_parks_total", database="sleeper") == 1
-    cgroups = list(Path("/sys/fs/cgroup").glob("*/**/default.sleeper"))
+    group = cgroup_group(fast.state_dir)
+    cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"*/**/{group}/default.sleeper")]
     assert cgroups == []  # nothing of its compute remains
     with fast.connect("sleeper") as conn:
         assert conn.execute("select one from t").fetchone() == (1,)
-    assert fast.get("sleeper").status.phase is types.Phase.ACTIVE
+    fast.wait_phase("sleeper", types.Phase.ACTIVE)
 
 
 def test_manual_pause_refuses_connections_until_resumed(fast: Operator) -> None:

@@ -21,9 +21,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-import psycopg.sql
-
 from controller.api import types
 from controller.runtime.base import PermanentError, TransientError
 
@@ -31,7 +28,6 @@ SERVER_USER = "postgres"
 READY_POLL_SECONDS = 0.002
 """How often a starting server's pid file is read; pg_ctl's 100 ms would dominate a wake."""
 STOP_TIMEOUT_SECONDS = 120.0
-CONNECT_TIMEOUT_SECONDS = 5
 LOG_MAX_BYTES = 10 * 1024**2
 
 
@@ -372,49 +368,6 @@ class Cluster:
             self.user.command([self.install.tool("pg_controldata"), str(self.pgdata)]), what="pg_controldata"
         )
         return bool(re.search(r"Database cluster state:\s+shut down\s*$", out, re.MULTILINE))
-
-
-def connect(port: int, password: str, *, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
-    """A session of the operator's own, tagged so it never counts as a client."""
-    return psycopg.connect(
-        host="127.0.0.1",
-        port=port,
-        user=SERVER_USER,
-        password=password,
-        dbname=dbname,
-        application_name=types.MONITOR_APPLICATION,
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        autocommit=True,
-    )
-
-
-def alter_system(
-    port: int, password: str, settings: Mapping[str, str], *, reload: bool = True
-) -> dict[str, str]:
-    """Set reloadable settings through ALTER SYSTEM and reload; returns those whose value changed.
-
-    Every setting is written, changed or not, so postgresql.auto.conf always holds the whole size.
-    Without `reload` the values wait there for the next start.
-    """
-    with connect(port, password) as conn:
-        rows = conn.execute(
-            "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)", [list(settings)]
-        ).fetchall()
-        current = {str(row[0]): row[1] for row in rows}
-        changed = {k: v for k, v in settings.items() if _normalized(current.get(k)) != _normalized(v)}
-        for name, value in settings.items():
-            conn.execute(
-                psycopg.sql.SQL("ALTER SYSTEM SET {} = {}").format(
-                    psycopg.sql.Identifier(name), psycopg.sql.Literal(value)
-                )
-            )
-        if changed and reload:
-            conn.execute("SELECT pg_reload_conf()")
-    return changed
-
-
-def _normalized(value: object) -> str:
-    return str(value).strip().lower().replace(" ", "")
 
 
 def _alive(pid: int) -> bool:

@@ -30,6 +30,7 @@ from controller.activator.proxy import Activator
 from controller.api import types, units
 from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, Route
+from controller.runtime import sql
 from controller.runtime.base import PermanentError, Target, TransientError
 from controller.runtime.local import postgres
 from controller.runtime.local.cgroups import Cgroups
@@ -38,6 +39,15 @@ from controller.runtime.local.store import split_key
 
 log = structlog.get_logger("runtime.local")
 HOST = "127.0.0.1"
+
+
+def operator_id(state_dir: Path) -> str:
+    """Names this operator's host-wide objects (nftables table, cgroup subtree) after its state directory."""
+    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+
+
+def cgroup_group(state_dir: Path) -> str:
+    return f"sdb-{operator_id(state_dir)}"
 
 
 def free_port() -> int:
@@ -90,9 +100,8 @@ class LocalRuntime:
     def __init__(self, state_dir: Path, activator: Activator, *, kernel_redirect: bool = True) -> None:
         self.state_dir = state_dir
         self.activator = activator
-        digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
-        self.cgroups = Cgroups(f"sdb-{digest}")
-        self.redirect = KernelRedirect(digest, enabled=kernel_redirect)
+        self.cgroups = Cgroups(cgroup_group(state_dir))
+        self.redirect = KernelRedirect(operator_id(state_dir), enabled=kernel_redirect)
         self.user: postgres.ServerUser | None = None
         self._databases: dict[str, _Database] = {}
         self._routes: dict[str, Route] = {}
@@ -130,6 +139,7 @@ class LocalRuntime:
                 with contextlib.suppress(TransientError):
                     await database.cluster.stop()
         await asyncio.to_thread(self.redirect.close)
+        await asyncio.to_thread(self.cgroups.remove_all)
 
     def _database(self, db: types.ServerlessDatabase) -> _Database:
         known = self._databases.get(db.key)
@@ -287,7 +297,7 @@ class LocalRuntime:
         self.own_sessions[database.key] += 1
         try:
             await asyncio.to_thread(
-                postgres.alter_system, port, database.password(), sizing.reloadable_settings(capacity)
+                sql.alter_system, HOST, port, database.password(), sizing.reloadable_settings(capacity)
             )
         except Exception as error:  # psycopg raises many kinds; any of them means the size did not apply
             raise TransientError(
@@ -333,7 +343,8 @@ class LocalRuntime:
             self.own_sessions[database.key] += 1
             with contextlib.suppress(psycopg.Error, OSError):
                 await asyncio.to_thread(
-                    postgres.alter_system,
+                    sql.alter_system,
+                    HOST,
                     port,
                     database.password(),
                     sizing.reloadable_settings(db.spec.capacity.min),

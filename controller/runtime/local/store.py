@@ -26,7 +26,7 @@ import yaml
 
 from controller.api import codec, types, units
 from controller.api.validation import FieldError, InvalidSpecError, validate
-from controller.runtime.base import Event, EventType
+from controller.runtime.base import Event, EventType, invalid_status
 
 MAX_EVENTS = 100
 
@@ -263,6 +263,11 @@ class FileStore:
             events.append(Event(type, reason, message, now, now))
         text = "".join(json.dumps(_encode_event(e)) + "\n" for e in events[-MAX_EVENTS:])
         _write_atomic(self._events_path(key), text)
+
+    async def mark_invalid(self, key: str, message: str, now: datetime) -> None:
+        status = invalid_status(self._read_status(key), message, now)
+        text = json.dumps(codec.encode_status(status), indent=1)
+        await asyncio.to_thread(_write_atomic, self._status_path(key), text)
 
     async def request_wake(self, key: str) -> str:
         token = units.format_time(self._clock())

@@ -86,7 +86,7 @@ class KubeApiDouble:
         for c in self._clients:
             # Closing a pool can fail during interpreter teardown; there is nothing to do then.
             with contextlib.suppress(Exception):
-                c.close()  # type: ignore[no-untyped-call]
+                c.close()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
