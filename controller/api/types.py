@@ -155,7 +155,7 @@ class ScheduleSpec:
 class ScalingSpec:
     target_cpu: float = 0.9
     target_memory: float = 0.8
-    scale_down_delay: timedelta = timedelta(minutes=5)
+    scale_down_delay: timedelta = timedelta(seconds=10)
     allow_restart: bool = False
     schedules: tuple[ScheduleSpec, ...] = ()
 

@@ -37,8 +37,10 @@ def goal(
 ) -> Goal:
     """goal = clamp(max(cpu_goal, memory_goal, connections_goal), min, max), rounded up to 0.25 CU.
 
-    When CPU is saturated the true demand is unknown and at least the capacity: ask for double,
-    so a jump in load is met in one tick instead of one step per tick.
+    When CPU is saturated (throttled at the limit, or pinned at it) the true demand is unknown and
+    above the capacity, and a reading cannot say by how much: grow several-fold at once, so a jump in
+    load is met in a tick or two instead of one step per tick. The scale-down window takes the
+    excess back within seconds once the readings show the real load.
     """
     cpu_used = observation.cpu_cores or 0.0
     # CPU not observed (a first reading, or no CPU metrics at all) is unknown, not idle: hold what runs.
@@ -52,8 +54,15 @@ def goal(
     )
     memory_goal = memory_used / (units.MEMORY_PER_CU * spec.scaling.target_memory)
     connections_goal = (observation.client_sessions + observation.waiting_sessions) / tuning.sessions_per_cu
-    saturated = current is not None and cpu_used >= tuning.saturation * current * units.CPU_PER_CU
-    raw = max(cpu_goal, memory_goal, connections_goal, 2 * current if saturated and current else 0.0)
+    limit = (current or 0.0) * units.CPU_PER_CU
+    pinned = current is not None and (observation.cpu_cores or 0.0) >= tuning.saturation * limit
+    saturated = pinned or (observation.cpu_throttled or 0.0) >= tuning.throttled
+    raw = max(
+        cpu_goal,
+        memory_goal,
+        connections_goal,
+        tuning.saturation_growth * current if saturated and current else 0.0,
+    )
     return Goal(
         capacity=clamp(units.round_up_to_step(raw), spec.capacity),
         cpu=cpu_goal,

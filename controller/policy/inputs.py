@@ -26,6 +26,8 @@ class Observation:
     """Memory that cannot be reclaimed (resident, excluding page cache)."""
     memory_cache_bytes: int | None = None
     """Page cache charged to the database: counted only partly, since it is reclaimable."""
+    cpu_throttled: float | None = None
+    """The share of CPU periods in which the database hit its limit (cgroup throttling), 0 to 1."""
     waiting_sessions: int = 0
     """Sessions waiting on locks or I/O."""
     transactions_per_second: float | None = None
@@ -92,7 +94,7 @@ class Tuning:
 
     stale_after: timedelta = timedelta(seconds=30)
     """An observation older than this is not acted on: hold the size, do not pause."""
-    tick: timedelta = timedelta(seconds=5)
+    tick: timedelta = timedelta(seconds=2)
     """How often a running database is looked at."""
     prewarm: timedelta = timedelta(minutes=2)
     """How long before a schedule's window opens its floor applies."""
@@ -100,8 +102,15 @@ class Tuning:
     """Client sessions one compute unit serves (each may hold tens of MiB of work memory)."""
     cache_weight: float = 0.25
     """The share of page cache counted as memory demand: cache is reclaimable, but a hot cache is not free."""
-    saturation: float = 0.95
+    saturation: float = 0.99
     """CPU use at or above this share of capacity means demand is unknown and above capacity."""
+    throttled: float = 0.5
+    """Throttled in this share of CPU periods: saturated, whatever the average says."""
+    saturation_growth: float = 3.0
+    """How much a saturated database grows in one tick (at least; more when the goal says so)."""
+    wake_capacity: float = 1.0
+    """The least a woken database starts at (within its floor and ceiling): its clients are waiting
+    with a load nobody has measured yet, and starting short costs them more than a minute of headroom."""
     max_backoff: timedelta = timedelta(minutes=5)
     activity_resolution: timedelta = timedelta(seconds=30)
     """How stale status.lastActivityTime may be while clients are active (at most idleAfter / 10)."""

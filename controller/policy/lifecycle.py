@@ -62,8 +62,8 @@ class Step:
     phase: Phase
     reason: Reason
     message: str
-    failure_phase: Phase = Phase.FAILED
-    """The phase to record if the action fails."""
+    failure_phase: Phase | None = None
+    """The phase to record if the action fails (None: the step's own; a half-done pause stays Pausing)."""
 
 
 def idle_since(status: types.DatabaseStatus, observation: Observation) -> datetime:
@@ -207,7 +207,11 @@ def _toward_active(want: Target, status: types.DatabaseStatus, compute: ComputeS
     if compute.route is Route.ACTIVATOR:
         if status.phase is Phase.PAUSING:
             return Step(
-                Action.ROUTE_DIRECT, Phase.ACTIVE, Reason.PAUSE_CANCELLED, f"pause cancelled: {want.message}"
+                Action.ROUTE_DIRECT,
+                Phase.ACTIVE,
+                Reason.PAUSE_CANCELLED,
+                f"pause cancelled: {want.message}",
+                status.phase,
             )
         return Step(Action.ROUTE_DIRECT, Phase.ACTIVE, Reason.STARTED, "Postgres is ready", failure_phase)
     return Step(Action.NONE, Phase.ACTIVE, Reason.RUNNING, want.message)

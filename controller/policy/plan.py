@@ -78,7 +78,12 @@ def decide(
     action, reason, message = move.action, move.reason, move.message
 
     if move.action is Action.START:
-        plan_capacity = floor
+        # Woken by a client: its load is unknown and it is waiting, so start warm; otherwise at the floor.
+        plan_capacity = (
+            capacity.clamp(max(floor, tuning.wake_capacity), spec.capacity) if want.wake else floor
+        )
+        # The start size counts as a goal: the first readings after a start see the time it was down.
+        peaks = (types.Peak(plan_capacity),)
     elif running:
         current = compute.capacity if compute.capacity is not None else status.capacity.current or floor
         peaks = status.capacity.peaks
@@ -117,7 +122,7 @@ def decide(
         connections=observation.client_sessions if fresh and observation and running else 0,
         wake_request=wake_request if want.wake or move.phase is Phase.ACTIVE else status.wake_request,
         degraded=_degraded(compute, fresh, running, observation, starting=_just_started(status, now, tuning)),
-        failure_phase=Phase.ACTIVE if action is Action.RESIZE else move.failure_phase,
+        failure_phase=Phase.ACTIVE if action is Action.RESIZE else move.failure_phase or move.phase,
         requeue_after=_requeue_after(action, move.phase, spec, status, now, tuning),
         goal=goal,
         wake=want.wake,

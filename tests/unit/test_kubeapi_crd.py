@@ -68,7 +68,7 @@ def test_crd_registers_resource_and_discovery(kube: KubeApiDouble, custom: clien
 
 
 def test_dynamic_client_finds_the_resource(kube: KubeApiDouble, custom: client.CustomObjectsApi) -> None:
-    dyn = dynamic.DynamicClient(kube.api_client())  # type: ignore[no-untyped-call]
+    dyn = dynamic.DynamicClient(kube.api_client())
     resource = dyn.resources.get(api_version=f"{GROUP}/{VERSION}", kind="ServerlessDatabase")
     resource.create(body=_sdb("a"), namespace="default")
     assert [i.metadata.name for i in resource.get(namespace="default").items] == ["a"]

@@ -459,7 +459,7 @@ def test_scale_subresource(kube: KubeApiDouble) -> None:
 def test_kubeconfig_for_other_processes(kube: KubeApiDouble, tmp_path: Path) -> None:
     path = kube.write_kubeconfig(tmp_path / "kubeconfig")
     configuration = client.Configuration()
-    config.load_kube_config(config_file=str(path), client_configuration=configuration)  # type: ignore[no-untyped-call]
+    config.load_kube_config(config_file=str(path), client_configuration=configuration)
     assert configuration.host == kube.url
     with client.ApiClient(configuration) as api:
         names = [n.metadata.name for n in client.CoreV1Api(api).list_namespace().items]

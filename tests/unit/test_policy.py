@@ -80,8 +80,10 @@ GOALS = [
     pytest.param(0.25, 4, 0.9, 1.7, 0, 0, 2.0, 2.0, id="cpu-1.7-at-target-0.9"),
     # 0.25 * ceil(1.7 / 0.7 / 0.25) = 0.25 * ceil(9.71) = 2.5
     pytest.param(0.25, 4, 0.7, 1.7, 0, 0, 2.0, 2.5, id="cpu-1.7-at-target-0.7"),
-    # saturated: 0.99 >= 0.95 * 1.0, so at least double: 2.0
-    pytest.param(0.25, 4, 0.9, 0.99, 0, 0, 1.0, 2.0, id="saturated-doubles"),
+    # pinned at the limit: 0.99 >= 0.99 * 1.0, demand unknown above it, so 3 * 1.0 = 3.0
+    pytest.param(0.25, 4, 0.9, 0.99, 0, 0, 1.0, 3.0, id="saturated-triples"),
+    # close to the limit is not saturated: 0.9 / 0.9 = 1.0
+    pytest.param(0.25, 4, 0.9, 0.9, 0, 0, 1.0, 1.0, id="near-limit-is-not-saturated"),
     # 3.9 / 0.9 = 4.33, clamped to the ceiling 4
     pytest.param(0.25, 4, 0.9, 3.9, 0, 0, 4.0, 4.0, id="clamped-to-max"),
     # 250 sessions / 100 per CU = 2.5
@@ -108,6 +110,14 @@ def test_goal(
     the_spec = spec(min_cu, max_cu, scaling=types.ScalingSpec(target_cpu=target))
     got = capacity.goal(the_spec, observation(cpu, sessions, memory), current=current, tuning=TUNING)
     assert got.capacity == expected
+
+
+def test_throttling_means_saturated_whatever_the_average() -> None:
+    # throttled in 60% of CPU periods while the average is only 0.7 of 1 CU: demand is above the limit
+    throttled = replace(observation(0.7, 1), cpu_throttled=0.6)
+    assert capacity.goal(spec(), throttled, current=1.0, tuning=TUNING).capacity == 3.0
+    briefly = replace(observation(0.7, 1), cpu_throttled=0.2)  # noise brushing the limit: 0.7 / 0.9 -> 1.0
+    assert capacity.goal(spec(), briefly, current=1.0, tuning=TUNING).capacity == 1.0
 
 
 def test_page_cache_counts_only_partly() -> None:
@@ -286,11 +296,12 @@ def test_paused_database_parks_after_the_park_delay_and_wakes_on_request() -> No
     assert (rest.action, rest.phase, rest.requeue_after) == (Action.NONE, types.Phase.PARKED, None)
     woken = replace(parked, metadata=replace(parked.metadata, annotations={types.WAKE_ANNOTATION: "w1"}))
     wake = plan.decide(db=woken, compute=absent, observation=None, now=NOW)
+    # a client is waiting with a load nobody has measured: it starts warm, at 1 CU, not at the floor
     assert (wake.action, wake.phase, wake.wake, wake.capacity) == (
         Action.START,
         types.Phase.RESUMING,
         True,
-        0.25,
+        1.0,
     )
     assert wake.failure_phase is types.Phase.PARKED  # a failed wake leaves it parked, not Failed
     answered = replace(woken, status=replace(woken.status, wake_request="w1"))
