@@ -23,7 +23,13 @@ def source(runtime: LocalRuntime, *, clock: Callable[[], datetime] = units.now_u
     def usage(db: types.ServerlessDatabase) -> Usage:
         counted = runtime.cgroups.usage(runtime.cgroup_name(db))
         if counted is not None:
-            return Usage(counted.cpu_seconds, counted.memory_working_set, counted.memory_cache)
+            return Usage(
+                counted.cpu_seconds,
+                counted.memory_working_set,
+                counted.memory_cache,
+                counted.cpu_periods,
+                counted.cpu_throttled_periods,
+            )
         return _process_tree(runtime.cluster(db).pid_file())
 
     return PostgresSource(address, usage=usage, own_sessions=runtime.own_sessions, clock=clock)

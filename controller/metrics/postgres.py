@@ -39,6 +39,9 @@ class Usage:
     """CPU time used so far (a counter); the rate between readings is the CPU used."""
     working_set_bytes: int | None
     cache_bytes: int | None = None
+    cpu_periods: int | None = None
+    """Scheduler periods so far, and of them those throttled at the limit (counters)."""
+    cpu_throttled_periods: int | None = None
 
 
 AddressOf = Callable[[types.ServerlessDatabase], Address | None]
@@ -49,6 +52,8 @@ UsageOf = Callable[[types.ServerlessDatabase], Usage | None]
 class _Counters:
     time: datetime
     cpu_seconds: float | None
+    cpu_periods: int | None
+    cpu_throttled_periods: int | None
     transactions: int
     sessions_started: int
     own_sessions: int
@@ -136,17 +141,28 @@ class PostgresSource:
         counters = _Counters(
             now,
             usage.cpu_seconds if usage else None,
+            usage.cpu_periods if usage else None,
+            usage.cpu_throttled_periods if usage else None,
             activity.transactions,
             activity.sessions_started,
             self.own_sessions[db.key],
         )
         previous, watch.previous = watch.previous, counters
-        cpu = tps = None
+        cpu = tps = throttled = None
         came_and_went = False
         if previous is not None:
             elapsed = max((now - previous.time).total_seconds(), 1e-6)
             if counters.cpu_seconds is not None and previous.cpu_seconds is not None:
                 cpu = max(counters.cpu_seconds - previous.cpu_seconds, 0.0) / elapsed
+            if None not in (
+                counters.cpu_periods,
+                previous.cpu_periods,
+                counters.cpu_throttled_periods,
+                previous.cpu_throttled_periods,
+            ):
+                periods = (counters.cpu_periods or 0) - (previous.cpu_periods or 0)
+                hit = (counters.cpu_throttled_periods or 0) - (previous.cpu_throttled_periods or 0)
+                throttled = hit / periods if periods > 0 else 0.0
             own = sessions.MONITOR_TRANSACTIONS_PER_READING
             tps = max(counters.transactions - previous.transactions - own, 0) / elapsed
             # Sessions started since the last reading, not by the operator: clients that came and went.
@@ -158,6 +174,7 @@ class PostgresSource:
             client_sessions=activity.client_sessions,
             waiting_sessions=activity.waiting_sessions,
             cpu_cores=cpu,
+            cpu_throttled=throttled,
             memory_working_set_bytes=usage.working_set_bytes if usage else None,
             memory_cache_bytes=usage.cache_bytes if usage else None,
             transactions_per_second=tps,

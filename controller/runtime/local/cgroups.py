@@ -30,6 +30,9 @@ class Usage:
     memory_working_set: int
     """Memory in use minus inactive page cache (the kubelet's and cAdvisor's working set)."""
     memory_cache: int
+    cpu_periods: int = 0
+    """CFS periods the group ran in, and of them those in which it hit its quota (throttled)."""
+    cpu_throttled_periods: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,17 +180,25 @@ class Cgroups:
         try:
             if self.version is Version.V1:
                 cpu = int((dirs["cpuacct"] / "cpuacct.usage").read_text()) / 1e9
+                throttling = _stat(dirs["cpu"] / "cpu.stat")
                 memory = int((dirs["memory"] / "memory.usage_in_bytes").read_text())
                 stat = _stat(dirs["memory"] / "memory.stat")
                 inactive, cache = stat.get("total_inactive_file", 0), stat.get("total_cache", 0)
             else:
-                cpu = _stat(dirs["unified"] / "cpu.stat")["usage_usec"] / 1e6
+                throttling = _stat(dirs["unified"] / "cpu.stat")
+                cpu = throttling["usage_usec"] / 1e6
                 memory = int((dirs["unified"] / "memory.current").read_text())
                 stat = _stat(dirs["unified"] / "memory.stat")
                 inactive, cache = stat.get("inactive_file", 0), stat.get("file", 0)
         except (OSError, KeyError, ValueError):
             return None
-        return Usage(cpu_seconds=cpu, memory_working_set=max(memory - inactive, 0), memory_cache=cache)
+        return Usage(
+            cpu_seconds=cpu,
+            memory_working_set=max(memory - inactive, 0),
+            memory_cache=cache,
+            cpu_periods=throttling.get("nr_periods", 0),
+            cpu_throttled_periods=throttling.get("nr_throttled", 0),
+        )
 
     def pids(self, name: str) -> list[int]:
         for directory in self._dirs(name).values():

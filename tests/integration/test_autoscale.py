@@ -1,0 +1,101 @@
+"""Autoscaling from real load: pgbench against a real Postgres under the local runtime."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.operator import Operator, database, require_postgres, wait_for
+
+from controller.api import types
+from controller.runtime.local.runtime import free_port, read_endpoint
+
+pytestmark = pytest.mark.postgres
+
+TICK = 1.0
+
+
+@pytest.fixture
+def scaling(state_dir: Path) -> Iterator[Operator]:
+    require_postgres()
+    if shutil.which("pgbench") is None:
+        pytest.skip("needs pgbench (Debian's postgresql-contrib)")
+    running = Operator(state_dir, tick=TICK, metrics_port=free_port())
+    running.start()
+    try:
+        yield running
+    finally:
+        if running.process is not None:
+            running.stop()
+
+
+def pgbench(operator: Operator, name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    port, password = read_endpoint(operator.state_dir, f"default/{name}")
+    return subprocess.run(
+        ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", *args, "postgres"],
+        env={**os.environ, "PGPASSWORD": password or ""},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_load_grows_it_within_two_ticks_and_the_floor_returns_after_the_delay(scaling: Operator) -> None:
+    scaling.apply(
+        database(
+            "busy",
+            capacity={"min": 0.25, "max": 2},
+            autoPause={"enabled": False},
+            scaling={"scaleDownDelay": "5s"},
+        )
+    )
+    scaling.wait_phase("busy", types.Phase.ACTIVE)
+    assert pgbench(scaling, "busy", "-i", "-q", "-s", "5").returncode == 0
+    wait_for(
+        lambda: scaling.get("busy").status.capacity.current == 0.25, timeout=30, what="the floor after init"
+    )
+    history: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            history.append((time.monotonic(), scaling.get("busy").status.capacity.current or 0.0))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    load = pgbench(scaling, "busy", "-c", "8", "-j", "2", "-T", "12", "-n")
+    ended = time.monotonic()
+    floor_again = wait_for(
+        lambda: (
+            next((t for t, c in reversed(history) if c == 0.25 and t > ended), None)
+            if scaling.get("busy").status.capacity.current == 0.25
+            else None
+        ),
+        timeout=60,
+        what="the floor after the load",
+    )
+    stop.set()
+    watcher.join()
+    assert load.returncode == 0, load.stderr
+    assert re.search(r"number of failed transactions: 0 ", load.stdout), load.stdout
+    grown = next((t for t, c in history if t >= started and c > 0.25), None)
+    assert grown is not None, "capacity never grew under load"
+    # Two readings: the first to see the load, the second at most a tick later (plus the write).
+    assert grown - started <= 2 * TICK + 1.0, f"grew after {grown - started:.1f}s"
+    assert max(c for _, c in history) <= 2.0
+    # Down only once scaleDownDelay (5 s) has passed, then a step a tick to 0.25.
+    assert floor_again - ended >= 5.0
+    events = [e.reason for e in scaling.store.events("default/busy")]
+    assert "ScaledUp" in events
+    assert "ScaledDown" in events
+    assert scaling.metric("sdb_resizes_total", database="busy", direction="up") >= 1
+    assert scaling.metric("sdb_resizes_total", database="busy", direction="down") >= 1
