@@ -22,6 +22,7 @@ import yaml
 from controller import logs
 from controller.api import codec, types, units
 from controller.api.validation import InvalidSpecError
+from controller.policy.inputs import DEFAULT_TUNING
 from controller.runtime.local.store import FileStore
 
 
@@ -69,7 +70,15 @@ def _parser() -> argparse.ArgumentParser:
         prog="sdb", description="Serverless Postgres: the operator and its tools."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _operator_commands(sub, common)
+    _database_commands(sub, common)
+    return parser
 
+
+Subparsers = argparse._SubParsersAction  # argparse's own name for what add_subparsers returns
+
+
+def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     up = sub.add_parser("up", parents=[common], help="run the operator in the foreground")
     up.add_argument("--runtime", choices=["local", "kubernetes"], default="local")
     up.add_argument("--metrics-port", type=int, default=9465, help="serve /metrics here; -1 to disable")
@@ -77,7 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--wake-timeout", type=float, default=30.0, help="seconds a held connection waits for a wake"
     )
-    up.add_argument("--tick", type=float, default=5.0, help="seconds between readings of a running database")
+    up.add_argument(
+        "--tick",
+        type=float,
+        default=DEFAULT_TUNING.tick.total_seconds(),
+        help="seconds between readings of a running database (default: %(default)s)",
+    )
     up.add_argument(
         "--endpoints",
         choices=["auto", "userspace"],
@@ -85,10 +99,43 @@ def _parser() -> argparse.ArgumentParser:
         help="auto: redirect active databases' endpoints in the kernel where nftables allows; "
         "userspace: always relay through the activator",
     )
-    up.add_argument("--log-level", default="info")
-    up.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    cluster = up.add_argument_group("kubernetes runtime")
+    cluster.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hold a Lease so only one replica acts (default: on)",
+    )
+    cluster.add_argument("--lease-name", default="serverless-db-operator")
+    cluster.add_argument("--lease-namespace", default="", help="default: $POD_NAMESPACE")
+    cluster.add_argument("--watch-namespace", default="", help="only this namespace (default: all)")
+    cluster.add_argument(
+        "--activator-service",
+        default="serverless-db-operator-activator",
+        help="the Service whose EndpointSlices list the activator's pods",
+    )
+    cluster.add_argument("--prometheus-url", default="", help="read CPU and memory from this Prometheus")
+    cluster.add_argument("--health-port", type=int, default=8081, help="/healthz and /readyz; -1 to disable")
+    _logging_flags(up)
     up.set_defaults(func=_cmd_up)
 
+    activator = sub.add_parser("activator", help="run the activator (its own Deployment in a cluster)")
+    activator.add_argument("--metrics-port", type=int, default=9466)
+    activator.add_argument("--metrics-address", default="0.0.0.0")
+    activator.add_argument("--health-port", type=int, default=8082)
+    activator.add_argument("--wake-timeout", type=float, default=30.0)
+    activator.add_argument("--port-range", default="20000-29999", help="the per-database ports (low-high)")
+    activator.add_argument("--watch-namespace", default="")
+    _logging_flags(activator)
+    activator.set_defaults(func=_cmd_activator)
+
+    render = sub.add_parser("render", help="print the Kubernetes objects the runtime keeps for a database")
+    render.add_argument("-f", "--filename", required=True)
+    render.add_argument("--phase", choices=["Active", "Paused", "Parked"], default="Active")
+    render.set_defaults(func=_cmd_render)
+
+
+def _database_commands(sub: Subparsers[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     apply = sub.add_parser(
         "apply", parents=[common], help="validate and store ServerlessDatabases from a file"
     )
@@ -129,7 +176,17 @@ def _parser() -> argparse.ArgumentParser:
                 "--pin", action="store_true", help="keep it active, never auto-pause (Active)"
             )
         command.set_defaults(func=_cmd_state, verb=verb)
-    return parser
+
+
+def _logging_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+
+
+def _configure_logs(args: argparse.Namespace) -> None:
+    logs.configure(
+        level=args.log_level, json=None if args.log_format == "auto" else args.log_format == "json"
+    )
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
@@ -155,9 +212,7 @@ def _require(store: FileStore, key: str) -> types.ServerlessDatabase:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    logs.configure(
-        level=args.log_level, json=None if args.log_format == "auto" else args.log_format == "json"
-    )
+    _configure_logs(args)
     if args.runtime == "kubernetes":
         from controller.runtime.kubernetes import main as kubernetes_main
 
@@ -179,6 +234,31 @@ def _cmd_up(args: argparse.Namespace) -> int:
             asyncio.run(operator.run(built, metrics_port=port, metrics_address=args.metrics_address))
     except operator.AlreadyRunningError as error:
         raise CliError(str(error)) from error
+    return 0
+
+
+def _cmd_activator(args: argparse.Namespace) -> int:
+    _configure_logs(args)
+    from controller.runtime.kubernetes import main as kubernetes_main
+
+    low, _, high = args.port_range.partition("-")
+    try:
+        port_range = (int(low), int(high))
+    except ValueError as error:
+        raise CliError(f"--port-range must be LOW-HIGH (got {args.port_range!r})") from error
+    return kubernetes_main.run_activator(args, port_range)
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from controller.runtime.kubernetes import render
+
+    text = sys.stdin.read() if args.filename == "-" else _read(args.filename)
+    documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    out = []
+    for document in documents:
+        db = codec.decode(document)
+        out += render.objects(db, types.Phase(args.phase))
+    print(yaml.safe_dump_all(out, sort_keys=False), end="")
     return 0
 
 

@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.cluster import cluster
 from support.operator import Operator, require_postgres
+
+from controller.testing.kubeapi import KubeApiDouble
 
 
 @pytest.fixture
@@ -34,3 +37,10 @@ def operator(state_dir: Path) -> Iterator[Operator]:
     finally:
         if running.process is not None:
             running.stop()
+
+
+@pytest.fixture
+def kube() -> Iterator[KubeApiDouble]:
+    """The Kubernetes API double, with the project's CRD installed."""
+    with cluster() as double:
+        yield double

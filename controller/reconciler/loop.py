@@ -362,6 +362,8 @@ class Reconciler:
         namespace, name = db.metadata.namespace, db.metadata.name
         status = db.status
         m = self.exposition
+        if db.key not in self._costs:
+            m.start_counting(namespace, name)
         m.capacity_current.labels(namespace, name).set(status.capacity.current or 0)
         m.capacity_desired.labels(namespace, name).set(status.capacity.desired or 0)
         m.capacity_min.labels(namespace, name).set(db.spec.capacity.min)

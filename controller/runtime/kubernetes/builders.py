@@ -1,0 +1,367 @@
+"""The Kubernetes objects for a ServerlessDatabase, as pure functions of the database and a few facts.
+
+Objects per database `<name>` in its namespace:
+  StatefulSet   <name>             one Postgres pod `<name>-0` (replicas 1 active, 0 paused), the volume
+                                   claim template `data` (PVC `data-<name>-0`), an exporter sidecar
+  Service       <name>-headless    the pod's stable DNS name, for the StatefulSet
+  Service       <name>             the client endpoint, without a selector
+  EndpointSlice <name>-sdb         its only endpoints, owned by the operator: the pod when active,
+                                   the activator (on this database's activator port) at rest
+  Secret        <name>-credentials the generated password, made once and never rewritten
+  ConfigMap     <name>-config      postgresql.conf and the exporter's queries
+Compute objects are owned by the ServerlessDatabase, so deleting it removes them; the Secret and the
+PVC are not, and the operator's finalizer deletes them only when storage.retainOnDelete is false.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from controller.api import types, units
+from controller.metrics import prometheus
+from controller.policy import sizing
+
+MANAGED_BY = "serverless-db-operator"
+FIELD_MANAGER = "serverless-db-operator"
+POSTGRES_PORT = 5432
+EXPORTER_PORT = 9187
+DEFAULT_VERSION = "16"
+EXPORTER_IMAGE = "quay.io/prometheuscommunity/postgres-exporter:v0.11.1"
+"""The release whose flags and per-scrape cost the Prometheus source is calibrated on (Debian 12's)."""
+POSTGRES_UID = 999
+"""The postgres user of the official image."""
+DATA_MOUNT = "/var/lib/postgresql/data"
+PGDATA = f"{DATA_MOUNT}/pgdata"
+"""A directory below the mount point: a fresh volume's root holds lost+found, which initdb refuses."""
+CONFIG_MOUNT = "/etc/sdb"
+ACTIVATOR_PORT_ANNOTATION = f"{types.GROUP}/activator-port"
+DATABASE_LABEL = f"{types.GROUP}/database"
+
+
+@dataclass(frozen=True)
+class Names:
+    statefulset: str
+    pod: str
+    headless: str
+    service: str
+    endpointslice: str
+    secret: str
+    configmap: str
+    pvc: str
+
+    @classmethod
+    def of(cls, name: str) -> Names:
+        return cls(
+            statefulset=name,
+            pod=f"{name}-0",
+            headless=f"{name}-headless",
+            service=name,
+            endpointslice=f"{name}-sdb",
+            secret=f"{name}-credentials",
+            configmap=f"{name}-config",
+            pvc=f"data-{name}-0",
+        )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    port: int
+
+
+def labels(db: types.ServerlessDatabase) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "postgres",
+        "app.kubernetes.io/instance": db.metadata.name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        DATABASE_LABEL: db.metadata.name,
+    }
+
+
+def _metadata(db: types.ServerlessDatabase, name: str, *, owned: bool = True) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": db.metadata.namespace, "labels": labels(db)}
+    if owned:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": types.API_VERSION,
+                "kind": types.KIND,
+                "name": db.metadata.name,
+                "uid": db.metadata.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    return meta
+
+
+def image(db: types.ServerlessDatabase) -> str:
+    return db.spec.postgres.image or f"postgres:{db.spec.postgres.version or DEFAULT_VERSION}"
+
+
+def resources(capacity: float) -> dict[str, dict[str, str]]:
+    """Requests equal limits (Guaranteed QoS), which an in-place resize must keep."""
+    amounts = {
+        "cpu": units.format_cpu(capacity * units.CPU_PER_CU),
+        "memory": units.format_bytes(int(capacity * units.MEMORY_PER_CU)),
+    }
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def capacity_of(resources_: dict[str, Any] | None) -> float | None:
+    """Compute units from a container's CPU limit (or request)."""
+    if not resources_:
+        return None
+    cpu = (resources_.get("limits") or {}).get("cpu") or (resources_.get("requests") or {}).get("cpu")
+    if cpu is None:
+        return None
+    text = str(cpu)
+    cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    return round(cores / units.CPU_PER_CU / units.CU_STEP) * units.CU_STEP
+
+
+def postgresql_conf(db: types.ServerlessDatabase) -> str:
+    settings = {
+        "listen_addresses": "*",
+        "port": str(POSTGRES_PORT),
+        "unix_socket_directories": "/var/run/postgresql",
+        "password_encryption": "scram-sha-256",
+        "hba_file": f"{PGDATA}/pg_hba.conf",
+        **sizing.restart_settings(db.spec),
+        **sizing.reloadable_settings(db.spec.capacity.min),
+        **db.spec.postgres.parameters,
+    }
+    lines = ["# Managed by the serverless-db operator from the ServerlessDatabase's spec."]
+    lines += [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
+def configmap(db: types.ServerlessDatabase, *, exporter_queries: str) -> dict[str, Any]:
+    names = Names.of(db.metadata.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(db, names.configmap),
+        "data": {"postgresql.conf": postgresql_conf(db), "exporter-queries.yaml": exporter_queries},
+    }
+
+
+def secret(db: types.ServerlessDatabase, password: str) -> dict[str, Any]:
+    names = Names.of(db.metadata.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(db, names.secret, owned=False),
+        "type": "kubernetes.io/basic-auth",
+        "stringData": {"username": "postgres", "password": password},
+    }
+
+
+def headless_service(db: types.ServerlessDatabase) -> dict[str, Any]:
+    names = Names.of(db.metadata.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(db, names.headless),
+        "spec": {
+            "clusterIP": "None",
+            "selector": labels(db),
+            "ports": [
+                {"name": "postgres", "port": POSTGRES_PORT, "targetPort": POSTGRES_PORT, "protocol": "TCP"}
+            ],
+            "publishNotReadyAddresses": False,
+        },
+    }
+
+
+def client_service(db: types.ServerlessDatabase) -> dict[str, Any]:
+    """The endpoint clients use; no selector, so the operator alone decides where it leads."""
+    names = Names.of(db.metadata.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(db, names.service),
+        "spec": {
+            "type": "ClusterIP",
+            "ports": [
+                {"name": "postgres", "port": POSTGRES_PORT, "targetPort": POSTGRES_PORT, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def endpoint_slice(db: types.ServerlessDatabase, endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    """The client Service's endpoints: the pod, or the activator's pods on this database's port."""
+    names = Names.of(db.metadata.name)
+    meta = _metadata(db, names.endpointslice)
+    meta["labels"] = {
+        **meta["labels"],
+        "kubernetes.io/service-name": names.service,
+        "endpointslice.kubernetes.io/managed-by": f"{MANAGED_BY}.{types.GROUP}",
+    }
+    ports = sorted({e.port for e in endpoints}) or [POSTGRES_PORT]
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": meta,
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": [e.address], "conditions": {"ready": True}}
+            for e in sorted(endpoints, key=lambda e: e.address)
+        ],
+        # One port per slice: every endpoint here listens on the same one.
+        "ports": [{"name": "postgres", "port": ports[0], "protocol": "TCP"}],
+    }
+
+
+def _security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": POSTGRES_UID,
+        "runAsGroup": POSTGRES_UID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def statefulset(db: types.ServerlessDatabase, *, replicas: int, capacity: float) -> dict[str, Any]:
+    names = Names.of(db.metadata.name)
+    secret_ref = {"name": names.secret, "key": "password"}
+    postgres = {
+        "name": "postgres",
+        "image": image(db),
+        "args": ["-c", f"config_file={CONFIG_MOUNT}/postgresql.conf"],
+        "env": [
+            {"name": "PGDATA", "value": PGDATA},
+            {"name": "POSTGRES_USER", "value": "postgres"},
+            {"name": "POSTGRES_PASSWORD", "valueFrom": {"secretKeyRef": secret_ref}},
+            {"name": "POSTGRES_INITDB_ARGS", "value": "--auth-host=scram-sha-256 --auth-local=peer"},
+        ],
+        "ports": [{"name": "postgres", "containerPort": POSTGRES_PORT, "protocol": "TCP"}],
+        "resources": resources(capacity),
+        "resizePolicy": [
+            {"resourceName": "cpu", "restartPolicy": "NotRequired"},
+            {"resourceName": "memory", "restartPolicy": "NotRequired"},
+        ],
+        # Ready means it accepts connections to the postgres database, not merely that the port is open.
+        "readinessProbe": {
+            "exec": {
+                "command": [
+                    "pg_isready",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(POSTGRES_PORT),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                ]
+            },
+            "periodSeconds": 1,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "exec": {"command": ["pg_isready", "-h", "127.0.0.1", "-p", str(POSTGRES_PORT)]},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "securityContext": _security_context(),
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_MOUNT},
+            {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "run", "mountPath": "/var/run/postgresql"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    exporter = {
+        "name": "exporter",
+        "image": EXPORTER_IMAGE,
+        "args": [f"--extend.query-path={CONFIG_MOUNT}/exporter-queries.yaml", *prometheus.EXPORTER_ARGS],
+        "env": [
+            # Tagged as the operator's own, so the sidecar's session never counts as a client.
+            {
+                "name": "DATA_SOURCE_URI",
+                "value": f"127.0.0.1:{POSTGRES_PORT}/postgres?sslmode=disable"
+                f"&application_name={prometheus.EXPORTER_APPLICATION}",
+            },
+            {"name": "DATA_SOURCE_USER", "value": "postgres"},
+            {"name": "DATA_SOURCE_PASS", "valueFrom": {"secretKeyRef": secret_ref}},
+        ],
+        "ports": [{"name": "exporter", "containerPort": EXPORTER_PORT, "protocol": "TCP"}],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"cpu": "100m", "memory": "64Mi"},
+        },
+        "securityContext": {**_security_context(), "runAsUser": 65534, "runAsGroup": 65534},
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
+    }
+    claim: dict[str, Any] = {
+        "metadata": {"name": "data", "labels": labels(db)},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": db.spec.storage.size}},
+        },
+    }
+    if db.spec.storage.storage_class_name:
+        claim["spec"]["storageClassName"] = db.spec.storage.storage_class_name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata(db, names.statefulset),
+        "spec": {
+            "replicas": replicas,
+            "serviceName": names.headless,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": labels(db)},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "template": {
+                "metadata": {"labels": labels(db)},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 60,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "fsGroup": POSTGRES_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [postgres, exporter],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": names.configmap}},
+                        {"name": "run", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}},
+                    ],
+                },
+            },
+            "volumeClaimTemplates": [claim],
+        },
+    }
+
+
+def render(
+    db: types.ServerlessDatabase,
+    phase: types.Phase,
+    *,
+    password: str,
+    exporter_queries: str,
+    endpoints: Sequence[Endpoint] = (),
+    capacity: float | None = None,
+) -> list[dict[str, Any]]:
+    """Every object the runtime keeps for a database in a phase (Active, Paused or Parked)."""
+    objects = [secret(db, password), client_service(db), endpoint_slice(db, endpoints)]
+    if phase is types.Phase.PARKED:
+        return objects
+    replicas = 1 if phase is types.Phase.ACTIVE else 0
+    return [
+        *objects,
+        configmap(db, exporter_queries=exporter_queries),
+        headless_service(db),
+        statefulset(db, replicas=replicas, capacity=capacity or db.spec.capacity.min),
+    ]

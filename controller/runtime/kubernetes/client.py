@@ -1,0 +1,332 @@
+"""A thin, generic layer over the `kubernetes` client: paths, verbs and patch types, as plain dicts.
+
+Every call names its verb and resource and is checked against the declared permission table
+(`permissions.py`): a call the table does not list fails at once, in tests as in production, so the
+chart's RBAC can be derived from the table and never lags behind the code. Calls are synchronous;
+the async callers run them in threads.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from controller.api import types
+from controller.runtime.kubernetes import permissions
+from controller.runtime.kubernetes.builders import FIELD_MANAGER
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(
+        self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+    ) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+
+DATABASES = Kind(types.GROUP, types.VERSION, types.PLURAL, types.KIND)
+STATEFULSETS = Kind("apps", "v1", "statefulsets", "StatefulSet")
+SERVICES = Kind("", "v1", "services", "Service")
+ENDPOINTSLICES = Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
+PODS = Kind("", "v1", "pods", "Pod")
+CLAIMS = Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+SECRETS = Kind("", "v1", "secrets", "Secret")
+CONFIGMAPS = Kind("", "v1", "configmaps", "ConfigMap")
+EVENTS = Kind("", "v1", "events", "Event")
+LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease")
+KINDS = {
+    k.kind: k
+    for k in (
+        DATABASES,
+        STATEFULSETS,
+        SERVICES,
+        ENDPOINTSLICES,
+        PODS,
+        CLAIMS,
+        SECRETS,
+        CONFIGMAPS,
+        EVENTS,
+        LEASES,
+    )
+}
+
+
+class ApiError(Exception):
+    """An API call that failed, with the server's Status reason and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+    @classmethod
+    def from_exception(cls, error: ApiException) -> ApiError:
+        try:
+            status = json.loads(error.body or "{}")
+        except ValueError:
+            status = {}
+        return cls(
+            int(error.status or 0),
+            str(status.get("reason") or error.reason or ""),
+            str(status.get("message") or ""),
+        )
+
+
+class Kube:
+    """One API connection with a permission table."""
+
+    def __init__(self, api_client: client.ApiClient, rules: tuple[permissions.Rule, ...]) -> None:
+        self.api_client = api_client
+        self.rules = rules
+
+    def _check(self, kind: Kind, verb: str, subresource: str | None) -> None:
+        resource = f"{kind.plural}/{subresource}" if subresource else kind.plural
+        if not permissions.allows(self.rules, kind.group, resource, verb):
+            raise PermissionError(f"{verb} {kind.group or 'core'}/{resource} is not in the permission table")
+
+    def request(
+        self,
+        verb: str,
+        kind: Kind,
+        *,
+        method: str,
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = JSON,
+        stream: bool = False,
+        timeout: float | None = 30.0,
+    ) -> Any:
+        self._check(kind, verb, subresource)
+        headers = {"Accept": JSON}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        params = self.api_client.param_serialize(
+            method=method,
+            resource_path=kind.path(namespace, name, subresource),
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api_client.call_api(*params, _request_timeout=timeout)
+        except ApiException as error:
+            raise ApiError.from_exception(error) from error
+        if stream and 200 <= response.status < 300:
+            return response.response
+        data = response.read()
+        if not 200 <= response.status < 300:
+            raise ApiError.from_exception(ApiException(http_resp=response))
+        return json.loads(data) if data else {}
+
+    # -- verbs -----------------------------------------------------------------------------------
+
+    def get(
+        self, kind: Kind, namespace: str, name: str, *, subresource: str | None = None
+    ) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self.request(
+                "get", kind, method="GET", namespace=namespace, name=name, subresource=subresource
+            )
+        except ApiError as error:
+            if error.not_found:
+                return None
+            raise
+        return result
+
+    def list(
+        self, kind: Kind, *, namespace: str | None = None, label_selector: str = ""
+    ) -> tuple[builtins.list[dict[str, Any]], str]:
+        query = {"labelSelector": label_selector} if label_selector else {}
+        result = self.request("list", kind, method="GET", namespace=namespace, query=query)
+        return list(result.get("items") or []), str(result["metadata"].get("resourceVersion", ""))
+
+    def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
+        namespace = body["metadata"].get("namespace")
+        result: dict[str, Any] = self.request("create", kind, method="POST", namespace=namespace, body=body)
+        return result
+
+    def apply(self, kind: Kind, body: dict[str, Any], *, subresource: str | None = None) -> dict[str, Any]:
+        """Server-side apply with the operator's field manager, taking ownership of its fields."""
+        meta = body["metadata"]
+        result: dict[str, Any] = self.request(
+            "patch",
+            kind,
+            method="PATCH",
+            namespace=meta.get("namespace"),
+            name=meta["name"],
+            subresource=subresource,
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=json.dumps(body),
+            content_type=APPLY_PATCH,
+        )
+        return result
+
+    def patch(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        *,
+        subresource: str | None = None,
+        content_type: str = MERGE_PATCH,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "patch",
+            kind,
+            method="PATCH",
+            namespace=namespace,
+            name=name,
+            subresource=subresource,
+            query={"fieldManager": FIELD_MANAGER},
+            body=patch,
+            content_type=content_type,
+        )
+        return result
+
+    def replace(self, kind: Kind, body: dict[str, Any], *, subresource: str | None = None) -> dict[str, Any]:
+        meta = body["metadata"]
+        result: dict[str, Any] = self.request(
+            "update",
+            kind,
+            method="PUT",
+            namespace=meta.get("namespace"),
+            name=meta["name"],
+            subresource=subresource,
+            query={"fieldManager": FIELD_MANAGER},
+            body=body,
+        )
+        return result
+
+    def delete(self, kind: Kind, namespace: str, name: str, *, propagation: str = "Background") -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            self.request(
+                "delete",
+                kind,
+                method="DELETE",
+                namespace=namespace,
+                name=name,
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},
+            )
+        except ApiError as error:
+            if error.not_found:
+                return False
+            raise
+        return True
+
+    def watch(
+        self,
+        kind: Kind,
+        *,
+        namespace: str | None,
+        resource_version: str,
+        timeout_seconds: int,
+        label_selector: str = "",
+        stopper: builtins.list[watch.Watch] | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Events from a resourceVersion on, as dicts; an expired version raises ApiError 410."""
+
+        def list_for_watch(**kwargs: Any) -> Any:
+            query = {"watch": "true", "allowWatchBookmarks": "true"}
+            for key, name in (
+                ("resource_version", "resourceVersion"),
+                ("timeout_seconds", "timeoutSeconds"),
+                ("label_selector", "labelSelector"),
+            ):
+                if kwargs.get(key):
+                    query[name] = str(kwargs[key])
+            return self.request(
+                "watch",
+                kind,
+                method="GET",
+                namespace=namespace,
+                query=query,
+                stream=True,
+                timeout=timeout_seconds + 10,
+            )
+
+        watcher = watch.Watch()
+        if stopper is not None:
+            stopper.append(watcher)
+        kwargs: dict[str, Any] = {"resource_version": resource_version, "timeout_seconds": timeout_seconds}
+        if label_selector:
+            kwargs["label_selector"] = label_selector
+        try:
+            for event in watcher.stream(list_for_watch, deserialize=False, **kwargs):
+                yield event if isinstance(event, dict) else json.loads(event)
+        except ApiException as error:
+            raise ApiError.from_exception(error) from error
+
+    # -- discovery -------------------------------------------------------------------------------
+
+    def server_version(self) -> tuple[int, int]:
+        params = self.api_client.param_serialize(
+            method="GET",
+            resource_path="/version",
+            header_params={"Accept": JSON},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(*params, _request_timeout=10)
+        info = json.loads(response.read())
+        return int(info["major"]), int("".join(ch for ch in info["minor"] if ch.isdigit()))
+
+    def has_subresource(self, kind: Kind, subresource: str) -> bool:
+        path = f"/apis/{kind.group}/{kind.version}" if kind.group else f"/api/{kind.version}"
+        params = self.api_client.param_serialize(
+            method="GET", resource_path=path, header_params={"Accept": JSON}, auth_settings=["BearerToken"]
+        )
+        response = self.api_client.call_api(*params, _request_timeout=10)
+        resources = json.loads(response.read()).get("resources", [])
+        return any(r.get("name") == f"{kind.plural}/{subresource}" for r in resources)
+
+
+def key_of(obj: Mapping[str, Any]) -> str:
+    meta = obj["metadata"]
+    return f"{meta.get('namespace', '')}/{meta['name']}"

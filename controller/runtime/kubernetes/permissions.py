@@ -1,0 +1,46 @@
+"""Every Kubernetes API call the operator and the activator make, as one declared table.
+
+The client wrapper refuses a call the table does not list, and the chart's RBAC is checked against
+the table by a test, so code and RBAC cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Rule:
+    group: str
+    """API group ("" for the core group)."""
+    resource: str
+    """Plural resource name, with "/subresource" for a subresource."""
+    verbs: frozenset[str]
+
+
+def _rule(group: str, resource: str, *verbs: str) -> Rule:
+    return Rule(group, resource, frozenset(verbs))
+
+
+OPERATOR: tuple[Rule, ...] = (
+    _rule("dbscale.io", "serverlessdatabases", "get", "list", "watch", "patch", "update"),
+    _rule("dbscale.io", "serverlessdatabases/status", "get", "patch", "update"),
+    _rule("apps", "statefulsets", "get", "list", "watch", "create", "patch", "delete"),
+    _rule("", "services", "get", "list", "watch", "create", "patch", "delete"),
+    _rule("discovery.k8s.io", "endpointslices", "get", "list", "watch", "create", "patch", "delete"),
+    _rule("", "pods", "get", "list", "watch"),
+    _rule("", "pods/resize", "patch"),
+    _rule("", "persistentvolumeclaims", "get", "list", "watch", "delete"),
+    _rule("", "secrets", "get", "create", "delete"),
+    _rule("", "configmaps", "get", "list", "watch", "create", "patch", "delete"),
+    _rule("", "events", "create", "patch"),
+    _rule("coordination.k8s.io", "leases", "get", "create", "update"),
+)
+"""The operator: a ClusterRole, since ServerlessDatabases live in any namespace."""
+
+ACTIVATOR: tuple[Rule, ...] = (_rule("dbscale.io", "serverlessdatabases", "get", "list", "watch", "patch"),)
+"""The activator reads which database each of its ports serves and asks for wakes by annotation."""
+
+
+def allows(rules: tuple[Rule, ...], group: str, resource: str, verb: str) -> bool:
+    return any(r.group == group and r.resource == resource and verb in r.verbs for r in rules)

@@ -1,0 +1,29 @@
+"""`sdb render`: the objects the Kubernetes runtime would keep for a database in a phase, without a cluster.
+
+Values only the cluster knows are shown as such: the password is generated at creation (rendered as
+a placeholder), and the EndpointSlice's addresses (the pod's, or the activator's) are filled in by
+the operator, so it renders without endpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from controller.api import types
+from controller.metrics import prometheus
+from controller.runtime.kubernetes import builders
+
+PASSWORD_PLACEHOLDER = "<generated-at-creation>"
+UID_PLACEHOLDER = "<assigned-by-the-api-server>"
+
+
+def objects(db: types.ServerlessDatabase, phase: types.Phase) -> list[dict[str, Any]]:
+    if not db.metadata.uid:
+        db = replace(db, metadata=replace(db.metadata, uid=UID_PLACEHOLDER))
+    return builders.render(
+        db,
+        phase,
+        password=PASSWORD_PLACEHOLDER,
+        exporter_queries=prometheus.exporter_queries(db.spec.auto_pause.ignored_applications),
+    )

@@ -1,0 +1,120 @@
+"""Every manifest the builders produce is valid for Kubernetes 1.33 (strict), in every phase."""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from controller import cli
+from controller.api import codec, types
+from controller.runtime.kubernetes import builders
+from controller.runtime.kubernetes.render import PASSWORD_PLACEHOLDER
+
+pytestmark = pytest.mark.kubernetes
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = sorted((ROOT / "manifests/samples").glob("*.yaml"))
+PHASES = [types.Phase.ACTIVE, types.Phase.PAUSED, types.Phase.PARKED]
+
+
+def database(path: Path) -> types.ServerlessDatabase:
+    db = codec.decode(yaml.safe_load(path.read_text()))
+    return types.ServerlessDatabase(
+        metadata=types.ObjectMeta(name=db.metadata.name, namespace=db.metadata.namespace, uid="d5c6a9e0-1"),
+        spec=db.spec,
+    )
+
+
+def rendered(db: types.ServerlessDatabase, phase: types.Phase) -> list[dict[str, Any]]:
+    return builders.render(
+        db,
+        phase,
+        password="s3cret",
+        exporter_queries="sdb_activity: {}\n",
+        endpoints=[builders.Endpoint("10.1.2.3", 5432)],
+        capacity=2.0,
+    )
+
+
+@pytest.mark.parametrize("phase", PHASES, ids=lambda p: p.value)
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_every_manifest_is_valid_for_kubernetes_1_33(sample: Path, phase: types.Phase) -> None:
+    for obj in rendered(database(sample), phase):
+        kubernetes_validate.validate(obj, "1.33.0", strict=True)
+
+
+def test_objects_per_phase() -> None:
+    db = database(ROOT / "manifests/samples/full.yaml")
+    kinds = {p: sorted((o["kind"], o["metadata"]["name"]) for o in rendered(db, p)) for p in PHASES}
+    assert kinds[types.Phase.PARKED] == [
+        ("EndpointSlice", "orders-sdb"),
+        ("Secret", "orders-credentials"),
+        ("Service", "orders"),
+    ]
+    assert ("StatefulSet", "orders") in kinds[types.Phase.PAUSED]
+    replicas = {
+        p: next(o for o in rendered(db, p) if o["kind"] == "StatefulSet")["spec"]["replicas"]
+        for p in (types.Phase.ACTIVE, types.Phase.PAUSED)
+    }
+    assert replicas == {types.Phase.ACTIVE: 1, types.Phase.PAUSED: 0}
+
+
+def test_the_statefulset_is_what_the_issue_asks() -> None:
+    db = database(ROOT / "manifests/samples/full.yaml")
+    sts = builders.statefulset(db, replicas=1, capacity=1.5)
+    spec = sts["spec"]
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    assert spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    postgres = spec["template"]["spec"]["containers"][0]
+    assert postgres["resources"]["limits"] == {"cpu": "1500m", "memory": "6Gi"}
+    assert (
+        postgres["resources"]["requests"] == postgres["resources"]["limits"]
+    )  # Guaranteed, kept by a resize
+    assert {p["resourceName"]: p["restartPolicy"] for p in postgres["resizePolicy"]} == {
+        "cpu": "NotRequired",
+        "memory": "NotRequired",
+    }
+    assert "pg_isready" in postgres["readinessProbe"]["exec"]["command"]
+    for container in spec["template"]["spec"]["containers"]:
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sts["metadata"]["ownerReferences"][0]["kind"] == types.KIND
+
+
+def test_the_client_service_has_no_selector_and_the_secret_no_owner() -> None:
+    db = database(ROOT / "manifests/samples/minimal.yaml")
+    assert "selector" not in builders.client_service(db)["spec"]
+    assert "ownerReferences" not in builders.secret(db, "x")["metadata"]
+    config = builders.configmap(db, exporter_queries="q")["data"]["postgresql.conf"]
+    assert "max_connections = '1802'" in config
+    assert "shared_buffers = '128MB'" in config
+
+
+def test_sdb_render_prints_a_valid_yaml_stream() -> None:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert cli.main(["render", "-f", str(ROOT / "manifests/samples/full.yaml"), "--phase", "Paused"]) == 0
+    objects = list(yaml.safe_load_all(out.getvalue()))
+    assert [o["kind"] for o in objects] == [
+        "Secret",
+        "Service",
+        "EndpointSlice",
+        "ConfigMap",
+        "Service",
+        "StatefulSet",
+    ]
+    assert objects[0]["stringData"]["password"] == PASSWORD_PLACEHOLDER
+    exporter_queries = objects[3]["data"]["exporter-queries.yaml"]
+    assert "pgbouncer" in exporter_queries
+    assert "sdb-monitor" in exporter_queries
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.33.0", strict=True)

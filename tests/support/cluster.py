@@ -1,0 +1,162 @@
+"""Running the Kubernetes runtime against the API double: the fixture's cluster, an operator, helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from controller.api import types
+from controller.policy.inputs import Observation, Tuning
+from controller.runtime.base import Target
+from controller.runtime.kubernetes import client as kc
+from controller.runtime.kubernetes import permissions
+from controller.runtime.kubernetes.leader import Timing
+from controller.runtime.kubernetes.main import ClusterOperator, Options
+from controller.testing.fakes import FakeMetrics, FakePostgresAccess
+from controller.testing.kubeapi import KubeApiDouble
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "charts/serverless-db-operator/crds/serverlessdatabases.dbscale.io.yaml"
+SYSTEM = "sdb-system"
+FAST = Tuning(tick=timedelta(milliseconds=200))
+
+
+@contextlib.contextmanager
+def cluster(version: str = "v1.33.1") -> Iterator[KubeApiDouble]:
+    """An API double with the project's CRD and the namespaces the tests use."""
+    with KubeApiDouble(version=version) as double:
+        double.install_crd(CRD)
+        for namespace in (SYSTEM, "shop"):
+            double.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        yield double
+        assert double.internal_errors == []
+
+
+def activator_slice(address: str = "127.0.0.1") -> dict[str, Any]:
+    """What the activator Service's EndpointSlice looks like with one ready activator pod."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "activator-abcde",
+            "namespace": SYSTEM,
+            "labels": {"kubernetes.io/service-name": "activator"},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+        "ports": [{"name": "metrics", "port": 9466, "protocol": "TCP"}],
+    }
+
+
+async def eventually(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "") -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Running:
+    operator: ClusterOperator
+    metrics: FakeMetrics
+    sql: FakePostgresAccess
+    stop: asyncio.Event
+    task: asyncio.Task[bool]
+
+
+@contextlib.asynccontextmanager
+async def operator(
+    kube: KubeApiDouble,
+    *,
+    identity: str = "op-1",
+    metrics: FakeMetrics | None = None,
+    leader_elect: bool = False,
+) -> AsyncIterator[Running]:
+    metrics = metrics or FakeMetrics(clock=lambda: datetime.now(UTC))
+    sql = FakePostgresAccess()
+    built = ClusterOperator(
+        kc.Kube(kube.api_client(), permissions.OPERATOR),
+        Options(
+            pod_namespace=SYSTEM,
+            activator_service="activator",
+            leader_elect=leader_elect,
+            identity=identity,
+            tuning=FAST,
+            timing=Timing(lease_duration=2, renew_deadline=1.5, retry_period=0.2),
+            watch_timeout=5,
+        ),
+        sql_access=sql,
+        metrics=metrics,
+        recheck=metrics,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(built.run(stop))
+    try:
+        yield Running(built, metrics, sql, stop, task)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def sdb(kube: KubeApiDouble, name: str = "orders") -> dict[str, Any]:
+    found = kube.get("serverlessdatabases", name, "shop")
+    assert found is not None
+    return found
+
+
+def phase(kube: KubeApiDouble, name: str = "orders") -> str:
+    return str((sdb(kube, name).get("status") or {}).get("phase"))
+
+
+def condition(kube: KubeApiDouble, kind: str, name: str = "orders") -> dict[str, Any]:
+    return next(c for c in sdb(kube, name)["status"]["conditions"] if c["type"] == kind)
+
+
+def create(kube: KubeApiDouble, name: str = "orders", **spec: Any) -> None:
+    client.CustomObjectsApi(kube.api_client()).create_namespaced_custom_object(
+        types.GROUP,
+        types.VERSION,
+        "shop",
+        types.PLURAL,
+        {"apiVersion": types.API_VERSION, "kind": types.KIND, "metadata": {"name": name}, "spec": spec},
+    )
+
+
+def reading(cpu: float = 0.0, sessions: int = 0, *, last_activity: datetime | None = None) -> Observation:
+    now = datetime.now(UTC)
+    return Observation(
+        time=now,
+        observing_since=now - timedelta(hours=1),
+        client_sessions=sessions,
+        cpu_cores=cpu,
+        memory_working_set_bytes=0,
+        last_activity=last_activity,
+    )
+
+
+def slice_addresses(kube: KubeApiDouble, name: str = "orders") -> tuple[list[str], list[int]]:
+    found = kube.get("endpointslices", f"{name}-sdb", "shop") or {}
+    addresses = [a for e in found.get("endpoints") or [] for a in e.get("addresses") or []]
+    return addresses, [p["port"] for p in found.get("ports") or []]
+
+
+async def echo_server() -> tuple[asyncio.Server, Target]:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1024):
+            writer.write(b"pod:" + data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, Target("127.0.0.1", server.sockets[0].getsockname()[1])
