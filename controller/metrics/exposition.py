@@ -108,6 +108,14 @@ class OperatorMetrics:
         self.errors = Counter("sdb_errors", "Failed steps, by reason.", (*DB_LABELS, "reason"), registry=r)
         self.databases = Gauge("sdb_databases", "Databases the operator manages.", registry=r)
 
+    def start_counting(self, namespace: str, name: str) -> None:
+        """Make a database's counters exist at 0: increase() and rate() never see a counter's first value."""
+        for counter in (self.pauses, self.parks, self.wakes, self.cu_seconds, self.max_cu_seconds):
+            counter.labels(namespace, name)
+        for direction in ("up", "down"):
+            self.resizes.labels(namespace, name, direction)
+        self.wake_duration.labels(namespace, name)
+
     def observe_phase(self, namespace: str, name: str, phase: types.Phase) -> None:
         for each in types.Phase:
             self.phase.labels(namespace, name, each.value).set(1 if each is phase else 0)

@@ -1,0 +1,106 @@
+"""A real Postgres server for a test: initdb in a fresh temporary directory, a free port, a clean stop.
+
+It runs through the local runtime's own `Cluster`, so as root the server runs as the `postgres` user.
+The directory is made with `tempfile.mkdtemp()` in /tmp, not under pytest's tmp_path: pytest resets
+its own tree to mode 0700 when a session starts, which would cut a running server off its files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import psycopg
+import pytest
+
+from controller.runtime.local import postgres
+from controller.runtime.local.runtime import HOST, free_port
+
+CLIENT_APPLICATION = "psql"
+"""The application_name of a test's client sessions: neither the operator's own nor an ignored one."""
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running server: where it listens, its superuser password, and its data directory."""
+
+    port: int
+    password: str
+    cluster: postgres.Cluster
+
+    def dsn(self, *, application_name: str = CLIENT_APPLICATION) -> str:
+        return (
+            f"host={HOST} port={self.port} user={postgres.SERVER_USER} password={self.password} "
+            f"dbname=postgres application_name={application_name}"
+        )
+
+    def connect(
+        self, *, application_name: str = CLIENT_APPLICATION, autocommit: bool = True
+    ) -> psycopg.Connection[tuple[Any, ...]]:
+        return psycopg.connect(self.dsn(application_name=application_name), autocommit=autocommit)
+
+    @property
+    def postmaster(self) -> psutil.Process:
+        """The server's parent process; its children are the backends and auxiliary processes."""
+        lines = self.cluster.pid_file()
+        assert lines is not None, f"the server on port {self.port} is not running"
+        return psutil.Process(int(lines[0]))
+
+
+def require_postgres() -> postgres.Install:
+    try:
+        return postgres.Install.find()
+    except postgres.PostgresNotFoundError as error:
+        pytest.skip(f"needs Postgres server binaries: {error}")
+
+
+@contextlib.contextmanager
+def running_server(*, parameters: dict[str, str] | None = None) -> Iterator[Server]:
+    """A fresh server for the length of the block, stopped (fast shutdown) and deleted afterwards."""
+    install = require_postgres()
+    user = postgres.ServerUser.for_this_process()
+    root = Path(tempfile.mkdtemp(prefix="sdb-pg-"))
+    postgres.grant_traverse(root, user)
+    user.own(root)
+    cluster = postgres.Cluster(install=install, user=user, pgdata=root / "pgdata", log=root / "postgres.log")
+    password = secrets.token_urlsafe(16)
+    port = free_port()
+    try:
+        asyncio.run(_start(cluster, password, port, parameters or {}))
+        yield Server(port=port, password=password, cluster=cluster)
+    finally:
+        asyncio.run(cluster.stop())
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _start(cluster: postgres.Cluster, password: str, port: int, parameters: dict[str, str]) -> None:
+    await cluster.initdb(password)
+    cluster.write_settings(
+        postgres.Settings(
+            port=port,
+            shared_buffers="32MB",
+            max_connections=50,
+            max_worker_processes=8,
+            parameters=parameters,
+        )
+    )
+    await cluster.start()
+
+
+QUIET = {"autovacuum": "off"}
+"""Settings for a server whose statistics only clients move: autovacuum workers' transactions count too."""
+
+
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[Server]:
+    """One real Postgres server shared by a test module (without autovacuum)."""
+    with running_server(parameters=QUIET) as server:
+        yield server
