@@ -1,9 +1,5 @@
 # Conveniences over ./dev; the README's two commands need nothing but bash.
-CHART := charts/serverless-db-operator
-CRD := $(CHART)/crds/serverlessdatabases.dbscale.io.yaml
-TOOLS := .cache/tools
-
-.PHONY: up test setup manifests e2e bench
+.PHONY: up test setup manifests docs e2e bench
 
 up:
 	./dev up
@@ -14,15 +10,10 @@ test:
 setup:
 	./dev setup
 
-manifests: manifests/crd.yaml manifests/install.yaml
-
-manifests/crd.yaml: $(CRD)
-	{ echo "# Generated from $(CRD) by 'make manifests'; edit that file, not this one."; cat $(CRD); } > $@
-
-manifests/install.yaml: $(CRD) $(shell find $(CHART) -type f)
+# Every generated file: manifests/crd.yaml and install.yaml, the chart's RBAC rules, the reference docs.
+manifests docs:
 	./dev setup
-	{ echo "# Generated from $(CHART) with default values by 'make manifests'; edit the chart, not this file."; \
-	  $(TOOLS)/helm template serverless-db-operator $(CHART) --namespace sdb-system --include-crds; } > $@
+	.venv/bin/python -m controller.tools
 
 e2e:
 	tests/e2e/run.sh

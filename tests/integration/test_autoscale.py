@@ -74,15 +74,15 @@ def test_load_grows_it_within_two_ticks_and_the_floor_returns_after_the_delay(sc
     started = time.monotonic()
     load = pgbench(scaling, "busy", "-c", "8", "-j", "2", "-T", "12", "-n")
     ended = time.monotonic()
-    floor_again = wait_for(
-        lambda: (
-            next((t for t, c in reversed(history) if c == 0.25 and t > ended), None)
-            if scaling.get("busy").status.capacity.current == 0.25
-            else None
-        ),
-        timeout=60,
-        what="the floor after the load",
-    )
+
+    def floor_reached() -> float | None:
+        """When the watcher first saw the floor after the load, once the floor holds."""
+        if scaling.get("busy").status.capacity.current != 0.25:
+            return None
+        return next((t for t, c in history if t > ended and c == 0.25), None)
+
+    floor_again = wait_for(floor_reached, timeout=60, what="the floor after the load")
+    assert floor_again is not None
     stop.set()
     watcher.join()
     assert load.returncode == 0, load.stderr

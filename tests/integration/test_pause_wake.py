@@ -174,7 +174,7 @@ def test_a_parked_database_costs_no_work_and_wakes_on_connect(fast: Operator) ->
     assert fast.metric("sdb_load_readings_total", database="sleeper") == readings
     assert fast.metric("sdb_parks_total", database="sleeper") == 1
     group = cgroup_group(fast.state_dir)
-    cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"*/**/{group}/default.sleeper")]
+    cgroups = list(Path("/sys/fs/cgroup").glob(f"*/**/{group}/default.sleeper"))
     assert cgroups == []  # nothing of its compute remains
     with fast.connect("sleeper") as conn:
         assert conn.execute("select one from t").fetchone() == (1,)
