@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 import psutil
@@ -30,27 +31,31 @@ def source(runtime: LocalRuntime, *, clock: Callable[[], datetime] = units.now_u
                 counted.cpu_periods,
                 counted.cpu_throttled_periods,
             )
-        return _process_tree(runtime.cluster(db).pid_file())
+        return _process_usage(runtime.cluster(db).pid_file())
 
     return PostgresSource(address, usage=usage, own_sessions=runtime.own_sessions, clock=clock)
 
 
-def _process_tree(pid_lines: list[str] | None) -> Usage:
-    """CPU seconds and resident memory of a server's process tree, where it has no cgroup.
+@dataclass(frozen=True)
+class ProcessTree:
+    cpu_seconds: float
+    private_bytes: int
+    shared_bytes: int
+    """Shared memory counted once (shared_buffers, mostly), not once per process."""
+
+
+def process_tree(pid: int) -> ProcessTree | None:
+    """CPU seconds and memory of a process and all its descendants; None once it has exited.
 
     The postmaster reaps its backends, so their CPU time is in its children's counters.
-    Shared memory is counted once, not once per process.
     """
-    if not pid_lines:
-        return Usage(None, None)
     try:
-        postmaster = psutil.Process(int(pid_lines[0]))
-        times = postmaster.cpu_times()
+        root = psutil.Process(pid)
+        times = root.cpu_times()
         cpu = times.user + times.system + times.children_user + times.children_system
-        memory = postmaster.memory_info()
-        private = memory.rss - memory.shared
-        shared = memory.shared
-        for child in postmaster.children():
+        memory = root.memory_info()
+        private, shared = memory.rss - memory.shared, memory.shared
+        for child in root.children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 child_times = child.cpu_times()
                 cpu += child_times.user + child_times.system
@@ -58,5 +63,13 @@ def _process_tree(pid_lines: list[str] | None) -> Usage:
                 private += child_memory.rss - child_memory.shared
                 shared = max(shared, child_memory.shared)
     except psutil.Error:
+        return None
+    return ProcessTree(cpu, private, shared)
+
+
+def _process_usage(pid_lines: list[str] | None) -> Usage:
+    """A server's usage where it has no cgroup: its process tree."""
+    tree = process_tree(int(pid_lines[0])) if pid_lines else None
+    if tree is None:
         return Usage(None, None)
-    return Usage(cpu, private + shared)
+    return Usage(tree.cpu_seconds, tree.private_bytes + tree.shared_bytes)

@@ -26,10 +26,11 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import psutil
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from controller.metrics import local
 
 LABELS = ("container", "namespace", "pod", "id", "image", "name")
 
@@ -50,22 +51,10 @@ class Usage:
 
 def usage_of(root: int) -> Usage | None:
     """A process tree's usage, read as a cgroup would account it; None once the root has exited."""
-    try:
-        process = psutil.Process(root)
-        times = process.cpu_times()
-        cpu = times.user + times.system + times.children_user + times.children_system
-        memory = process.memory_info()
-        private, shared = memory.rss - memory.shared, memory.shared
-        for child in process.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                child_times = child.cpu_times()
-                cpu += child_times.user + child_times.system
-                child_memory = child.memory_info()
-                private += child_memory.rss - child_memory.shared
-                shared = max(shared, child_memory.shared)
-    except psutil.Error:
+    tree = local.process_tree(root)
+    if tree is None:
         return None
-    return Usage(cpu, private + shared, shared)
+    return Usage(tree.cpu_seconds, tree.private_bytes + tree.shared_bytes, tree.shared_bytes)
 
 
 class _Collector(Collector):

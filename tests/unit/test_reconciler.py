@@ -83,6 +83,14 @@ class World:
         )
         self.reconciler.observations[key] = self.metrics.readings[key]
 
+    async def active_then_idle(self, key: str = "shop/orders") -> None:
+        """A new database brought to Active, then left without clients past its idleAfter (60 s)."""
+        self.store.put(new_db())
+        while self.store.objects[key].status.phase is not types.Phase.ACTIVE:
+            await self.reconcile(key)
+        self.clock.advance(61)
+        self.reading(key)
+
     async def reconcile(self, key: str) -> types.ServerlessDatabase:
         await self.reconciler.reconcile(key)
         return self.store.objects[key]
@@ -110,11 +118,7 @@ async def test_a_new_database_becomes_active_with_one_status_write_per_reconcile
 
 async def test_idle_pause_is_routed_rechecked_and_stopped_in_one_pass() -> None:
     world = World()
-    world.store.put(new_db())
-    while world.store.objects["shop/orders"].status.phase is not types.Phase.ACTIVE:
-        await world.reconcile("shop/orders")
-    world.clock.advance(61)
-    world.reading("shop/orders")
+    await world.active_then_idle()
     world.runtime.calls.clear()
     db = await world.reconcile("shop/orders")
     assert db.status.phase is types.Phase.PAUSED
@@ -130,11 +134,7 @@ async def test_idle_pause_is_routed_rechecked_and_stopped_in_one_pass() -> None:
 
 async def test_a_session_at_the_recheck_cancels_the_pause() -> None:
     world = World()
-    world.store.put(new_db())
-    while world.store.objects["shop/orders"].status.phase is not types.Phase.ACTIVE:
-        await world.reconcile("shop/orders")
-    world.clock.advance(61)
-    world.reading("shop/orders")
+    await world.active_then_idle()
     # the recheck will find a client that arrived while routing switched
     world.metrics.readings["shop/orders"] = replace(world.metrics.readings["shop/orders"], client_sessions=1)
     db = await world.reconcile("shop/orders")
@@ -146,11 +146,7 @@ async def test_a_session_at_the_recheck_cancels_the_pause() -> None:
 
 async def test_operator_killed_mid_pause_converges_without_duplicates() -> None:
     world = World()
-    world.store.put(new_db())
-    while world.store.objects["shop/orders"].status.phase is not types.Phase.ACTIVE:
-        await world.reconcile("shop/orders")
-    world.clock.advance(61)
-    world.reading("shop/orders")
+    await world.active_then_idle()
     # the pass dies right after routing to the activator: stop fails as if the process were killed
     world.runtime.failures[("stop", "shop/orders")] = TransientError(types.Reason.STOP_FAILED, "killed")
     db = await world.reconcile("shop/orders")
@@ -168,11 +164,7 @@ async def test_operator_killed_mid_pause_converges_without_duplicates() -> None:
 
 async def test_a_failed_wake_tells_waiters_and_leaves_the_database_paused() -> None:
     world = World()
-    world.store.put(new_db())
-    while world.store.objects["shop/orders"].status.phase is not types.Phase.ACTIVE:
-        await world.reconcile("shop/orders")
-    world.clock.advance(61)
-    world.reading("shop/orders")
+    await world.active_then_idle()
     await world.reconcile("shop/orders")
     world.runtime.failures[("start", "shop/orders")] = TransientError(types.Reason.START_FAILED, "disk full")
     await world.store.request_wake("shop/orders")

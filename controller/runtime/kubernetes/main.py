@@ -12,10 +12,10 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from kubernetes import client, config
@@ -39,6 +39,7 @@ from controller.runtime.kubernetes.store import KubeStore
 
 log = structlog.get_logger("operator.kubernetes")
 MANAGED = f"app.kubernetes.io/managed-by={builders.MANAGED_BY}"
+_T = TypeVar("_T")
 RESTING = frozenset({types.Phase.PAUSING, types.Phase.PAUSED, types.Phase.PARKING, types.Phase.PARKED})
 
 
@@ -252,23 +253,35 @@ def run(args: argparse.Namespace) -> int:
     )
 
     async def main() -> bool:
-        kube = kc.Kube(api_client(), permissions.OPERATOR)
-        operator = ClusterOperator(kube, options)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
-        if args.metrics_port >= 0:
-            operator.exposition.serve(args.metrics_port, args.metrics_address)
-        probes = health.serve(args.health_port, ready=operator.ready) if args.health_port >= 0 else None
-        try:
-            return await operator.run(stop)
-        finally:
-            if probes is not None:
-                probes.shutdown()
+        operator = ClusterOperator(kc.Kube(api_client(), permissions.OPERATOR), options)
+        return await _until_signalled(
+            operator.run, args, exposition=operator.exposition, ready=operator.ready
+        )
 
     return 0 if asyncio.run(main()) else 1
+
+
+async def _until_signalled(
+    work: Callable[[asyncio.Event], Awaitable[_T]],
+    args: argparse.Namespace,
+    *,
+    exposition: OperatorMetrics,
+    ready: Callable[[], bool],
+) -> _T:
+    """Run `work` with /metrics and the probes served, until SIGINT or SIGTERM sets its stop event."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    if args.metrics_port >= 0:
+        exposition.serve(args.metrics_port, args.metrics_address)
+    probes = health.serve(args.health_port, ready=ready) if args.health_port >= 0 else None
+    try:
+        return await work(stop)
+    finally:
+        if probes is not None:
+            probes.shutdown()
 
 
 def run_activator(args: argparse.Namespace, port_range: tuple[int, int]) -> int:
@@ -284,19 +297,7 @@ def run_activator(args: argparse.Namespace, port_range: tuple[int, int]) -> int:
         )
         exposition = OperatorMetrics()
         backend.activator.observer = exposition
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
-        if args.metrics_port >= 0:
-            exposition.serve(args.metrics_port, args.metrics_address)
-        probes = health.serve(args.health_port, ready=backend.ready) if args.health_port >= 0 else None
-        try:
-            await backend.run(stop)
-        finally:
-            if probes is not None:
-                probes.shutdown()
+        await _until_signalled(backend.run, args, exposition=exposition, ready=backend.ready)
 
     asyncio.run(main())
     return 0

@@ -84,31 +84,44 @@ class KubeStore:
         self, namespace: str, name: str, version: str, status: types.DatabaseStatus
     ) -> None:
         body = codec.encode_status(status)
-        for _ in range(CONFLICT_RETRIES):
-            current = self.databases.get(namespace, name)
-            obj = copy.deepcopy(current) if current is not None else None
-            if obj is None:
-                return  # deleted meanwhile
-            if version:
-                obj["metadata"]["resourceVersion"] = version
+
+        def put(current: dict[str, Any]) -> dict[str, Any]:
+            obj = copy.deepcopy(current)
             obj["status"] = body
+            written: dict[str, Any] = self.kube.replace(kc.DATABASES, obj, subresource="status")
+            return written
+
+        first = self.databases.get(namespace, name)
+        if first is not None and version:  # the version the status was computed from
+            first = {**first, "metadata": {**first["metadata"], "resourceVersion": version}}
+        await self._write_read_again(namespace, name, put, first=first, what="status")
+
+    async def _write_read_again(
+        self,
+        namespace: str,
+        name: str,
+        write: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        first: dict[str, Any] | None,
+        what: str,
+    ) -> None:
+        """Write against the object as read; on 409 read it again and retry. A deleted one needs nothing."""
+        current = first
+        for _ in range(CONFLICT_RETRIES):
+            if current is None:
+                return
             try:
-                written = await asyncio.to_thread(self.kube.replace, kc.DATABASES, obj, subresource="status")
+                written = await asyncio.to_thread(write, current)
             except kc.ApiError as error:
                 if error.not_found:
                     return
                 if not error.conflict:
                     raise
-                fresh = await asyncio.to_thread(self.kube.get, kc.DATABASES, namespace, name)
-                if fresh is None:
-                    return
-                version = fresh["metadata"]["resourceVersion"]
+                current = await asyncio.to_thread(self.kube.get, kc.DATABASES, namespace, name)
                 continue
-            self.databases.cache[f"{namespace}/{name}"] = (
-                written  # read-your-writes before the watch catches up
-            )
+            self.databases.cache[f"{namespace}/{name}"] = written  # read our own write before the watch
             return
-        raise kc.ApiError(409, "Conflict", f"status of {namespace}/{name} kept changing")
+        raise kc.ApiError(409, "Conflict", f"the {what} of {namespace}/{name} kept changing")
 
     async def record_event(
         self, db: types.ServerlessDatabase, type: EventType, reason: str, message: str
@@ -149,37 +162,21 @@ class KubeStore:
 
     async def set_finalizer(self, db: types.ServerlessDatabase, present: bool) -> None:
         namespace, name = db.metadata.namespace, db.metadata.name
-        for _ in range(CONFLICT_RETRIES):
-            current = self.databases.get(namespace, name) or await asyncio.to_thread(
-                self.kube.get, kc.DATABASES, namespace, name
-            )
-            if current is None:
-                return
-            finalizers = list(current["metadata"].get("finalizers") or [])
-            if (types.FINALIZER in finalizers) == present:
-                return
-            finalizers = (
-                [*finalizers, types.FINALIZER] if present else [f for f in finalizers if f != types.FINALIZER]
-            )
-            patch = {
-                "metadata": {
-                    "finalizers": finalizers,
-                    "resourceVersion": current["metadata"]["resourceVersion"],
-                }
-            }
-            try:
-                await asyncio.to_thread(self.kube.patch, kc.DATABASES, namespace, name, patch)
-                return
-            except kc.ApiError as error:
-                if error.not_found:
-                    return
-                if not error.conflict:
-                    raise
-                fresh = await asyncio.to_thread(self.kube.get, kc.DATABASES, namespace, name)
-                if fresh is None:
-                    return
-                self.databases.cache[f"{namespace}/{name}"] = fresh
-        raise kc.ApiError(409, "Conflict", f"finalizers of {db.key} kept changing")
+
+        def patch(current: dict[str, Any]) -> dict[str, Any]:
+            finalizers = [f for f in current["metadata"].get("finalizers") or [] if f != types.FINALIZER]
+            if present:
+                finalizers.append(types.FINALIZER)
+            if finalizers == list(current["metadata"].get("finalizers") or []):
+                return current
+            meta = {"finalizers": finalizers, "resourceVersion": current["metadata"]["resourceVersion"]}
+            written: dict[str, Any] = self.kube.patch(kc.DATABASES, namespace, name, {"metadata": meta})
+            return written
+
+        first = self.databases.get(namespace, name) or await asyncio.to_thread(
+            self.kube.get, kc.DATABASES, namespace, name
+        )
+        await self._write_read_again(namespace, name, patch, first=first, what="finalizers")
 
 
 def _second(when: datetime) -> str:
