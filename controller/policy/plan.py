@@ -27,7 +27,8 @@ class Plan:
     reason: Reason
     message: str
     capacity: float | None
-    """The capacity to run at: what a Start or Resize applies, and status.capacity.desired."""
+    """The capacity to run at: what a Start or Resize applies, and status.capacity.desired; for a
+    Stop, the size a wake will start at, whose settings the stop leaves in place."""
     peaks: tuple[types.Peak, ...]
     last_activity_time: datetime | None
     connections: int
@@ -77,11 +78,12 @@ def decide(
     goal: Goal | None = None
     action, reason, message = move.action, move.reason, move.message
 
-    if move.action is Action.START:
-        # Woken by a client: its load is unknown and it is waiting, so start warm; otherwise at the floor.
-        plan_capacity = (
-            capacity.clamp(max(floor, tuning.wake_capacity), spec.capacity) if want.wake else floor
-        )
+    # Woken by a client, a database starts warm: the load is unknown and the client is waiting.
+    wake_capacity = capacity.clamp(max(floor, tuning.wake_capacity), spec.capacity)
+    if move.action is Action.STOP:
+        plan_capacity = wake_capacity  # what the stop prepares the settings for
+    elif move.action is Action.START:
+        plan_capacity = wake_capacity if want.wake else floor
         # The start size counts as a goal: the first readings after a start see the time it was down.
         peaks = (types.Peak(plan_capacity),)
     elif running:

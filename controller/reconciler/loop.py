@@ -268,7 +268,8 @@ class Reconciler:
                     await self._recheck(db)
                 case Action.STOP:
                     await self.metrics.forget(db.key)
-                    await self.runtime.stop(db)
+                    assert plan.capacity is not None
+                    await self.runtime.stop(db, resume_at=plan.capacity)
                 case Action.RELEASE:
                     await self.runtime.release(db)
                 case Action.RESIZE:
@@ -330,7 +331,7 @@ class Reconciler:
         now = time.monotonic()
         namespace, name = db.metadata.namespace, db.metadata.name
         plan = outcome.plan
-        if plan.wake:
+        if plan.wake and outcome.compute.compute is not Compute.RUNNING:  # answered while up: no wake
             self._wakes_started.setdefault(db.key, now)
         if outcome.failure is not None:
             if plan.wake and self.listener is not None:

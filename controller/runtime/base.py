@@ -106,8 +106,12 @@ class Runtime(Protocol):
 
     async def route(self, db: types.ServerlessDatabase, route: Route) -> None: ...
 
-    async def stop(self, db: types.ServerlessDatabase) -> None:
-        """Stop Postgres cleanly: a fast shutdown with a checkpoint, so the next start needs no recovery."""
+    async def stop(self, db: types.ServerlessDatabase, *, resume_at: float) -> None:
+        """Stop Postgres cleanly: a fast shutdown with a checkpoint, so the next start needs no recovery.
+
+        The settings for `resume_at` (the size a wake starts at) are left in place on the way down,
+        so the wake itself needs no ALTER SYSTEM.
+        """
 
     async def release(self, db: types.ServerlessDatabase) -> None:
         """Remove compute objects; storage and credentials stay."""

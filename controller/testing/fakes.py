@@ -94,7 +94,7 @@ class FakeRuntime:
     async def route(self, db: types.ServerlessDatabase, route: Route) -> None:
         self._call(f"route_{route.value.lower()}", db.key).route = route
 
-    async def stop(self, db: types.ServerlessDatabase) -> None:
+    async def stop(self, db: types.ServerlessDatabase, *, resume_at: float) -> None:
         state = self._call("stop", db.key)
         state.compute, state.capacity = Compute.STOPPED, None
 

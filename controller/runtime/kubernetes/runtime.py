@@ -309,19 +309,17 @@ class KubernetesRuntime:
                 "no activator pod is ready: connections to this database fail until one is",
             )
 
-    async def stop(self, db: types.ServerlessDatabase) -> None:
+    async def stop(self, db: types.ServerlessDatabase, *, resume_at: float) -> None:
         """Scale to zero; the pod's SIGINT is Postgres's fast shutdown, with its checkpoint."""
         pod = self._pod(db)
         ip = (pod or {}).get("status", {}).get("podIP")
         password = await self._password(db)
         if ip and password:
-            try:  # the floor's settings wait in postgresql.auto.conf, so a wake needs no ALTER SYSTEM
-                await self.sql.alter_system(
-                    ip, password, sizing.reloadable_settings(db.spec.capacity.min), reload=False
-                )
+            try:  # the wake's settings wait in postgresql.auto.conf, so a wake needs no ALTER SYSTEM
+                await self.sql.alter_system(ip, password, sizing.reloadable_settings(resume_at), reload=False)
             except Exception as error:  # a stop must not fail for want of a nicety
                 log.info(
-                    "could not prepare the floor's settings before stopping",
+                    "could not prepare the wake's settings before stopping",
                     database=db.key,
                     error=str(error),
                 )

@@ -335,8 +335,8 @@ class LocalRuntime:
             ) from error
         self._routes[db.key] = route
 
-    async def stop(self, db: types.ServerlessDatabase) -> None:
-        """Stop cleanly, leaving the floor's settings in place so the next start needs no ALTER SYSTEM."""
+    async def stop(self, db: types.ServerlessDatabase, *, resume_at: float) -> None:
+        """Stop cleanly, leaving the wake's settings in place so it needs no ALTER SYSTEM."""
         database = self._database(db)
         port = database.cluster.running_port()
         if port is not None:
@@ -347,7 +347,7 @@ class LocalRuntime:
                     HOST,
                     port,
                     database.password(),
-                    sizing.reloadable_settings(db.spec.capacity.min),
+                    sizing.reloadable_settings(resume_at),
                     reload=False,
                 )
         await database.cluster.stop()
