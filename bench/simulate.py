@@ -24,6 +24,7 @@ Last line: ours/hpa/neon CU-hours as a ratio to the oracle's, and their under-pr
 
 from __future__ import annotations
 
+import abc
 import argparse
 import math
 import multiprocessing
@@ -180,7 +181,7 @@ class Simulation:
 # -- baseline policies: a period, a start capacity, and a target from a reading -------------------
 
 
-class Baseline:
+class Baseline(abc.ABC):
     period = 5
 
     def __init__(self, model: Model) -> None:
@@ -189,8 +190,9 @@ class Baseline:
     def start(self) -> float:
         return self.model.min_cu
 
+    @abc.abstractmethod
     def target(self, reading: Reading, current: float) -> float:
-        raise NotImplementedError
+        """The capacity to run at after this reading."""
 
     def clamp(self, value: float) -> float:
         return min(max(ceil_step(value), self.model.min_cu), self.model.max_cu)

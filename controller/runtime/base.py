@@ -121,9 +121,6 @@ class Runtime(Protocol):
     async def delete(self, db: types.ServerlessDatabase, *, keep_storage: bool) -> None:
         """Remove everything of a deleted database; its storage only when `keep_storage` is false."""
 
-    async def target(self, db: types.ServerlessDatabase) -> Target | None:
-        """Where a held connection should go now, or None while Postgres is not ready."""
-
 
 def invalid_status(status: types.DatabaseStatus, message: str, now: datetime) -> types.DatabaseStatus:
     """The status of an object the operator refuses to act on: Failed, with the problems in Ready."""

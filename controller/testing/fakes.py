@@ -15,7 +15,7 @@ from datetime import datetime
 
 from controller.api import types, units
 from controller.policy.inputs import Compute, ComputeState, Observation, Route
-from controller.runtime.base import Event, EventType, StepError, Target, invalid_status
+from controller.runtime.base import Event, EventType, StepError, invalid_status
 
 
 @dataclass
@@ -110,10 +110,6 @@ class FakeRuntime:
         state.compute, state.route, state.capacity = Compute.ABSENT, Route.ACTIVATOR, None
         if not keep_storage:
             del self.databases[db.key]
-
-    async def target(self, db: types.ServerlessDatabase) -> Target | None:
-        state = self._db(db.key)
-        return Target("fake", 5432) if state.compute is Compute.RUNNING else None
 
 
 class FakeMetrics:

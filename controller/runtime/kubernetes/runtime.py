@@ -21,7 +21,7 @@ import structlog
 from controller.api import types, units
 from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, ResizeState, Route
-from controller.runtime.base import PermanentError, Target, TransientError
+from controller.runtime.base import PermanentError, TransientError
 from controller.runtime.kubernetes import builders
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes.builders import Endpoint, Names
@@ -418,12 +418,6 @@ class KubernetesRuntime:
         except kc.ApiError as error:
             raise _transient(error, types.Reason.DELETING) from error
         self._passwords.pop(db.key, None)
-
-    async def target(self, db: types.ServerlessDatabase) -> Target | None:
-        pod = self._pod(db)
-        if pod is None or _compute(self._statefulset(db), pod) is not Compute.RUNNING:
-            return None
-        return Target(pod["status"]["podIP"], builders.POSTGRES_PORT)
 
     def key_for(self, obj: dict[str, Any]) -> str | None:
         """The database an object belongs to, by the label the builders put on everything."""

@@ -370,10 +370,6 @@ class LocalRuntime:
         if not keep_storage:
             await asyncio.to_thread(shutil.rmtree, database.directory, True)
 
-    async def target(self, db: types.ServerlessDatabase) -> Target | None:
-        self._database(db)
-        return self.running_target(db.key)
-
     def running_target(self, key: str) -> Target | None:
         """Postgres's own address while it accepts connections."""
         database = self._databases.get(key)
