@@ -78,9 +78,8 @@ class ClusterBackend:
             return None
 
     async def target(self, key: str) -> Target | None:
-        db = self._db(key)
-        if db is not None and db.status.phase is types.Phase.ACTIVE and _ready(db):
-            return self.address(db)
+        """Never a shortcut: a connection only reaches the activator when the operator routed it here,
+        and a status that still says Active may be one write behind a pause. Every connection asks."""
         return None
 
     async def wake(self, key: str) -> Target:
@@ -113,10 +112,12 @@ class ClusterBackend:
         db = self._db(key)
         if wake is None or not wake.token or db is None:
             return
+        if db.status.wake_request != wake.token:
+            return  # not answered yet (an Active status from before the request proves nothing)
         if db.status.phase is types.Phase.ACTIVE and _ready(db):
             del self._wakes[key]
             wake.future.set_result(self.address(db))
-        elif db.status.wake_request == wake.token:
+        else:
             ready = db.status.condition(types.ConditionType.READY)
             if (
                 db.status.phase in (types.Phase.PAUSED, types.Phase.PARKED, types.Phase.FAILED)
