@@ -438,6 +438,7 @@ def _indent(text: str, spaces: int) -> str:
 
 
 def _cmd_dsn(args: argparse.Namespace) -> int:
+    from controller.runtime.local.postgres import running_port
     from controller.runtime.local.runtime import HOST, database_directory, read_endpoint
 
     store = _store(args)
@@ -445,13 +446,11 @@ def _cmd_dsn(args: argparse.Namespace) -> int:
     endpoint_port, password = read_endpoint(_state_dir(args), db.key)
     if endpoint_port is None or password is None:
         raise CliError(f"{db.key} has no endpoint yet (phase {db.status.phase.value}); is `sdb up` running?")
-    port = endpoint_port
+    port: int | None = endpoint_port
     if args.direct:
-        pid_file = database_directory(_state_dir(args), db.key) / "pgdata" / "postmaster.pid"
-        try:
-            port = int(pid_file.read_text().split("\n")[3])
-        except (OSError, IndexError, ValueError) as error:
-            raise CliError(f"{db.key} is not running, so it has no direct port") from error
+        port = running_port(database_directory(_state_dir(args), db.key) / "pgdata")
+        if port is None:
+            raise CliError(f"{db.key} is not running, so it has no direct port")
     print(f"postgresql://postgres:{password}@{HOST}:{port}/postgres")
     return 0
 

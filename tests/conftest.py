@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from support.cluster import cluster
-from support.operator import Operator, require_postgres
+from support.operator import Operator, require_postgres, running_operator
 
 from controller.testing.kubeapi import KubeApiDouble
 
@@ -30,13 +30,8 @@ def state_dir() -> Iterator[Path]:
 def operator(state_dir: Path) -> Iterator[Operator]:
     """A running `sdb up` on a fresh state directory (stopped cleanly afterwards)."""
     require_postgres()
-    running = Operator(state_dir)
-    running.start()
-    try:
+    with running_operator(state_dir) as running:
         yield running
-    finally:
-        if running.process is not None:
-            running.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.operator import Operator, database, require_postgres, wait_for
+from support.operator import Operator, database, require_postgres, running_operator, wait_for
 
 from controller.api import types
 from controller.runtime.local.runtime import free_port, read_endpoint
@@ -27,13 +27,8 @@ def scaling(state_dir: Path) -> Iterator[Operator]:
     require_postgres()
     if shutil.which("pgbench") is None:
         pytest.skip("needs pgbench (Debian's postgresql-contrib)")
-    running = Operator(state_dir, tick=TICK, metrics_port=free_port())
-    running.start()
-    try:
+    with running_operator(state_dir, tick=TICK, metrics_port=free_port()) as running:
         yield running
-    finally:
-        if running.process is not None:
-            running.stop()
 
 
 def pgbench(operator: Operator, name: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from support.operator import Operator, database, require_postgres, wait_for
+from support.operator import Operator, database, require_postgres, running_operator, wait_for
 
 from controller.api import types
 from controller.runtime.local.runtime import cgroup_group, free_port
@@ -25,13 +25,8 @@ READY_LINE = "database system is ready to accept connections"
 def fast(state_dir: Path) -> Iterator[Operator]:
     """An operator that reads load every 0.2 s, with /metrics on a port of its own."""
     require_postgres()
-    running = Operator(state_dir, tick=0.2, wake_timeout=30, metrics_port=free_port())
-    running.start()
-    try:
+    with running_operator(state_dir, tick=0.2, wake_timeout=30, metrics_port=free_port()) as running:
         yield running
-    finally:
-        if running.process is not None:
-            running.stop()
 
 
 def starts(operator: Operator, name: str) -> int:

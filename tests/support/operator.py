@@ -187,6 +187,7 @@ def database(name: str, **spec: Any) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def running_operator(state_dir: Path, **kwargs: Any) -> Iterator[Operator]:
+    """`sdb up` started, and stopped cleanly at the end (a test may stop and start it meanwhile)."""
     operator = Operator(state_dir, **kwargs)
     operator.start()
     try:

@@ -261,20 +261,10 @@ class Cluster:
     # -- process ---------------------------------------------------------------------------------
 
     def pid_file(self) -> list[str] | None:
-        """postmaster.pid's lines when a live server owns this data directory."""
-        try:
-            lines = (self.pgdata / "postmaster.pid").read_text().split("\n")
-        except (FileNotFoundError, PermissionError):
-            return None
-        if len(lines) < 4 or not lines[0].strip().isdigit():
-            return None
-        if not _alive(int(lines[0])):
-            return None
-        return lines
+        return live_pid_file(self.pgdata)
 
     def running_port(self) -> int | None:
-        lines = self.pid_file()
-        return int(lines[3]) if lines and lines[3].strip().isdigit() else None
+        return running_port(self.pgdata)
 
     def ready(self) -> bool:
         lines = self.pid_file()
@@ -368,6 +358,25 @@ class Cluster:
             self.user.command([self.install.tool("pg_controldata"), str(self.pgdata)]), what="pg_controldata"
         )
         return bool(re.search(r"Database cluster state:\s+shut down\s*$", out, re.MULTILINE))
+
+
+def live_pid_file(pgdata: Path) -> list[str] | None:
+    """postmaster.pid's lines when a live server owns the data directory (not one left by a crash)."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().split("\n")
+    except (FileNotFoundError, PermissionError):
+        return None
+    if len(lines) < 4 or not lines[0].strip().isdigit():
+        return None
+    if not _alive(int(lines[0])):
+        return None
+    return lines
+
+
+def running_port(pgdata: Path) -> int | None:
+    """The port a live server on the data directory listens on."""
+    lines = live_pid_file(pgdata)
+    return int(lines[3]) if lines and lines[3].strip().isdigit() else None
 
 
 def _alive(pid: int) -> bool:
