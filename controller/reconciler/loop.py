@@ -242,6 +242,8 @@ class Reconciler:
             log.info(note.message, database=db.key, reason=note.reason, type=note.type.value)
         self._publish(db, outcome)
         if outcome.failure is not None:
+            if outcome.plan.wake and self.listener is not None:  # told after status says why, not before
+                self.listener.failed(db.key, f"the database could not be woken: {outcome.failure.message}")
             delay = policy.backoff(db.status.failures, self.tuning)
             self._backoff_until[db.key] = time.monotonic() + delay.total_seconds()
             return delay
@@ -334,8 +336,6 @@ class Reconciler:
         if plan.wake and outcome.compute.compute is not Compute.RUNNING:  # answered while up: no wake
             self._wakes_started.setdefault(db.key, now)
         if outcome.failure is not None:
-            if plan.wake and self.listener is not None:
-                self.listener.failed(db.key, f"the database could not be woken: {outcome.failure.message}")
             self._wakes_started.pop(db.key, None)
             return
         if (
