@@ -13,7 +13,7 @@ setup:
 # Every generated file: manifests/crd.yaml and install.yaml, the chart's RBAC rules, the reference docs.
 manifests docs:
 	./dev setup
-	.venv/bin/python -m controller.tools
+	.venv/bin/python -m tools
 
 e2e:
 	tests/e2e/run.sh

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import abc
 import argparse
-import math
 import multiprocessing
 import sys
 import time
@@ -70,10 +69,6 @@ class Model:
     """How much data a database has, so how much page cache it can ever fill."""
 
 
-def ceil_step(value: float) -> float:
-    return math.ceil(value / units.CU_STEP - 1e-9) * units.CU_STEP
-
-
 @dataclass
 class Reading:
     """What a policy sees at a decision: a lagged, throttled view of the world."""
@@ -91,7 +86,9 @@ class Reading:
 
 
 @dataclass
-class Outcome:
+class Replay:
+    """What one policy did with one database's demand: capacity second by second, and its moves."""
+
     capacity: np.ndarray
     resizes: int = 0
     pauses: int = 0
@@ -195,7 +192,7 @@ class Baseline(abc.ABC):
         """The capacity to run at after this reading."""
 
     def clamp(self, value: float) -> float:
-        return min(max(ceil_step(value), self.model.min_cu), self.model.max_cu)
+        return min(max(units.round_up_to_step(value), self.model.min_cu), self.model.max_cu)
 
 
 class AlwaysMax(Baseline):
@@ -253,10 +250,10 @@ class NeonWorkingSet(Neon):
     count_cache = False
 
 
-def run_baseline(sim: Simulation, policy_: Baseline) -> Outcome:
+def run_baseline(sim: Simulation, policy_: Baseline) -> Replay:
     """The engine for baselines: decide every period while active; the common pause rule; wake on demand."""
     model = sim.model
-    out = Outcome(sim.capacity)
+    out = Replay(sim.capacity)
     sim.set_now(policy_.start())
     now = 0
     woke = 0  # a wake is activity: the client that caused it was there
@@ -291,7 +288,7 @@ def run_baseline(sim: Simulation, policy_: Baseline) -> Outcome:
 
 def run_ours(
     sim: Simulation, tuning: Tuning = DEFAULT_TUNING, scaling: types.ScalingSpec | None = None
-) -> Outcome:
+) -> Replay:
     """The real policy with its defaults (tuning and scaling are for experiments)."""
     model = sim.model
     tick = int(tuning.tick.total_seconds())
@@ -310,7 +307,7 @@ def run_ours(
             capacity=types.CapacityStatus(model.min_cu, model.min_cu),
         ),
     )
-    out = Outcome(sim.capacity)
+    out = Replay(sim.capacity)
     sim.set_now(model.min_cu)
     running = True
     route = Route.DIRECT
@@ -330,12 +327,13 @@ def run_ours(
             db = replace(db, metadata=replace(db.metadata, annotations=annotations))
             now = woken
             when = EPOCH + timedelta(seconds=now)
-        for _ in range(8):  # the reconciler's chain of immediate steps
+        for _ in range(status_of.MAX_STEPS):  # the reconciler's chain of immediate steps, as it runs it
             compute = ComputeState(
                 storage=True,
                 compute=Compute.RUNNING if running else Compute.STOPPED,
                 route=route,
                 capacity=sim.current if running else None,
+                incarnation=f"start-{out.wakes}" if running else "",
             )
             reading = sim.read(now, tick)
             observation = Observation(
@@ -370,11 +368,9 @@ def run_ours(
                 sim.set_now(0.0)
                 running = False
                 out.pauses += 1
-            compute = replace(
-                compute, capacity=plan.capacity if plan.action is Action.START else compute.capacity
-            )
-            db = replace(db, status=status_of.next_status(db, status_of.Outcome(plan, compute), when))
-            if plan.requeue_after != policy.IMMEDIATELY:
+            step = status_of.advance(db, status_of.Outcome(plan, compute), when)
+            db = step.db
+            if not step.more:
                 break
             when += timedelta(milliseconds=1)
         if plan.action is Action.START:
@@ -384,13 +380,13 @@ def run_ours(
     return out
 
 
-def run_oracle(demand: np.ndarray, model: Model) -> Outcome:
+def run_oracle(demand: np.ndarray, model: Model) -> Replay:
     steps = np.ceil(demand / units.CU_STEP - 1e-9) * units.CU_STEP
     active = np.where(demand > 0, np.arange(len(demand)), -(10**9))
     last = np.maximum.accumulate(active)
     recent = np.arange(len(demand)) - last <= model.idle_after
     capacity = np.where(demand > 0, np.maximum(steps, model.min_cu), np.where(recent, model.min_cu, 0.0))
-    return Outcome(capacity)
+    return Replay(capacity)
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -405,7 +401,7 @@ class Score:
     pauses: int = 0
     wakes: int = 0
 
-    def add(self, demand: np.ndarray, outcome: Outcome) -> None:
+    def add(self, demand: np.ndarray, outcome: Replay) -> None:
         self.cu_seconds += float(outcome.capacity.sum())
         active = demand > 0
         self.active_seconds += int(active.sum())
@@ -439,7 +435,7 @@ def simulate_database(
     def world() -> Simulation:
         return Simulation(demand, model, data_bytes)
 
-    runners: dict[str, Callable[[], Outcome]] = {
+    runners: dict[str, Callable[[], Replay]] = {
         "ours": lambda: run_ours(world()),
         "max": lambda: run_baseline(world(), AlwaysMax(model)),
         "hpa": lambda: run_baseline(world(), HpaStyle(model)),

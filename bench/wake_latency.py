@@ -19,8 +19,8 @@ import psycopg
 from common import database, percentile, report, scratch_operator, wait_for
 
 from controller.api import types
-from controller.runtime.local.postgres import Install, ServerUser
 from controller.runtime.local.runtime import free_port
+from controller.runtime.local.server import Install, ServerUser
 
 
 def query_once(dsn: str) -> None:

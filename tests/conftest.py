@@ -8,10 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kubeapi import KubeApiDouble
 from support.cluster import cluster
-from support.operator import Operator, require_postgres, running_operator
-
-from controller.testing.kubeapi import KubeApiDouble
+from support.operator import Operator, running_operator
+from support.postgres import Server, running_server
+from support.requirements import require_postgres
 
 
 @pytest.fixture
@@ -32,6 +33,13 @@ def operator(state_dir: Path) -> Iterator[Operator]:
     require_postgres()
     with running_operator(state_dir) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def pods() -> Iterator[Server]:
+    """A real Postgres that stands in for the pods of the databases on the API double."""
+    with running_server(any_password=True) as server:
+        yield server
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
 from controller.activator import protocol
-from controller.runtime.base import Target
 
 log = structlog.get_logger("activator")
 
@@ -26,15 +26,23 @@ RELAY_CHUNK = 256 * 1024
 STARTUP_READ_TIMEOUT = 10.0
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """Where the activator relays a held connection once its database is awake."""
+
+    host: str
+    port: int
+
+
 class WakeError(Exception):
     """A wake that failed or was refused; the message is what the client reads."""
 
 
 class Backend(Protocol):
-    async def target(self, key: str) -> Target | None:
+    async def upstream(self, key: str) -> Upstream | None:
         """Where to connect now, or None when the database must be woken first."""
 
-    async def wake(self, key: str) -> Target:
+    async def wake(self, key: str) -> Upstream:
         """Wake the database (shared by every caller while one is under way); raises WakeError."""
 
 
@@ -98,12 +106,12 @@ class Activator:
     async def _serve(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _no_delay(writer)
         try:
-            target = await self.backend.target(key)
-            if target is None:
-                target = await self._hold(key, reader, writer)
-                if target is None:
+            upstream = await self.backend.upstream(key)
+            if upstream is None:
+                upstream = await self._hold(key, reader, writer)
+                if upstream is None:
                     return
-            await _relay(reader, writer, target)
+            await _relay(reader, writer, upstream)
         except (ConnectionError, OSError) as error:
             log.debug("connection ended", database=key, error=str(error))
         finally:
@@ -113,7 +121,7 @@ class Activator:
 
     async def _hold(
         self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> Target | None:
+    ) -> Upstream | None:
         self.observer.held(key, 1)
         try:
             return await asyncio.wait_for(self.backend.wake(key), self.wake_timeout)
@@ -150,9 +158,11 @@ async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cod
 
 
 async def _relay(
-    client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, target: Target
+    client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, upstream: Upstream
 ) -> None:
-    server_reader, server_writer = await asyncio.open_connection(target.host, target.port, limit=RELAY_CHUNK)
+    server_reader, server_writer = await asyncio.open_connection(
+        upstream.host, upstream.port, limit=RELAY_CHUNK
+    )
     _no_delay(server_writer)
     try:
         await asyncio.gather(_pump(client_reader, server_writer), _pump(server_reader, client_writer))

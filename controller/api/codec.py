@@ -19,6 +19,10 @@ def _time(value: Any) -> datetime | None:
     return units.parse_time(value) if isinstance(value, str) and value else None
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def _time_text(value: datetime | None) -> str | None:
     return units.format_time(value) if value is not None else None
 
@@ -148,6 +152,7 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
     """Status is written by the operator; anything unreadable falls back to the default."""
     raw = raw or {}
     capacity = raw.get("capacity") or {}
+    compute = raw.get("compute") or {}
     conditions = []
     for c in raw.get("conditions") or []:
         try:
@@ -176,6 +181,12 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
                 for p in capacity.get("peaks") or []
             ),
             last_scale_time=_time(capacity.get("lastScaleTime")),
+        ),
+        compute=types.ComputeStatus(
+            incarnation=str(compute.get("incarnation") or ""),
+            settings=_number(compute.get("settings")),
+            limit=_number(compute.get("limit")),
+            limit_message=str(compute.get("limitMessage") or ""),
         ),
         connections=int(raw.get("connections") or 0),
         last_activity_time=_time(raw.get("lastActivityTime")),
@@ -217,6 +228,14 @@ def encode_status(status: types.DatabaseStatus) -> dict[str, Any]:
         "observedGeneration": status.observed_generation,
         "failures": status.failures,
     }
+    compute = {
+        "incarnation": status.compute.incarnation,
+        "settings": status.compute.settings,
+        "limit": status.compute.limit,
+        "limitMessage": status.compute.limit_message,
+    }
+    if any(compute.values()):
+        out["compute"] = {k: v for k, v in compute.items() if v}
     if status.phase_since:
         out["phaseTransitionTime"] = _time_text(status.phase_since)
     if status.last_activity_time:

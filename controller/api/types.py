@@ -184,6 +184,12 @@ class DatabaseSpec:
     state: State = State.AUTO
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """A database's key, `namespace/name`, as (namespace, name)."""
+    namespace, _, name = key.partition("/")
+    return namespace, name
+
+
 @dataclass(frozen=True)
 class ObjectMeta:
     name: str
@@ -232,11 +238,25 @@ class CapacityStatus:
 
 
 @dataclass(frozen=True)
+class ComputeStatus:
+    """What the operator did to the running server: it applies to one incarnation, not the next."""
+
+    incarnation: str = ""
+    """The server the rest applies to (a pod's uid; locally the postmaster's pid and start time)."""
+    settings: float | None = None
+    """The capacity whose reloadable settings the server runs with."""
+    limit: float | None = None
+    """The most this server can be given: its node refused a larger resize."""
+    limit_message: str = ""
+
+
+@dataclass(frozen=True)
 class DatabaseStatus:
     phase: Phase = Phase.PENDING
     phase_since: datetime | None = None
     """When the phase last changed: how long a pause has lasted, since when new connections are held."""
     capacity: CapacityStatus = field(default_factory=CapacityStatus)
+    compute: ComputeStatus = field(default_factory=ComputeStatus)
     connections: int = 0
     last_activity_time: datetime | None = None
     endpoint: str = ""

@@ -29,10 +29,6 @@ def round_up_to_step(value: float) -> float:
     return math.ceil(value / CU_STEP - 1e-9) * CU_STEP
 
 
-def round_down_to_step(value: float) -> float:
-    return math.floor(value / CU_STEP + 1e-9) * CU_STEP
-
-
 def parse_duration(text: str) -> timedelta:
     """Parse a Go-style duration as Kubernetes writes them: "90s", "5m", "1h30m", "168h".
 

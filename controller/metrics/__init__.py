@@ -1,4 +1,7 @@
-"""Where observations come from (`source`): Postgres statistics plus cgroup or process counters on
-this host (`local`), or Prometheus in a cluster (`prometheus`); and the operator's own metrics
-(`exposition`), served on /metrics.
+"""Where observations come from, and the operator's own metrics.
+
+`source` is the interface; `postgres` reads Postgres's statistics over a tagged session, with CPU and
+memory from a function its assembly hands in; `prometheus` reads cAdvisor's and the exporter
+sidecar's series for a whole fleet in one query per metric; `counters` turns counters into rates
+for both; `exposition` is the operator's own /metrics.
 """

@@ -148,8 +148,7 @@ class OperatorMetrics:
                 self.phase.remove(namespace, name, phase.value)
 
     def held(self, key: str, delta: int) -> None:
-        namespace, _, name = key.partition("/")
-        self.held_connections.labels(namespace, name).inc(delta)
+        self.held_connections.labels(*types.split_key(key)).inc(delta)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> int:
         """Serve /metrics on a background thread; returns the port (0 picks one)."""

@@ -1,15 +1,14 @@
 """Observations read from Postgres itself, over one tagged session per database kept open between readings.
 
 Sessions, waiting sessions, transactions and "a client came and went" come from the statistics
-views; CPU and memory come from a `Usage` function the runtime provides (a cgroup, or the process
-tree, on this host) and are absent where there is none. The runtime also says where each database
-is (`Address`): 127.0.0.1 locally, the pod's address in a cluster.
+views; CPU and memory come from a `Usage` function the assembly provides (a cgroup, or the process
+tree, on this host) and are absent where there is none. Where each database is comes from an
+`address` function: 127.0.0.1 locally, the pod's address in a cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,29 +18,13 @@ import psycopg
 import structlog
 
 from controller.api import types, units
-from controller.metrics import sessions
+from controller.metrics import counters
 from controller.policy.inputs import Observation
-from controller.runtime.sql import CONNECT_TIMEOUT_SECONDS, USER
+from controller.postgres import activity
+from controller.postgres.sessions import Address, OperatorSessions
+from controller.postgres.usage import Usage
 
 log = structlog.get_logger("metrics.postgres")
-
-
-@dataclass(frozen=True)
-class Address:
-    host: str
-    port: int
-    password: str
-
-
-@dataclass(frozen=True)
-class Usage:
-    cpu_seconds: float | None
-    """CPU time used so far (a counter); the rate between readings is the CPU used."""
-    working_set_bytes: int | None
-    cache_bytes: int | None = None
-    cpu_periods: int | None = None
-    """Scheduler periods so far, and of them those throttled at the limit (counters)."""
-    cpu_throttled_periods: int | None = None
 
 
 AddressOf = Callable[[types.ServerlessDatabase], Address | None]
@@ -49,24 +32,27 @@ UsageOf = Callable[[types.ServerlessDatabase], Usage | None]
 
 
 @dataclass(frozen=True)
-class _Counters:
-    time: datetime
-    cpu_seconds: float | None
-    cpu_periods: int | None
-    cpu_throttled_periods: int | None
-    transactions: int
-    sessions_started: int
+class _Reading:
+    """The counters of one reading, kept for the next."""
+
+    time: float
+    usage: Usage | None
+    activity: activity.Activity
     own_sessions: int
 
 
 @dataclass
 class _Watch:
-    """Per-database state between readings: the open session and the previous counters."""
+    """Per-database state between readings: the open session and the previous reading."""
 
     address: Address
     connection: psycopg.AsyncConnection[tuple[object, ...]]
     since: datetime
-    previous: _Counters | None = None
+    previous: _Reading | None = None
+
+
+def _pair(before: float | None, after: float | None, *, at: tuple[float, float]) -> list[counters.Sample]:
+    return [] if before is None or after is None else [(at[0], before), (at[1], after)]
 
 
 class PostgresSource:
@@ -76,16 +62,14 @@ class PostgresSource:
         self,
         address: AddressOf,
         *,
+        sessions: OperatorSessions,
         usage: UsageOf | None = None,
-        own_sessions: collections.Counter[str] | None = None,
         clock: Callable[[], datetime] = units.now_utc,
     ) -> None:
         self.address = address
+        self.sessions = sessions
+        """The operator's sessions (shared with the runtime), so its own are never read as clients."""
         self.usage = usage
-        self.own_sessions: collections.Counter[str] = (
-            own_sessions if own_sessions is not None else collections.Counter()
-        )
-        """Sessions the operator opened per database (shared with the runtime), so they are not clients."""
         self.clock = clock
         self._watches: dict[str, _Watch] = {}
         self.queries = 0
@@ -112,17 +96,7 @@ class PostgresSource:
         if address is None:
             return None
         if watch is None:
-            connection = await psycopg.AsyncConnection.connect(
-                host=address.host,
-                port=address.port,
-                user=USER,
-                password=address.password,
-                dbname="postgres",
-                application_name=types.MONITOR_APPLICATION,
-                connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                autocommit=True,
-            )
-            self.own_sessions[db.key] += 1
+            connection = await self.sessions.connect_async(db.key, address)
             watch = _Watch(address=address, connection=connection, since=self.clock())
             self._watches[db.key] = watch
         return watch
@@ -133,46 +107,39 @@ class PostgresSource:
             return None
         self.queries += 1
         cursor = await watch.connection.execute(
-            sessions.ACTIVITY_SQL, sessions.parameters(db.spec.auto_pause.ignored_applications)
+            activity.ACTIVITY_SQL, activity.parameters(db.spec.auto_pause.ignored_applications)
         )
-        activity = sessions.parse(await cursor.fetchone())
         now = self.clock()
-        usage = self.usage(db) if self.usage is not None else None
-        counters = _Counters(
-            now,
-            usage.cpu_seconds if usage else None,
-            usage.cpu_periods if usage else None,
-            usage.cpu_throttled_periods if usage else None,
-            activity.transactions,
-            activity.sessions_started,
-            self.own_sessions[db.key],
+        reading = _Reading(
+            time=now.timestamp(),
+            usage=self.usage(db) if self.usage is not None else None,
+            activity=activity.parse(await cursor.fetchone()),
+            own_sessions=self.sessions.opened(db.key),
         )
-        previous, watch.previous = watch.previous, counters
+        previous, watch.previous = watch.previous, reading
         cpu = tps = throttled = None
         came_and_went = False
         if previous is not None:
-            elapsed = max((now - previous.time).total_seconds(), 1e-6)
-            if counters.cpu_seconds is not None and previous.cpu_seconds is not None:
-                cpu = max(counters.cpu_seconds - previous.cpu_seconds, 0.0) / elapsed
-            if None not in (
-                counters.cpu_periods,
-                previous.cpu_periods,
-                counters.cpu_throttled_periods,
-                previous.cpu_throttled_periods,
-            ):
-                periods = (counters.cpu_periods or 0) - (previous.cpu_periods or 0)
-                hit = (counters.cpu_throttled_periods or 0) - (previous.cpu_throttled_periods or 0)
-                throttled = hit / periods if periods > 0 else 0.0
-            own = sessions.MONITOR_TRANSACTIONS_PER_READING
-            tps = max(counters.transactions - previous.transactions - own, 0) / elapsed
+            at = (previous.time, reading.time)
+            before, after = previous.usage or Usage(None, None), reading.usage or Usage(None, None)
+            cpu = counters.rate(_pair(before.cpu_seconds, after.cpu_seconds, at=at))
+            throttled = counters.share(
+                _pair(before.cpu_throttled_periods, after.cpu_throttled_periods, at=at),
+                _pair(before.cpu_periods, after.cpu_periods, at=at),
+            )
+            tps = counters.rate(
+                _pair(previous.activity.transactions, reading.activity.transactions, at=at),
+                own_per_interval=activity.MONITOR_TRANSACTIONS_PER_READING,
+            )
             # Sessions started since the last reading, not by the operator: clients that came and went.
-            started = counters.sessions_started - previous.sessions_started
-            came_and_went = started - (counters.own_sessions - previous.own_sessions) > 0
+            started = reading.activity.sessions_started - previous.activity.sessions_started
+            came_and_went = started - (reading.own_sessions - previous.own_sessions) > 0
+        usage = reading.usage
         return Observation(
             time=now,
             observing_since=watch.since,
-            client_sessions=activity.client_sessions,
-            waiting_sessions=activity.waiting_sessions,
+            client_sessions=reading.activity.client_sessions,
+            waiting_sessions=reading.activity.waiting_sessions,
             cpu_cores=cpu,
             cpu_throttled=throttled,
             memory_working_set_bytes=usage.working_set_bytes if usage else None,

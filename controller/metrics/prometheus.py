@@ -4,7 +4,7 @@ Each database runs as a StatefulSet `<name>` with one pod `<name>-0`. Prometheus
 about that pod, and both come back labelled with its namespace and pod:
   - the kubelet's cAdvisor: the `postgres` container's CPU seconds, working set and page cache;
   - the pod's postgres_exporter sidecar, running the query file `exporter_queries` writes: the
-    same client-session figures `controller.metrics.sessions` defines for every source.
+    same client-session figures `controller.postgres.activity` defines for every source.
 
 Each tick sends one query per metric for the whole fleet, never one per database, and maps each
 (namespace, pod) back to a database key. Queries ask for raw samples over the staleness bound
@@ -25,98 +25,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
-import psycopg.sql
 import requests
 import structlog
-import yaml
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from controller.api import types, units
-from controller.metrics import sessions
+from controller.metrics import counters
 from controller.policy.inputs import Observation
+from controller.postgres import exporter
 
 log = structlog.get_logger("metrics.prometheus")
-
-# -- the exporter sidecar ------------------------------------------------------------------------
-
-QUERY_NAMESPACE = "pg_sdb"
-"""The exporter names each column `<namespace>_<column>`: pg_sdb_client_sessions, and so on."""
-
-_COLUMNS: Mapping[str, tuple[str, str]] = {
-    "client_sessions": ("GAUGE", "Sessions that count as client activity (controller.metrics.sessions)."),
-    "waiting_sessions": ("GAUGE", "Client sessions waiting on a lock or on I/O."),
-    "transactions": ("COUNTER", "Transactions committed or rolled back, in every database."),
-    "sessions_started": ("COUNTER", "Sessions ever started, in every database (PostgreSQL 14+)."),
-}
-"""sessions.ACTIVITY_SQL's columns, with how the exporter should type each."""
-
-EXPORTER_APPLICATION = types.MONITOR_APPLICATION
-"""The sidecar's sessions carry the operator's own application_name (in its DSN): they never count."""
-
-EXPORTER_ARGS = (
-    "--disable-default-metrics",
-    "--disable-settings-metrics",
-    "--no-collector.database",
-    "--no-collector.bgwriter",
-)
-"""postgres_exporter 0.11's flags (Debian 12's release; later ones name their collectors differently)
-for a sidecar that runs our query file and nothing else.
-
-Its own statements are then a known count per scrape (subtracted from the transaction rate), and it
-keeps one persistent session, so it starts no session of its own per scrape. Later releases open a
-fresh session for every scrape whatever the flags: they need `exporter_sessions_per_scrape=1` and
-their own count of statements, and then every Prometheus replica scraping the sidecar adds its
-scrapes to the counters the others read.
-"""
-EXPORTER_TRANSACTIONS_PER_SCRAPE = 3
-"""Statements the sidecar runs per scrape with EXPORTER_ARGS: a ping, `SELECT version()`, our query."""
-EXPORTER_SESSIONS_PER_SCRAPE = 0
-"""Sessions the sidecar starts per scrape with EXPORTER_ARGS: none, its one session stays open."""
-
-
-def metric_name(column: str) -> str:
-    return f"{QUERY_NAMESPACE}_{column}"
-
-
-def exporter_queries(ignored_applications: Sequence[str]) -> str:
-    """postgres_exporter's `--extend.query-path` file for a database, from sessions.ACTIVITY_SQL.
-
-    The exporter cannot pass parameters, so each `%(name)s` becomes the literal of its value.
-    """
-    parameters = sessions.parameters(ignored_applications)
-
-    def literal(match: re.Match[str]) -> str:
-        if match.group(0) == "%%":  # psycopg's escaped percent sign
-            return "%"
-        return psycopg.sql.Literal(parameters[match.group(1)]).as_string(None)
-
-    query = re.sub(r"%\((\w+)\)s|%%", literal, sessions.ACTIVITY_SQL)
-    document = {
-        QUERY_NAMESPACE: {
-            "query": query.strip() + "\n",
-            "master": True,  # counters are server-wide: run once even with --auto-discover-databases
-            "metrics": [
-                {column: {"usage": usage, "description": description}}
-                for column, (usage, description) in _COLUMNS.items()
-            ],
-        }
-    }
-    return yaml.dump(document, Dumper=_BlockDumper, sort_keys=False, width=1000)
-
-
-class _BlockDumper(yaml.SafeDumper):
-    """Writes multi-line strings as `|` blocks, so the query in a ConfigMap reads as SQL."""
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_BlockDumper.add_representer(str, _represent_str)
-
 
 # -- configuration -------------------------------------------------------------------------------
 
@@ -152,8 +72,8 @@ class PrometheusConfig:
     """A database whose series have no sample this recent has no observation."""
     timeout: timedelta = timedelta(seconds=5)
     """Per request. A tick's queries are not retried: the next tick is the retry."""
-    exporter_transactions_per_scrape: int = EXPORTER_TRANSACTIONS_PER_SCRAPE
-    exporter_sessions_per_scrape: int = EXPORTER_SESSIONS_PER_SCRAPE
+    exporter_transactions_per_scrape: int = exporter.TRANSACTIONS_PER_SCRAPE
+    exporter_sessions_per_scrape: int = exporter.SESSIONS_PER_SCRAPE
 
     @classmethod
     def parse(cls, values: Mapping[str, str]) -> PrometheusConfig:
@@ -203,14 +123,14 @@ class PrometheusConfig:
         window = f"[{milliseconds // 1000}s]" if milliseconds % 1000 == 0 else f"[{milliseconds}ms]"
         container = f'{self.container_label}="{_escape(self.container)}"'
         cadvisor = "{" + ",".join(m for m in (container, self.matchers) if m) + "}"
-        exporter = "{" + self.matchers + "}" if self.matchers else ""
+        sidecar = "{" + self.matchers + "}" if self.matchers else ""
         return {
             "cpu_seconds": f"container_cpu_usage_seconds_total{cadvisor}{window}",
             "cpu_periods": f"container_cpu_cfs_periods_total{cadvisor}{window}",
             "cpu_throttled_periods": f"container_cpu_cfs_throttled_periods_total{cadvisor}{window}",
             "working_set": f"container_memory_working_set_bytes{cadvisor}{window}",
             "cache": f"container_memory_cache{cadvisor}{window}",
-            **{column: f"{metric_name(column)}{exporter}{window}" for column in _COLUMNS},
+            **{column: f"{exporter.metric_name(column)}{sidecar}{window}" for column in exporter.COLUMNS},
         }
 
 
@@ -224,9 +144,7 @@ def _escape(value: str) -> str:
 
 # -- the source ----------------------------------------------------------------------------------
 
-Sample = tuple[float, float]
-"""(unix time in seconds, value): one scraped sample."""
-Series = list[Sample]
+Series = list[counters.Sample]
 
 
 @dataclass
@@ -240,35 +158,17 @@ class _Run:
     """Per counter, the rate last computed: it stands until a newer sample arrives."""
     last_activity: datetime | None = None
 
+    def unread(self, metric: str, samples: Series) -> Series | None:
+        """The samples from the last one read on; a run's first reading starts at the window's oldest.
 
-@dataclass(frozen=True)
-class _Steps:
-    """A counter's increases, scrape by scrape, since the sample read last time."""
-
-    start: float
-    increases: list[Sample]
-    """(time, increase) for each newer sample; a value lower than the one before is a reset, from zero."""
-
-    def rate(self, own_per_scrape: int) -> float:
-        total = sum(increase for _, increase in self.increases) - own_per_scrape * len(self.increases)
-        return max(total, 0.0) / (self.increases[-1][0] - self.start)
-
-
-def _steps(run: _Run, metric: str, samples: Series) -> _Steps | None:
-    """The increases since the last reading; the first reading of a run starts at the window's oldest sample.
-
-    None when no sample is newer than the last one read (a tick shorter than the scrape interval).
-    """
-    read_up_to = run.read_up_to.get(metric)
-    start = 0
-    if read_up_to is not None:
-        start = max((i for i, (t, _) in enumerate(samples) if t <= read_up_to), default=0)
-    run.read_up_to[metric] = samples[-1][0]
-    if start == len(samples) - 1:
-        return None
-    pairs = zip(samples[start:-1], samples[start + 1 :], strict=True)
-    increases = [(t, after - before if after >= before else after) for (_, before), (t, after) in pairs]
-    return _Steps(samples[start][0], increases)
+        None when no sample is newer than the last one read (a tick shorter than the scrape interval).
+        """
+        read_up_to = self.read_up_to.get(metric)
+        start = 0
+        if read_up_to is not None:
+            start = max((i for i, (t, _) in enumerate(samples) if t <= read_up_to), default=0)
+        self.read_up_to[metric] = samples[-1][0]
+        return samples[start:] if start < len(samples) - 1 else None
 
 
 class PrometheusSource:
@@ -373,27 +273,26 @@ class PrometheusSource:
         run = self._runs.get(key)
         if run is None:
             run = self._runs[key] = _Run(since=time)
-        cpu = _steps(run, "cpu_seconds", series["cpu_seconds"])
+        cpu = run.unread("cpu_seconds", series["cpu_seconds"])
         if cpu is not None:
-            run.rates["cpu"] = cpu.rate(own_per_scrape=0)
-        periods = _steps(run, "cpu_periods", series["cpu_periods"]) if series.get("cpu_periods") else None
+            run.rates["cpu"] = counters.rate(cpu) or 0.0
+        periods = run.unread("cpu_periods", series["cpu_periods"]) if series.get("cpu_periods") else None
         throttled = (
-            _steps(run, "cpu_throttled_periods", series["cpu_throttled_periods"])
+            run.unread("cpu_throttled_periods", series["cpu_throttled_periods"])
             if series.get("cpu_throttled_periods")
             else None
         )
         if periods is not None and throttled is not None:
-            ran = sum(increase for _, increase in periods.increases)
-            hit = sum(increase for _, increase in throttled.increases)
-            run.rates["throttled"] = min(hit / ran, 1.0) if ran > 0 else 0.0
-        transactions = _steps(run, "transactions", series["transactions"])
+            run.rates["throttled"] = counters.share(throttled, periods) or 0.0
+        transactions = run.unread("transactions", series["transactions"])
         if transactions is not None:
-            run.rates["tps"] = transactions.rate(self.config.exporter_transactions_per_scrape)
-        started = _steps(run, "sessions_started", series["sessions_started"])
+            own = self.config.exporter_transactions_per_scrape
+            run.rates["tps"] = counters.rate(transactions, own_per_interval=own) or 0.0
+        started = run.unread("sessions_started", series["sessions_started"])
         if started is not None:
             # Sessions started in a scrape interval beyond the sidecar's own: clients that came and went.
             own = self.config.exporter_sessions_per_scrape
-            came = [t for t, increase in started.increases if increase > own]
+            came = [t for t, increase in counters.increases(started) if increase > own]
             if came:
                 run.last_activity = _utc(came[-1])
         return Observation(

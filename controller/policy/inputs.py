@@ -66,8 +66,6 @@ class ResizeState(StrEnum):
     """The node cannot fit the new size now, and may later."""
     INFEASIBLE = "Infeasible"
     """The node can never fit the new size."""
-    NEEDS_RESTART = "NeedsRestart"
-    """The runtime cannot resize in place and may not restart."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +76,15 @@ class ComputeState:
     route: Route
     capacity: float | None = None
     """The capacity applied to the running compute."""
+    incarnation: str = ""
+    """Names the running server, and changes with every start (a pod's uid; locally the postmaster's
+    pid and start time): what the operator did to one server says nothing of the next."""
     resize: ResizeState = ResizeState.NONE
     resize_message: str = ""
-    capacity_limit: float | None = None
-    """The most the runtime can give now (after the node refused a bigger resize)."""
+    resize_wanted: float | None = None
+    """The capacity a resize that is not done yet asks for."""
+    resize_pending_since: datetime | None = None
+    """Since when the node has held that resize back (Deferred)."""
     limits_enforced: bool = True
     """False where the runtime can only advise limits (no writable cgroup)."""
     limits_message: str = ""
@@ -111,6 +114,8 @@ class Tuning:
     wake_capacity: float = 1.0
     """The least a woken database starts at (within its floor and ceiling): its clients are waiting
     with a load nobody has measured yet, and starting short costs them more than a minute of headroom."""
+    resize_deferred_limit: timedelta = timedelta(seconds=60)
+    """A resize the node defers for longer is taken as refused: the old size stays."""
     max_backoff: timedelta = timedelta(minutes=5)
     activity_resolution: timedelta = timedelta(seconds=30)
     """How stale status.lastActivityTime may be while clients are active (at most idleAfter / 10)."""

@@ -42,13 +42,18 @@ class Action(StrEnum):
     """Stop Postgres cleanly (a checkpoint, so the next start needs no recovery)."""
     RELEASE = "Release"
     """Remove compute objects, keeping storage and credentials."""
+    CONFIGURE = "Configure"
+    """Put the reloadable settings of the running size in force (a server that started, or whose
+    settings the operator has not applied yet)."""
     RESIZE = "Resize"
     WAIT = "Wait"
     """Something is in progress; look again soon."""
 
 
 @dataclass(frozen=True)
-class Target:
+class Intent:
+    """Where a database should be, and why."""
+
     state: State
     reason: Reason
     message: str
@@ -90,52 +95,57 @@ def target(
     schedule_open: bool,
     now: datetime,
     tuning: Tuning,
-) -> Target:
+) -> Intent:
     if spec.state is not State.AUTO:
-        return Target(spec.state, Reason.MANUAL_OVERRIDE, f"spec.state is {spec.state.value}")
+        return Intent(spec.state, Reason.MANUAL_OVERRIDE, f"spec.state is {spec.state.value}")
     if wake_request and wake_request != status.wake_request:
-        return Target(State.ACTIVE, Reason.WAKE_REQUESTED, "a client connected", wake=True)
+        return Intent(State.ACTIVE, Reason.WAKE_REQUESTED, "a client connected", wake=True)
     if schedule_open:
-        return Target(State.ACTIVE, Reason.RUNNING, "a scaling schedule's window is open")
+        return Intent(State.ACTIVE, Reason.RUNNING, "a scaling schedule's window is open")
     # At rest on purpose, and nothing has started it since: it stays so until a wake.
     at_zero = compute.compute in (Compute.STOPPED, Compute.ABSENT, Compute.STOPPING)
     if at_zero and (status.phase in _RESTING or status.phase is Phase.PAUSING):
         return _resting_target(spec, status, now)
     if compute.compute is not Compute.RUNNING or not spec.auto_pause.enabled:
-        return Target(State.ACTIVE, Reason.RUNNING, "")
+        return Intent(State.ACTIVE, Reason.RUNNING, "")
     if not is_fresh(observation, now, tuning):
-        return Target(State.ACTIVE, Reason.METRICS_STALE, "no fresh observation: not pausing")
+        return Intent(State.ACTIVE, Reason.METRICS_STALE, "no fresh observation: not pausing")
     assert observation is not None
     if observation.client_sessions > 0:
-        return Target(State.ACTIVE, Reason.RUNNING, f"{observation.client_sessions} client session(s)")
+        return Intent(State.ACTIVE, Reason.RUNNING, f"{observation.client_sessions} client session(s)")
     idle_for = now - idle_since(status, observation)
     if idle_for >= spec.auto_pause.idle_after:
-        return Target(State.PAUSED, Reason.IDLE, f"no client session for {_seconds(idle_for)}")
-    return Target(State.ACTIVE, Reason.RUNNING, f"idle for {_seconds(idle_for)}")
+        return Intent(State.PAUSED, Reason.IDLE, f"no client session for {_seconds(idle_for)}")
+    return Intent(State.ACTIVE, Reason.RUNNING, f"idle for {_seconds(idle_for)}")
 
 
-def _resting_target(spec: types.DatabaseSpec, status: types.DatabaseStatus, now: datetime) -> Target:
+def _resting_target(spec: types.DatabaseSpec, status: types.DatabaseStatus, now: datetime) -> Intent:
     if status.phase in (Phase.PARKING, Phase.PARKED):
-        return Target(State.PARKED, Reason.PARKED, "parked after a long idle time")
+        return Intent(State.PARKED, Reason.PARKED, "parked after a long idle time")
     paused_for = now - (status.phase_since or now)
     if spec.auto_park.enabled and paused_for >= spec.auto_park.idle_after:
-        return Target(State.PARKED, Reason.IDLE, f"paused for {_seconds(paused_for)}")
-    return Target(State.PAUSED, Reason.PAUSED, "paused while idle; a connection wakes it")
+        return Intent(State.PARKED, Reason.IDLE, f"paused for {_seconds(paused_for)}")
+    return Intent(State.PAUSED, Reason.PAUSED, "paused while idle; a connection wakes it")
 
 
 def step(
     *,
-    want: Target,
+    want: Intent,
     status: types.DatabaseStatus,
     compute: ComputeState,
     observation: Observation | None,
     now: datetime,
     spec: types.DatabaseSpec,
     tuning: Tuning,
+    configured: bool = True,
 ) -> Step:
-    """The next move toward `want`, from what is observed."""
+    """The next move toward `want`, from what is observed.
+
+    `configured` says whether a running server has the settings of its size in force: one that is
+    not gets them before clients reach it directly (once they do, the plan's sizing applies them).
+    """
     if want.state is State.ACTIVE:
-        return _toward_active(want, status, compute)
+        return _toward_active(want, status, compute, configured=configured)
     resting = Phase.PAUSING if want.state is State.PAUSED else Phase.PARKING
     if compute.compute is Compute.STOPPING:
         return Step(Action.WAIT, resting, Reason.PAUSING, "waiting for Postgres to shut down")
@@ -159,7 +169,7 @@ def step(
 
 
 def _after_recheck(
-    want: Target,
+    want: Intent,
     status: types.DatabaseStatus,
     observation: Observation | None,
     now: datetime,
@@ -187,7 +197,9 @@ def _after_recheck(
     return Step(Action.STOP, resting, Reason.PAUSING, f"stopping Postgres: {want.message}")
 
 
-def _toward_active(want: Target, status: types.DatabaseStatus, compute: ComputeState) -> Step:
+def _toward_active(
+    want: Intent, status: types.DatabaseStatus, compute: ComputeState, *, configured: bool
+) -> Step:
     first_time = status.capacity.current is None and status.phase in (Phase.PENDING, Phase.FAILED)
     starting_phase = Phase.PENDING if first_time else Phase.RESUMING
     # A failed wake leaves the database where it rested; any other failure is a Failed phase.
@@ -203,6 +215,17 @@ def _toward_active(want: Target, status: types.DatabaseStatus, compute: ComputeS
         phase = status.phase if status.phase in (Phase.PENDING, Phase.RESUMING) else starting_phase
         return Step(
             Action.WAIT, phase, Reason.STARTING, "waiting for Postgres to accept connections", failure_phase
+        )
+    if compute.route is Route.ACTIVATOR and not configured:
+        phase = (
+            status.phase if status.phase in (Phase.PENDING, Phase.RESUMING, Phase.ACTIVE) else starting_phase
+        )
+        return Step(
+            Action.CONFIGURE,
+            phase,
+            Reason.RUNNING if phase is Phase.ACTIVE else Reason.STARTING,
+            "applying the settings of its size",
+            phase if phase is Phase.ACTIVE else failure_phase,
         )
     if compute.route is Route.ACTIVATOR:
         if status.phase is Phase.PAUSING:

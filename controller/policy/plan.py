@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from croniter import croniter
 
-from controller.api import types
+from controller.api import types, units
 from controller.policy import capacity, lifecycle, schedule
 from controller.policy.capacity import Goal
-from controller.policy.inputs import DEFAULT_TUNING, Compute, ComputeState, Observation, Route, Tuning
+from controller.policy.inputs import (
+    DEFAULT_TUNING,
+    Compute,
+    ComputeState,
+    Observation,
+    ResizeState,
+    Route,
+    Tuning,
+)
 from controller.policy.lifecycle import Action
 
 Phase = types.Phase
@@ -38,6 +46,12 @@ class Plan:
     failure_phase: Phase
     requeue_after: timedelta | None
     """When to look again; None: only when something changes (a parked database costs nothing)."""
+    compute: types.ComputeStatus = field(default_factory=types.ComputeStatus)
+    """What status.compute says once the action is done."""
+    known: types.ComputeStatus = field(default_factory=types.ComputeStatus)
+    """What status.compute says if the action fails: what is known of the running server now."""
+    resize_blocked: tuple[Reason, str] | None = None
+    """Why the node holds a resize back (deferred) or refused one (the limit in `known`)."""
     goal: Goal | None = None
     wake: bool = False
     """True when the plan moves toward Active because a client asked."""
@@ -65,11 +79,21 @@ def decide(
         now=now,
         tuning=tuning,
     )
+    known = _known(status.compute, compute, now, tuning)
+    configured = _configured(spec, compute, known)
+    running_compute = compute.compute is Compute.RUNNING
     move = lifecycle.step(
-        want=want, status=status, compute=compute, observation=observation, now=now, spec=spec, tuning=tuning
+        want=want,
+        status=status,
+        compute=compute,
+        observation=observation,
+        now=now,
+        spec=spec,
+        tuning=tuning,
+        configured=configured,
     )
     floor = capacity.effective_floor(spec, schedule_floor)
-    running = compute.compute is Compute.RUNNING and move.phase is Phase.ACTIVE
+    running = running_compute and move.phase is Phase.ACTIVE
     last_activity = _last_activity(
         status, observation if fresh else None, now if want.wake else None, spec.auto_pause.idle_after, tuning
     )
@@ -86,6 +110,9 @@ def decide(
         plan_capacity = wake_capacity if want.wake else floor
         # The start size counts as a goal: the first readings after a start see the time it was down.
         peaks = (types.Peak(plan_capacity),)
+    elif move.action is Action.CONFIGURE:
+        plan_capacity = compute.capacity  # the settings follow the size the server has
+        peaks = status.capacity.peaks
     elif running:
         current = compute.capacity if compute.capacity is not None else status.capacity.current or floor
         peaks = status.capacity.peaks
@@ -104,8 +131,11 @@ def decide(
             )
         elif floor > current:
             plan_capacity = floor  # a floor applies whatever the metrics say
-        if compute.capacity_limit is not None and plan_capacity > current:
-            plan_capacity = max(min(plan_capacity, compute.capacity_limit), current)
+        if known.limit is not None and plan_capacity > current:
+            plan_capacity = max(min(plan_capacity, known.limit), current)
+        if plan_capacity == current and move.action is Action.NONE and not configured:
+            # It grew, or the settings were never applied here: they follow the size it has now.
+            action, message = Action.CONFIGURE, f"applying the settings of {current:g} CU"
         if plan_capacity != current and move.action is Action.NONE:
             action = Action.RESIZE
             up = plan_capacity > current
@@ -114,6 +144,9 @@ def decide(
             message = f"capacity {current:g} -> {plan_capacity:g} CU ({why})"
 
     return Plan(
+        compute=_compute_after(action, plan_capacity, known, compute.capacity),
+        known=known,
+        resize_blocked=_resize_blocked(compute, known),
         action=action,
         phase=move.phase,
         reason=reason,
@@ -125,10 +158,93 @@ def decide(
         wake_request=wake_request if want.wake or move.phase is Phase.ACTIVE else status.wake_request,
         degraded=_degraded(compute, fresh, running, observation, starting=_just_started(status, now, tuning)),
         failure_phase=Phase.ACTIVE if action is Action.RESIZE else move.failure_phase or move.phase,
-        requeue_after=_requeue_after(action, move.phase, spec, status, now, tuning),
+        requeue_after=tuning.tick
+        if action is Action.CONFIGURE and running
+        else _requeue_after(action, move.phase, spec, status, now, tuning),
         goal=goal,
         wake=want.wake,
     )
+
+
+def _known(
+    recorded: types.ComputeStatus, compute: ComputeState, now: datetime, tuning: Tuning
+) -> types.ComputeStatus:
+    """What is known of the server running now: what status recorded for it (not for an earlier one),
+    and a resize its node refuses (Infeasible, or Deferred for too long), which caps its size.
+
+    A stop records the settings it leaves for the next server (no incarnation yet): a server that
+    starts on that data directory runs with them.
+    """
+    pending = recorded.incarnation == ""
+    if compute.compute is not Compute.RUNNING:
+        return types.ComputeStatus(settings=recorded.settings) if pending else types.ComputeStatus()
+    if recorded.incarnation == compute.incarnation:
+        known = recorded
+    else:
+        known = types.ComputeStatus(compute.incarnation, settings=recorded.settings if pending else None)
+    deferred_too_long = (
+        compute.resize is ResizeState.DEFERRED
+        and compute.resize_pending_since is not None
+        and now - compute.resize_pending_since > tuning.resize_deferred_limit
+    )
+    wanted = compute.resize_wanted
+    if wanted is None or not (compute.resize is ResizeState.INFEASIBLE or deferred_too_long):
+        return known
+    why = compute.resize_message or "the node cannot fit it"
+    if deferred_too_long:
+        why = f"deferred for more than {_seconds(tuning.resize_deferred_limit)}: {why}"
+    limit = wanted - units.CU_STEP
+    if known.limit is not None and known.limit <= limit:
+        return known
+    return replace(known, limit=limit, limit_message=f"the node cannot fit {wanted:g} CU: {why}")
+
+
+def _configured(spec: types.DatabaseSpec, compute: ComputeState, known: types.ComputeStatus) -> bool:
+    """Whether a running server has the settings of its size, or has no size they could follow yet.
+
+    One whose size is unknown, or outside the spec's bounds, gets a resize instead: the resize sets
+    limits and settings together, in the order that keeps the settings within the limits.
+    """
+    size = compute.capacity
+    if compute.compute is not Compute.RUNNING or size is None:
+        return True
+    return known.settings == size or not spec.capacity.min <= size <= spec.capacity.max
+
+
+def _compute_after(
+    action: Action, capacity_: float | None, known: types.ComputeStatus, current: float | None
+) -> types.ComputeStatus:
+    """What is known of the server once the action is done.
+
+    A resize down applies the smaller settings before the smaller limits; a resize up applies the
+    larger ones only once the larger limits hold, which the server's reported size then shows. A stop
+    leaves the settings of the size a wake starts at, for whichever server starts next.
+    """
+    shrinking = capacity_ is not None and current is not None and capacity_ < current
+    if action is Action.CONFIGURE or (action is Action.RESIZE and shrinking):
+        return replace(known, settings=capacity_)
+    if action is Action.STOP:
+        return types.ComputeStatus(settings=capacity_)
+    return known
+
+
+def _resize_blocked(compute: ComputeState, known: types.ComputeStatus) -> tuple[Reason, str] | None:
+    """Why the node holds back the resize asked for now: refused (the limit), or deferred for a while."""
+    refused = compute.resize is ResizeState.INFEASIBLE or (
+        compute.resize is ResizeState.DEFERRED
+        and known.limit is not None
+        and known.limit < (compute.resize_wanted or 0)
+    )
+    if refused and known.limit is not None:
+        return Reason.RESIZE_INFEASIBLE, known.limit_message
+    if compute.resize is ResizeState.DEFERRED:
+        wanted = f"{compute.resize_wanted:g} CU" if compute.resize_wanted is not None else "a resize"
+        return Reason.RESIZE_DEFERRED, f"the node deferred {wanted}: {compute.resize_message}"
+    return None
+
+
+def _seconds(value: timedelta) -> str:
+    return f"{value.total_seconds():g}s"
 
 
 def _last_activity(

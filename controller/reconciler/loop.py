@@ -33,9 +33,6 @@ from controller.runtime.base import EventType, PermanentError, Runtime, StepErro
 
 log = structlog.get_logger("reconciler")
 
-MAX_STEPS = 12
-"""Immediate steps taken in one pass before status is written (a pause is three)."""
-
 
 class WakeListener(Protocol):
     """Told when a database becomes ready, or a wake fails (the in-process activator listens)."""
@@ -157,8 +154,7 @@ class Reconciler:
                     readings = {}
                 self.observations.update(readings)
                 for key in readings:
-                    namespace, _, name = key.partition("/")
-                    self.exposition.readings.labels(namespace, name).inc()
+                    self.exposition.readings.labels(*types.split_key(key)).inc()
                 now = time.monotonic()
                 for db in fleet:
                     if self._backoff_until.get(db.key, 0.0) <= now:
@@ -170,9 +166,9 @@ class Reconciler:
         for key, cost in self._costs.items():
             if cost.phase is types.Phase.PARKED:
                 continue
-            namespace, _, name = key.partition("/")
-            self.exposition.cu_seconds.labels(namespace, name).inc(cost.capacity * elapsed)
-            self.exposition.max_cu_seconds.labels(namespace, name).inc(cost.ceiling * elapsed)
+            labels = types.split_key(key)
+            self.exposition.cu_seconds.labels(*labels).inc(cost.capacity * elapsed)
+            self.exposition.max_cu_seconds.labels(*labels).inc(cost.ceiling * elapsed)
 
     async def _resync(self) -> None:
         """A periodic full look at every database that is not parked, in case a change was missed."""
@@ -213,7 +209,7 @@ class Reconciler:
         db = stored
         notes: list[status_of.EventNote] = []
         outcome: status_of.Outcome | None = None
-        for _ in range(MAX_STEPS):
+        for _ in range(status_of.MAX_STEPS):
             compute = await self.runtime.observe(db)
             now = self.clock()
             plan = policy.decide(
@@ -229,11 +225,11 @@ class Reconciler:
                 action=plan.action.value,
             )
             outcome = await self._act(db, plan, compute)
-            new_status = status_of.next_status(db, outcome, now)
-            notes += status_of.events(db, new_status, outcome)
-            self._account(db, outcome, new_status)
-            db = replace(db, status=new_status)
-            if outcome.failure is not None or plan.requeue_after != policy.IMMEDIATELY:
+            step = status_of.advance(db, outcome, now)
+            notes += step.notes
+            self._account(db, outcome, step.db.status)
+            db = step.db
+            if not step.more:
                 break
         assert outcome is not None
         await self.store.write_status(stored, db.status)
@@ -274,6 +270,9 @@ class Reconciler:
                     await self.runtime.stop(db, resume_at=plan.capacity)
                 case Action.RELEASE:
                     await self.runtime.release(db)
+                case Action.CONFIGURE:
+                    assert plan.capacity is not None
+                    await self.runtime.configure(db, plan.capacity)
                 case Action.RESIZE:
                     assert plan.capacity is not None
                     await self.runtime.resize(db, plan.capacity)
@@ -321,8 +320,7 @@ class Reconciler:
         self._backoff_until.pop(key, None)
         self.queue.forget(key)
         await self.metrics.forget(key)
-        namespace, _, name = key.partition("/")
-        self.exposition.forget(namespace, name)
+        self.exposition.forget(*types.split_key(key))
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
@@ -350,8 +348,9 @@ class Reconciler:
             self.exposition.pauses.labels(namespace, name).inc()
         elif became is types.Phase.PARKED:
             self.exposition.parks.labels(namespace, name).inc()
-        running = outcome.compute.compute is Compute.RUNNING or plan.action is Action.START
-        if running and plan.action in (Action.START, Action.ROUTE_DIRECT, Action.NONE, Action.RESIZE):
+        # Held clients go in once the server runs with the settings of its size, not before.
+        running = outcome.compute.compute is Compute.RUNNING
+        if running and plan.action in (Action.CONFIGURE, Action.ROUTE_DIRECT, Action.NONE, Action.RESIZE):
             if self.listener is not None:
                 self.listener.ready(db.key)
             started = self._wakes_started.pop(db.key, None)

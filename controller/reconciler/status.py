@@ -12,7 +12,7 @@ from datetime import datetime
 from controller.api import types
 from controller.policy.inputs import Compute, ComputeState, ResizeState
 from controller.policy.lifecycle import Action
-from controller.policy.plan import Plan
+from controller.policy.plan import IMMEDIATELY, Plan
 from controller.runtime.base import EventType, StepError
 
 Phase = types.Phase
@@ -38,10 +38,39 @@ class EventNote:
     message: str
 
 
+MAX_STEPS = 12
+"""Immediate steps taken in one pass before status is written (a pause is three)."""
+
+
+@dataclass(frozen=True)
+class Advance:
+    """One step's result: the database with its new status, the events to tell, whether to go on."""
+
+    db: types.ServerlessDatabase
+    notes: list[EventNote]
+    more: bool
+    """Whether the next step follows at once, in the same pass."""
+
+
+def advance(db: types.ServerlessDatabase, outcome: Outcome, now: datetime) -> Advance:
+    """What one step leaves behind: the reconciler's pass, and the simulator, chain these."""
+    status = next_status(db, outcome, now)
+    more = outcome.failure is None and outcome.plan.requeue_after == IMMEDIATELY
+    return Advance(replace(db, status=status), events(db, status, outcome), more)
+
+
 def next_status(db: types.ServerlessDatabase, outcome: Outcome, now: datetime) -> types.DatabaseStatus:
     plan, compute, failure = outcome.plan, outcome.compute, outcome.failure
     old = db.status
     phase = plan.failure_phase if failure else plan.phase
+    # A failed wake leaves the database resting; until something is tried again, Ready keeps saying why.
+    failed_earlier = (
+        failure is None
+        and old.failures > 0
+        and plan.action is Action.NONE
+        and phase in _AT_ZERO
+        and phase is old.phase
+    )
     running_after = _capacity_after(plan, compute, failure)
     capacity = types.CapacityStatus(
         current=running_after,
@@ -54,14 +83,20 @@ def next_status(db: types.ServerlessDatabase, outcome: Outcome, now: datetime) -
         phase=phase,
         phase_since=now if phase is not old.phase or old.phase_since is None else old.phase_since,
         capacity=capacity,
+        compute=plan.known if failure else plan.compute,
         connections=plan.connections,
         last_activity_time=plan.last_activity_time,
         endpoint=compute.endpoint or old.endpoint,
         observed_generation=db.metadata.generation,
         wake_request=plan.wake_request,
-        failures=old.failures + 1 if failure else 0,
+        failures=old.failures + 1 if failure else old.failures if failed_earlier else 0,
     )
-    return replace(status, conditions=_conditions(db, status, outcome, now))
+    conditions = _conditions(db, status, outcome, now)
+    if failed_earlier:
+        conditions = tuple(
+            old.condition(c.type) or c if c.type is types.ConditionType.READY else c for c in conditions
+        )
+    return replace(status, conditions=conditions)
 
 
 def _capacity_after(plan: Plan, compute: ComputeState, failure: StepError | None) -> float | None:
@@ -119,17 +154,15 @@ def _scaling(
 ) -> tuple[types.ConditionStatus, str, str]:
     if failure is not None and plan.action is Action.RESIZE:
         return F, failure.reason.value, f"kept {status.capacity.current} CU: {failure.message}"
-    blocked = {
-        ResizeState.INFEASIBLE: Reason.RESIZE_INFEASIBLE,
-        ResizeState.DEFERRED: Reason.RESIZE_DEFERRED,
-        ResizeState.NEEDS_RESTART: Reason.RESIZE_NEEDS_RESTART,
-    }
-    if compute.resize in blocked:
-        return F, blocked[compute.resize].value, compute.resize_message
+    if plan.resize_blocked is not None:
+        reason, message = plan.resize_blocked
+        return F, reason.value, message
     if compute.resize is ResizeState.IN_PROGRESS:
         return T, Reason.RESIZING.value, compute.resize_message or f"moving to {status.capacity.desired} CU"
     if plan.action is Action.RESIZE:
         return T, plan.reason.value, plan.message
+    if plan.known.limit is not None:  # refused earlier: the size stays below what the node refused
+        return F, Reason.RESIZE_INFEASIBLE.value, plan.known.limit_message
     return F, Reason.STABLE.value, ""
 
 

@@ -6,11 +6,14 @@ Each has a local implementation (files and Postgres processes on this host) and 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
+
+import psycopg
 
 from controller.api import types
 from controller.policy.inputs import ComputeState, Route
@@ -48,14 +51,6 @@ class Event:
     first_time: datetime
     last_time: datetime
     count: int = 1
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where the activator sends a held connection once the database is awake."""
-
-    host: str
-    port: int
 
 
 class Store(Protocol):
@@ -116,10 +111,24 @@ class Runtime(Protocol):
     async def release(self, db: types.ServerlessDatabase) -> None:
         """Remove compute objects; storage and credentials stay."""
 
-    async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None: ...
+    async def configure(self, db: types.ServerlessDatabase, capacity: float) -> None:
+        """Put `capacity`'s reloadable settings in force on the running server."""
+
+    async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
+        """Move the running server to `capacity`: its limits and its settings, in the order that keeps
+        the settings within the limits."""
 
     async def delete(self, db: types.ServerlessDatabase, *, keep_storage: bool) -> None:
         """Remove everything of a deleted database; its storage only when `keep_storage` is false."""
+
+
+@contextlib.asynccontextmanager
+async def settings_step() -> AsyncIterator[None]:
+    """Any failure of the operator's SQL means the settings did not change: a step to retry."""
+    try:
+        yield
+    except (psycopg.Error, OSError) as error:
+        raise TransientError(types.Reason.SETTINGS_FAILED, f"could not apply settings: {error}") from error
 
 
 def invalid_status(status: types.DatabaseStatus, message: str, now: datetime) -> types.DatabaseStatus:

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+from support.requirements import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/serverless-db-operator"
@@ -31,12 +31,12 @@ Rendered = Callable[[], tuple[Obj, ...]]
 
 def require_helm() -> None:
     if not HELM.exists():
-        pytest.skip(f"{HELM.relative_to(ROOT)} is missing; `./dev setup` fetches it")
+        missing(f"{HELM.relative_to(ROOT)}, which `./dev setup` fetches")
 
 
 def require_kubectl() -> None:
     if not KUBECTL.exists():
-        pytest.skip(f"{KUBECTL.relative_to(ROOT)} is missing; `./dev setup` fetches it")
+        missing(f"{KUBECTL.relative_to(ROOT)}, which `./dev setup` fetches")
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -514,7 +514,7 @@ def test_notes_show_a_first_database_that_the_crd_accepts() -> None:
 @pytest.mark.parametrize("objects", [default_objects, all_features_objects], ids=["defaults", "all-features"])
 def test_the_cli_accepts_the_charts_arguments(objects: Rendered) -> None:
     """The args the chart gives each container parse with `sdb`'s own parser, to what the chart means."""
-    from controller import cli
+    from controller.app import cli
 
     rendered = objects()
     for component, command in (("operator", "up"), ("activator", "activator")):
@@ -544,7 +544,7 @@ def test_the_cli_accepts_the_charts_arguments(objects: Rendered) -> None:
 
 def test_activator_listens_where_the_operator_assigns_ports() -> None:
     """The operator gives each paused database a port from its own range; the activator must listen there."""
-    from controller.runtime.kubernetes import runtime
+    from controller.runtime.kubernetes import builders
 
-    low, high = runtime.Settings().port_range
+    low, high = builders.ACTIVATOR_PORTS
     assert _arg(container(deployment(default_objects(), "activator")), "--port-range") == f"{low}-{high}"

@@ -1,6 +1,6 @@
 """The generated files are current: the chart's RBAC rules, the docs references, install.yaml.
 
-Each is regenerated in memory and compared with the committed file; `python -m controller.tools`
+Each is regenerated in memory and compared with the committed file; `python -m tools`
 rewrites them. Beyond staleness, the references are checked against their sources independently
 of the generators: every CRD field, every metric and every chart value appears in them.
 """
@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from controller.metrics import exposition
-from controller.tools import generate, install_manifest
+from tools import generate, install_manifest
 
 PURE = [o for o in generate.OUTPUTS if not o.needs_helm]
 
@@ -29,7 +29,7 @@ PURE = [o for o in generate.OUTPUTS if not o.needs_helm]
 def test_generated_file_is_current(output: generate.Output) -> None:
     committed = (ROOT / output.path).read_text()
     assert committed == output.produce(generate.Context(root=ROOT, helm=None)), (
-        f"{output.path} is stale: run `python -m controller.tools {output.name}` and commit the result"
+        f"{output.path} is stale: run `python -m tools {output.name}` and commit the result"
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -12,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.operator import Operator, database, require_postgres, running_operator, wait_for
+from support.operator import Operator, database, running_operator, wait_for
+from support.requirements import require_commands, require_postgres
 
 from controller.api import types
 from controller.runtime.local.runtime import free_port, read_endpoint
@@ -25,8 +25,7 @@ TICK = 1.0
 @pytest.fixture
 def scaling(state_dir: Path) -> Iterator[Operator]:
     require_postgres()
-    if shutil.which("pgbench") is None:
-        pytest.skip("needs pgbench (Debian's postgresql-contrib)")
+    require_commands("pgbench", package="postgresql-contrib")
     with running_operator(state_dir, tick=TICK, metrics_port=free_port()) as running:
         yield running
 

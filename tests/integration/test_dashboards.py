@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.operator import Operator, database, require_postgres, wait_for
+from support.operator import Operator, database, wait_for
 from support.prometheus import Prometheus, Target, running_prometheus
+from support.requirements import require_postgres
 
 from controller.api import types
 from controller.runtime.local.runtime import free_port

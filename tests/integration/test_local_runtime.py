@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import signal
+import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
-from support.operator import Operator, database, require_postgres, wait_for
+from support.operator import SDB, Operator, database, wait_for
+from support.requirements import require_postgres
 
 from controller.api import types
-from controller.runtime.local.postgres import Cluster, Install, ServerUser
+from controller.app import local
+from controller.runtime.local.server import Cluster, Install, ServerUser
 
 pytestmark = pytest.mark.postgres
 
@@ -138,3 +145,55 @@ def test_killed_mid_create_then_restarted_ends_with_one_healthy_database(state_d
         assert [p.name for p in (state_dir / "databases" / "default").iterdir()] == ["phoenix"]
     finally:
         operator.stop()
+
+
+def test_a_second_operator_on_a_taken_port_says_which_flag_moves_it(state_dir: Path, tmp_path: Path) -> None:
+    """Two `sdb up` on two state directories: a port the user chose that is taken is a one-line
+    error naming its flag; the default port, when taken, gives way to a free one, said in the log."""
+    require_postgres()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        chosen = subprocess.run(
+            [*SDB, "up", "--state-dir", str(state_dir.parent / "chosen"), "--metrics-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert chosen.returncode == 1
+        assert chosen.stderr.strip().splitlines() == [
+            f"error: port {port} (--metrics-port) is already in use, perhaps by another `sdb`; "
+            "choose another with --metrics-port PORT, 0 for any free port, or -1 for none"
+        ]
+    with contextlib.ExitStack() as stack:
+        default = socket.socket()
+        stack.enter_context(default)
+        default.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):  # another process holding it does as well
+            default.bind(("127.0.0.1", local.METRICS_PORT))
+            default.listen()
+        log = tmp_path / "default.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [*SDB, "up", "--state-dir", str(state_dir), "--log-format", "json"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            line: dict[str, str] = wait_for(
+                lambda: next(
+                    (json.loads(x) for x in log.read_text().splitlines() if "serving metrics" in x), {}
+                ),
+                what="the operator to serve /metrics",
+            )
+            served = int(line["address"].rsplit(":", 1)[1].split("/")[0])
+            assert served != local.METRICS_PORT
+            assert any(f"port {local.METRICS_PORT} is taken" in x for x in log.read_text().splitlines())
+            with urllib.request.urlopen(f"http://127.0.0.1:{served}/metrics", timeout=5) as response:
+                assert b"sdb_databases" in response.read()
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(60)

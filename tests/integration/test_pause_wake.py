@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from support.operator import Operator, database, require_postgres, running_operator, wait_for
+from support.operator import Operator, database, running_operator, wait_for
+from support.requirements import require_postgres
 
 from controller.api import types
 from controller.runtime.local.runtime import cgroup_group, free_port

@@ -24,22 +24,17 @@ import yaml
 from structlog.testing import capture_logs
 from support import postgres
 from support.cadvisor import Cadvisor
+from support.fakes import FakeCompute, FakeRuntime, MemoryStore
 from support.operator import wait_for
 from support.postgres import Server
 from support.prometheus import Prometheus, Target, running_exporter, running_prometheus
 
 from controller.api import types, units
-from controller.metrics import sessions
-from controller.metrics.prometheus import (
-    EXPORTER_APPLICATION,
-    PrometheusConfig,
-    PrometheusSource,
-    exporter_queries,
-)
+from controller.metrics.prometheus import PrometheusConfig, PrometheusSource
 from controller.policy.inputs import Compute, Observation, Route, Tuning
+from controller.postgres import activity, exporter
 from controller.reconciler.loop import Reconciler
 from controller.runtime.local.runtime import free_port
-from controller.testing.fakes import FakeCompute, FakeRuntime, MemoryStore
 
 pytestmark = pytest.mark.prometheus
 
@@ -154,23 +149,23 @@ def scraped_since(world: World, previous: Observation, seconds: float) -> None:
 
 
 def test_the_exporter_query_file_counts_exactly_what_sessions_sql_counts(postgres_server: Server) -> None:
-    """The generated file is sessions.ACTIVITY_SQL with its parameters written in, for awkward names too."""
+    """The generated file is activity.ACTIVITY_SQL with its parameters written in, for awkward names too."""
     ignored = ("postgres_exporter", "pg,bouncer", 'odd"name', "it's")
-    document = yaml.safe_load(exporter_queries(ignored))
+    document = yaml.safe_load(exporter.queries(ignored))
     [(namespace, entry)] = document.items()
     assert namespace == "pg_sdb"
     columns = [next(iter(metric)) for metric in entry["metrics"]]
     with contextlib.ExitStack() as stack:
-        for application in ["psql", "pg,bouncer", "it's", 'odd"name', EXPORTER_APPLICATION]:
+        for application in ["psql", "pg,bouncer", "it's", 'odd"name', exporter.APPLICATION]:
             stack.enter_context(postgres_server.connect(application_name=application))
         busy_ignored = stack.enter_context(postgres_server.connect(application_name="it's", autocommit=False))
         busy_ignored.execute("select 1")  # idle in transaction: an ignored application's session counts then
-        monitor = stack.enter_context(postgres_server.connect(application_name=EXPORTER_APPLICATION))
+        monitor = stack.enter_context(postgres_server.connect(application_name=exporter.APPLICATION))
         cursor = monitor.execute(entry["query"])
         from_file = cursor.fetchone()
         assert cursor.description is not None
         assert [c.name for c in cursor.description] == columns
-        from_sessions = monitor.execute(sessions.ACTIVITY_SQL, sessions.parameters(ignored)).fetchone()
+        from_sessions = monitor.execute(activity.ACTIVITY_SQL, activity.parameters(ignored)).fetchone()
     assert from_file is not None
     assert from_sessions is not None
     # psql, and the ignored application idle in transaction; not the idle ignored ones, not ours
@@ -192,7 +187,7 @@ def test_client_sessions_follow_the_projects_rule(world: World) -> None:
         stack.enter_context(connect(application_name="postgres_exporter"))  # ignored, and idle: no
         ignored_busy = stack.enter_context(connect(application_name="postgres_exporter", autocommit=False))
         ignored_busy.execute("select 1")  # ignored, but idle in transaction: counts
-        ours = stack.enter_context(connect(application_name=EXPORTER_APPLICATION, autocommit=False))
+        ours = stack.enter_context(connect(application_name=exporter.APPLICATION, autocommit=False))
         ours.execute("select 1")  # the operator's own: never counts, even in a transaction
         seen = reading(source, ORDERS, lambda o: o.client_sessions == 3, what="3 client sessions on orders")
         assert seen.waiting_sessions == 0

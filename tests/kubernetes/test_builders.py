@@ -11,8 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from controller import cli
 from controller.api import codec, types
+from controller.app import cli
 from controller.runtime.kubernetes import builders
 from controller.runtime.kubernetes.render import PASSWORD_PLACEHOLDER
 
@@ -36,7 +36,6 @@ def rendered(db: types.ServerlessDatabase, phase: types.Phase) -> list[dict[str,
         db,
         phase,
         password="s3cret",
-        exporter_queries="sdb_activity: {}\n",
         endpoints=[builders.Endpoint("10.1.2.3", 5432)],
         capacity=2.0,
     )
@@ -94,7 +93,7 @@ def test_the_client_service_has_no_selector_and_the_secret_no_owner() -> None:
     db = database(ROOT / "manifests/samples/minimal.yaml")
     assert "selector" not in builders.client_service(db)["spec"]
     assert "ownerReferences" not in builders.secret(db, "x")["metadata"]
-    config = builders.configmap(db, exporter_queries="q")["data"]["postgresql.conf"]
+    config = builders.configmap(db)["data"]["postgresql.conf"]
     assert "max_connections = '1802'" in config
     assert "shared_buffers = '128MB'" in config
 

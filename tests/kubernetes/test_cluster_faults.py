@@ -5,10 +5,13 @@ a node too small for a resize.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from kubeapi import KubeApiDouble
 from support.cluster import (
     SYSTEM,
     activator_slice,
@@ -21,18 +24,20 @@ from support.cluster import (
     reading,
     sdb,
 )
+from support.postgres import Server
 
 from controller.api import codec, types
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import permissions
 from controller.runtime.kubernetes.informer import Informer
 from controller.runtime.kubernetes.store import KubeStore
-from controller.testing.kubeapi import KubeApiDouble
 
 pytestmark = pytest.mark.kubernetes
 
 
-async def test_status_writes_retry_a_conflict_from_a_fresh_read(kube: KubeApiDouble) -> None:
+@contextlib.asynccontextmanager
+async def database_store(kube: KubeApiDouble) -> AsyncIterator[tuple[KubeStore, types.ServerlessDatabase]]:
+    """A store over a watched cache, and the database `orders` as it first reads it."""
     create(kube)
     api = kc.Kube(kube.api_client(), permissions.OPERATOR)
     informer = Informer(api, kc.DATABASES, watch_timeout=5)
@@ -41,27 +46,76 @@ async def test_status_writes_retry_a_conflict_from_a_fresh_read(kube: KubeApiDou
     store = KubeStore(api, informer)
     db = await store.get("shop/orders")
     assert db is not None
-    # Someone else changes the object after we read it: our resourceVersion is stale now.
-    kube.apply(
-        {
-            "apiVersion": types.API_VERSION,
-            "kind": types.KIND,
-            "metadata": {"name": "orders", "namespace": "shop", "labels": {"team": "checkout"}},
-        },
-        manager="someone-else",
-    )
-    status = types.DatabaseStatus(phase=types.Phase.ACTIVE, connections=2, observed_generation=1)
-    await store.write_status(db, status)
-    puts = kube.requests_matching(resource="serverlessdatabases", subresource="status", writes_only=True)
-    assert [r.status for r in puts] == [409, 200]
-    assert sdb(kube)["status"]["connections"] == 2
-    assert sdb(kube)["metadata"]["labels"] == {"team": "checkout"}  # the other writer's change survives
-    # Finalizers, too, are written against the version read, and retried on a conflict.
-    kube.fail_requests(409, verb="patch", resource="serverlessdatabases", times=1)
-    await store.set_finalizer(db, True)
-    assert types.FINALIZER in sdb(kube)["metadata"]["finalizers"]
-    informer.stop()
-    task.cancel()
+    try:
+        yield store, db
+    finally:
+        informer.stop()
+        task.cancel()
+
+
+async def test_status_writes_retry_a_conflict_from_a_fresh_read(kube: KubeApiDouble) -> None:
+    async with database_store(kube) as (store, db):
+        # Someone else changes the object after we read it: our resourceVersion is stale now.
+        kube.apply(
+            {
+                "apiVersion": types.API_VERSION,
+                "kind": types.KIND,
+                "metadata": {"name": "orders", "namespace": "shop", "labels": {"team": "checkout"}},
+            },
+            manager="someone-else",
+        )
+        status = types.DatabaseStatus(phase=types.Phase.ACTIVE, connections=2, observed_generation=1)
+        await store.write_status(db, status)
+        puts = kube.requests_matching(resource="serverlessdatabases", subresource="status", writes_only=True)
+        assert [r.status for r in puts] == [409, 200]
+        assert sdb(kube)["status"]["connections"] == 2
+        assert sdb(kube)["metadata"]["labels"] == {"team": "checkout"}  # the other writer's change survives
+        # Finalizers, too, are written against the version read, and retried on a conflict.
+        kube.fail_requests(409, verb="patch", resource="serverlessdatabases", times=1)
+        await store.set_finalizer(db, True)
+        assert types.FINALIZER in sdb(kube)["metadata"]["finalizers"]
+
+
+async def test_a_reply_that_comes_after_the_watch_never_takes_the_cache_back(kube: KubeApiDouble) -> None:
+    """The status write is served, then the object is deleted, and only then does the write's reply
+    arrive: the cache keeps the deletion the watch brought, and the next read sees it."""
+    async with database_store(kube) as (store, first):
+        await store.set_finalizer(first, True)
+        db = await store.get("shop/orders")
+        assert db is not None
+        held = kube.hold_reply(verb="update", resource="serverlessdatabases", subresource="status")
+        writing = asyncio.create_task(store.write_status(db, types.DatabaseStatus(phase=types.Phase.ACTIVE)))
+        assert await asyncio.to_thread(held.served.wait, 10)
+        kube.delete("serverlessdatabases", "orders", "shop")  # the finalizer keeps it, marked for deletion
+        await eventually(
+            lambda: (store.databases.get("shop", "orders") or {})["metadata"].get("deletionTimestamp"),
+            what="the watch to bring the deletion",
+        )
+        held.release.set()
+        await writing
+        again = await store.get("shop/orders")
+        assert again is not None
+        assert again.metadata.deletion_timestamp is not None
+        assert again.status.phase is types.Phase.ACTIVE  # and the status written is there too
+
+
+async def test_a_write_waits_for_the_watch_to_bring_it_back(kube: KubeApiDouble) -> None:
+    """A pass reads its own last write: from the cache once the watch brought it, whichever came first."""
+    async with database_store(kube) as (store, db):
+        await store.write_status(db, types.DatabaseStatus(phase=types.Phase.ACTIVE, connections=7))
+        again = await store.get("shop/orders")  # no sleep: the read itself waits for the watch
+        assert again is not None
+        assert again.status.connections == 7
+        # The watch stalls: the read gives up waiting and asks the server, and the cache is left alone.
+        for verb in ("watch", "list"):
+            kube.fail_requests(503, verb=verb, resource="serverlessdatabases", times=None)
+        kube.drop_watches()
+        await store.write_status(again, types.DatabaseStatus(phase=types.Phase.ACTIVE, connections=8))
+        stalled = await store.get("shop/orders")
+        assert stalled is not None
+        assert stalled.status.connections == 8
+        assert (store.databases.get("shop", "orders") or {})["status"]["connections"] == 7
+        kube.clear_faults()
 
 
 async def test_an_expired_watch_lists_again_and_misses_nothing(kube: KubeApiDouble) -> None:
@@ -88,23 +142,21 @@ async def test_an_expired_watch_lists_again_and_misses_nothing(kube: KubeApiDoub
     task.cancel()
 
 
-async def test_an_operator_restarted_mid_pause_converges_without_duplicates(kube: KubeApiDouble) -> None:
+async def test_an_operator_restarted_mid_pause_converges_without_duplicates(
+    kube: KubeApiDouble, pods: Server
+) -> None:
     kube.create(activator_slice())
     create(kube, autoPause={"idleAfter": "1s"})
-    async with operator(kube) as first:
+    async with operator(kube, pods) as first:
         await eventually(lambda: phase(kube) == "Active", what="Active")
         # The scale to zero fails (as if the process died after routing to the activator).
         kube.fail_requests(503, verb="patch", resource="statefulsets", times=None)
-        first.metrics.readings["shop/orders"] = reading(
-            last_activity=datetime.now(UTC) - timedelta(minutes=1)
-        )
+        first.readings["shop/orders"] = reading(last_activity=datetime.now(UTC) - timedelta(minutes=1))
         await eventually(lambda: sdb(kube)["status"].get("failures", 0) > 0, what="the stop to fail")
         assert phase(kube) == "Pausing"
     kube.clear_faults()
-    async with operator(kube, identity="op-2") as second:
-        second.metrics.readings["shop/orders"] = reading(
-            last_activity=datetime.now(UTC) - timedelta(minutes=1)
-        )
+    async with operator(kube, pods, identity="op-2") as second:
+        second.readings["shop/orders"] = reading(last_activity=datetime.now(UTC) - timedelta(minutes=1))
         await eventually(lambda: phase(kube) == "Paused", what="Paused after the restart")
     for resource in (
         "statefulsets",
@@ -122,7 +174,7 @@ async def test_an_operator_restarted_mid_pause_converges_without_duplicates(kube
     assert kube.get("statefulsets", "orders", "shop")["spec"]["replicas"] == 0  # type: ignore[index]
 
 
-async def test_two_replicas_only_the_leader_writes(kube: KubeApiDouble) -> None:
+async def test_two_replicas_only_the_leader_writes(kube: KubeApiDouble, pods: Server) -> None:
     kube.create(activator_slice())
     writes: dict[str, list[str]] = {"op-a": [], "op-b": []}
 
@@ -136,10 +188,10 @@ async def test_two_replicas_only_the_leader_writes(kube: KubeApiDouble) -> None:
 
         api.request = request  # type: ignore[method-assign]
 
-    async with operator(kube, identity="op-a", leader_elect=True) as a:
+    async with operator(kube, pods, identity="op-a", leader_elect=True) as a:
         counting("op-a", a.operator.kube)
         await eventually(a.operator.elector.leading.is_set, what="op-a to lead")
-        async with operator(kube, identity="op-b", leader_elect=True) as b:
+        async with operator(kube, pods, identity="op-b", leader_elect=True) as b:
             counting("op-b", b.operator.kube)
             create(kube)
             await eventually(lambda: phase(kube) == "Active", what="Active")
@@ -167,13 +219,20 @@ async def test_two_replicas_only_the_leader_writes(kube: KubeApiDouble) -> None:
             assert writes["op-b"]
 
 
-async def test_a_resize_the_node_cannot_fit_keeps_the_old_size_and_says_so(kube: KubeApiDouble) -> None:
+def resize_pending(kube: KubeApiDouble) -> bool:
+    pod = kube.get("pods", "orders-0", "shop") or {}
+    return any(c["type"] == "PodResizePending" for c in pod.get("status", {}).get("conditions") or [])
+
+
+async def test_a_resize_the_node_cannot_fit_keeps_the_old_size_and_says_so(
+    kube: KubeApiDouble, pods: Server
+) -> None:
     kube.create(activator_slice())
     kube.set_node_capacity(cpu="2", memory="16Gi")
-    async with operator(kube) as running:
+    async with operator(kube, pods) as running:
         create(kube, capacity={"min": 1, "max": 4})
         await eventually(lambda: phase(kube) == "Active", what="Active")
-        running.metrics.readings["shop/orders"] = reading(cpu=3.0, sessions=1)  # 3 / 0.9 -> 3.5 CU > the node
+        running.readings["shop/orders"] = reading(cpu=3.0, sessions=1)  # 3 / 0.9 -> 3.5 CU > the node
         await eventually(
             lambda: condition(kube, "Scaling")["reason"] == "ResizeInfeasible", what="Infeasible"
         )
@@ -190,19 +249,29 @@ async def test_a_resize_the_node_cannot_fit_keeps_the_old_size_and_says_so(kube:
         assert "ResizeInfeasible" in reasons or "ScaledUp" in reasons
         db = codec.decode(sdb(kube))
         assert db.status.phase is types.Phase.ACTIVE
+        await eventually(lambda: not resize_pending(kube), what="the largest size that fits")
+    # What the node refused is in status: a restarted operator does not ask for it again.
+    limit = sdb(kube)["status"]["compute"]["limit"]
+    assert 1 <= limit < 3.5
+    kube.clear_requests()
+    async with operator(kube, pods, identity="op-2") as restarted:
+        restarted.readings["shop/orders"] = reading(cpu=3.0, sessions=1)
+        await eventually(lambda: restarted.operator.reconciler.reconciles >= 10, what="ten passes")
+    assert kube.requests_matching(resource="pods", subresource="resize", writes_only=True) == []
+    assert sdb(kube)["status"]["capacity"]["current"] <= limit
 
 
 @pytest.mark.parametrize("allow_restart", [False, True])
 async def test_without_in_place_resize_the_size_stays_unless_a_restart_is_allowed(
-    allow_restart: bool,
+    allow_restart: bool, pods: Server
 ) -> None:
     with cluster(version="v1.32.4") as old:  # before 1.33: no pods/resize
         old.create(activator_slice())
-        async with operator(old) as running:
+        async with operator(old, pods) as running:
             assert not running.operator.runtime.in_place_resize
             create(old, capacity={"min": 0.5, "max": 4}, scaling={"allowRestart": allow_restart})
             await eventually(lambda: phase(old) == "Active", what="Active")
-            running.metrics.readings["shop/orders"] = reading(cpu=1.7, sessions=1)  # 1.7 / 0.9 -> 2 CU
+            running.readings["shop/orders"] = reading(cpu=1.7, sessions=1)  # 1.7 / 0.9 -> 2 CU
             if allow_restart:
                 # a rolling restart at the new size: the template changes, the pod is replaced
                 await eventually(

@@ -8,6 +8,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from kubeapi import KubeApiDouble
 from kubernetes import client
 from support.cluster import (
     activator_slice,
@@ -20,17 +21,17 @@ from support.cluster import (
     sdb,
     slice_addresses,
 )
+from support.postgres import Server
 
-from controller.activator.cluster import ClusterBackend
 from controller.api import types
+from controller.app.activator import ClusterBackend
 from controller.runtime.kubernetes import builders, permissions
 from controller.runtime.kubernetes import client as kc
-from controller.testing.kubeapi import KubeApiDouble
 
 pytestmark = pytest.mark.kubernetes
 
 
-async def test_the_whole_life_of_a_database(kube: KubeApiDouble) -> None:
+async def test_the_whole_life_of_a_database(kube: KubeApiDouble, pods: Server) -> None:
     kube.create(activator_slice())
     pod_server, pod_target = await echo_server()
     backend = ClusterBackend(
@@ -40,7 +41,7 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble) -> None:
     )
     activator_stop = asyncio.Event()
     activator_task = asyncio.create_task(backend.run(activator_stop))
-    async with operator(kube) as running:
+    async with operator(kube, pods) as running:
         # -- create: every object exists and the status reaches Active ----------------------------
         create(
             kube,
@@ -70,7 +71,7 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble) -> None:
         assert types.FINALIZER in sdb(kube)["metadata"]["finalizers"]
 
         # -- load: the pod is resized in place, without a restart ---------------------------------
-        running.metrics.readings["shop/orders"] = reading(cpu=1.7, sessions=3)  # 1.7 / 0.9 -> 2.0 CU
+        running.readings["shop/orders"] = reading(cpu=1.7, sessions=3)  # 1.7 / 0.9 -> 2.0 CU
         await eventually(lambda: sdb(kube)["status"]["capacity"]["current"] == 2.0, what="2 CU")
         pod = kube.get("pods", "orders-0", "shop")
         assert pod is not None
@@ -78,7 +79,8 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble) -> None:
         assert postgres["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
         assert kube.requests_matching(resource="pods", subresource="resize", writes_only=True)
         assert all(s["restartCount"] == 0 for s in pod["status"]["containerStatuses"])
-        assert running.sql.applied[pod["status"]["podIP"]]["work_mem"] == "32MB"
+        # The settings of 2 CU follow once the kubelet has resized the pod (on the server standing in for it).
+        await eventually(lambda: pods.setting("work_mem") == "32MB", what="the settings of 2 CU")
         assert (
             kube.get("statefulsets", "orders", "shop")["spec"]["template"]["spec"]["containers"][0][  # type: ignore[index]
                 "resources"
@@ -87,16 +89,14 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble) -> None:
         )  # the template is not touched: no rolling restart
 
         # -- idle: paused behind the activator, at zero replicas, the volume kept ----------------
-        running.metrics.readings["shop/orders"] = reading(
-            last_activity=datetime.now(UTC) - timedelta(minutes=1)
-        )
+        running.readings["shop/orders"] = reading(last_activity=datetime.now(UTC) - timedelta(minutes=1))
         await eventually(lambda: phase(kube) == "Paused", what="Paused")
         port = int(sdb(kube)["metadata"]["annotations"][builders.ACTIVATOR_PORT_ANNOTATION])
         assert slice_addresses(kube) == (["127.0.0.1"], [port])
         assert kube.get("statefulsets", "orders", "shop")["spec"]["replicas"] == 0  # type: ignore[index]
         await eventually(lambda: kube.get("pods", "orders-0", "shop") is None, what="the pod to go")
         assert kube.get("persistentvolumeclaims", "data-orders-0", "shop") is not None
-        del running.metrics.readings["shop/orders"]
+        del running.readings["shop/orders"]
 
         # -- a connection to the activator wakes it ----------------------------------------------
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -109,9 +109,7 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble) -> None:
         assert slice_addresses(kube) == ([pod["status"]["podIP"]], [5432])
 
         # -- long idle: parked, only storage and credentials remain ------------------------------
-        running.metrics.readings["shop/orders"] = reading(
-            last_activity=datetime.now(UTC) - timedelta(minutes=1)
-        )
+        running.readings["shop/orders"] = reading(last_activity=datetime.now(UTC) - timedelta(minutes=1))
         await eventually(lambda: phase(kube) == "Parked", timeout=20, what="Parked")
         for resource, name in (
             ("statefulsets", "orders"),
@@ -164,12 +162,12 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble) -> None:
     pod_server.close()
 
 
-async def test_every_write_is_needed_and_single(kube: KubeApiDouble) -> None:
+async def test_every_write_is_needed_and_single(kube: KubeApiDouble, pods: Server) -> None:
     kube.create(activator_slice())
-    async with operator(kube) as running:
+    async with operator(kube, pods) as running:
         create(kube)
         await eventually(lambda: phase(kube) == "Active", what="Active")
-        running.metrics.readings["shop/orders"] = reading(sessions=1)
+        running.readings["shop/orders"] = reading(sessions=1)
         await asyncio.sleep(0.5)
         kube.clear_requests()
         await asyncio.sleep(1.5)  # several ticks at a steady state

@@ -30,31 +30,31 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from controller.metrics import local
+from controller.runtime.local import server
 
 LABELS = ("container", "namespace", "pod", "id", "image", "name")
 
 
 @dataclass(frozen=True)
-class Usage:
+class ContainerUsage:
     cpu_seconds: float
     working_set: int
     cache: int
 
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
+    def __add__(self, other: ContainerUsage) -> ContainerUsage:
+        return ContainerUsage(
             self.cpu_seconds + other.cpu_seconds,
             self.working_set + other.working_set,
             self.cache + other.cache,
         )
 
 
-def usage_of(root: int) -> Usage | None:
+def usage_of(root: int) -> ContainerUsage | None:
     """A process tree's usage, read as a cgroup would account it; None once the root has exited."""
-    tree = local.process_tree(root)
+    tree = server.process_tree(root)
     if tree is None:
         return None
-    return Usage(tree.cpu_seconds, tree.private_bytes + tree.shared_bytes, tree.shared_bytes)
+    return ContainerUsage(tree.cpu_seconds, tree.private_bytes + tree.shared_bytes, tree.shared_bytes)
 
 
 class _Collector(Collector):
@@ -73,7 +73,7 @@ class _Collector(Collector):
         )
         now = time.time()
         for (namespace, pod), containers in self.cadvisor.pods().items():
-            total: Usage | None = None
+            total: ContainerUsage | None = None
             for container, pid in containers.items():
                 usage = usage_of(pid)
                 if usage is None:

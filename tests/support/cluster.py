@@ -10,17 +10,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from kubeapi import KubeApiDouble
 from kubernetes import client
 
+from controller.activator.proxy import Upstream
 from controller.api import types
+from controller.app.cluster import ClusterOperator, Options
+from controller.metrics.source import MetricsSource
 from controller.policy.inputs import Observation, Tuning
-from controller.runtime.base import Target
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import permissions
 from controller.runtime.kubernetes.leader import Timing
-from controller.runtime.kubernetes.main import ClusterOperator, Options
-from controller.testing.fakes import FakeMetrics, FakePostgresAccess
-from controller.testing.kubeapi import KubeApiDouble
+from controller.runtime.local.runtime import HOST
+from support.fakes import FakeMetrics
+from support.postgres import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "charts/serverless-db-operator/crds/serverlessdatabases.dbscale.io.yaml"
@@ -69,22 +72,37 @@ async def eventually(predicate: Callable[[], Any], *, timeout: float = 10.0, wha
 @dataclass
 class Running:
     operator: ClusterOperator
-    metrics: FakeMetrics
-    sql: FakePostgresAccess
+    metrics: MetricsSource
     stop: asyncio.Event
     task: asyncio.Task[bool]
+
+    @property
+    def readings(self) -> dict[str, Observation]:
+        """The fake readings a test sets (when the operator runs on a FakeMetrics)."""
+        assert isinstance(self.metrics, FakeMetrics)
+        return self.metrics.readings
 
 
 @contextlib.asynccontextmanager
 async def operator(
     kube: KubeApiDouble,
+    postgres: Server,
     *,
     identity: str = "op-1",
-    metrics: FakeMetrics | None = None,
+    metrics: MetricsSource | None = None,
+    direct_readings: bool = False,
     leader_elect: bool = False,
+    tuning: Tuning = FAST,
 ) -> AsyncIterator[Running]:
-    metrics = metrics or FakeMetrics(clock=lambda: datetime.now(UTC))
-    sql = FakePostgresAccess()
+    """The cluster operator on the double, with `postgres` standing in for every database's pod.
+
+    The double's pods run nothing; the operator's own SQL (settings on a start or a resize, the
+    wake's settings before a stop, a direct reading) goes to that real server instead. Readings are
+    a test's own (FakeMetrics), or with `direct_readings` the operator's Postgres-statistics source
+    on that server, with the server's own CPU and memory.
+    """
+    if not direct_readings:
+        metrics = metrics or FakeMetrics(clock=lambda: datetime.now(UTC))
     built = ClusterOperator(
         kc.Kube(kube.api_client(), permissions.OPERATOR),
         Options(
@@ -92,18 +110,19 @@ async def operator(
             activator_service="activator",
             leader_elect=leader_elect,
             identity=identity,
-            tuning=FAST,
+            tuning=tuning,
             timing=Timing(lease_duration=2, renew_deadline=1.5, retry_period=0.2),
             watch_timeout=5,
         ),
-        sql_access=sql,
+        locate=lambda pod: (HOST, postgres.port),
+        usage=lambda db: postgres.cluster.process_usage(),
         metrics=metrics,
         recheck=metrics,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(built.run(stop))
     try:
-        yield Running(built, metrics, sql, stop, task)
+        yield Running(built, built.metrics, stop, task)
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -151,7 +170,7 @@ def slice_addresses(kube: KubeApiDouble, name: str = "orders") -> tuple[list[str
     return addresses, [p["port"] for p in found.get("ports") or []]
 
 
-async def echo_server() -> tuple[asyncio.Server, Target]:
+async def echo_server() -> tuple[asyncio.Server, Upstream]:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(1024):
             writer.write(b"pod:" + data)
@@ -159,4 +178,4 @@ async def echo_server() -> tuple[asyncio.Server, Target]:
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    return server, Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    return server, Upstream("127.0.0.1", server.sockets[0].getsockname()[1])

@@ -15,27 +15,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller import cli
 from controller.api import types
+from controller.app import cli
 from controller.runtime.local.runtime import read_endpoint
 from controller.runtime.local.store import FileStore
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
-SDB = [sys.executable, "-m", "controller.cli"]
-
-
-def require_postgres() -> None:
-    from controller.runtime.local.postgres import Install, PostgresNotFoundError
-
-    try:
-        Install.find()
-    except PostgresNotFoundError as error:
-        pytest.skip(f"needs Postgres server binaries: {error}")
+SDB = [sys.executable, "-m", "controller.app.cli"]
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, every: float = 0.05, what: str = "") -> T:

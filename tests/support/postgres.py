@@ -19,10 +19,12 @@ from typing import Any
 
 import psutil
 import psycopg
+import psycopg.sql
 import pytest
 
-from controller.runtime.local import postgres
+from controller.runtime.local import server
 from controller.runtime.local.runtime import HOST, free_port
+from support.requirements import require_postgres
 
 CLIENT_APPLICATION = "psql"
 """The application_name of a test's client sessions: neither the operator's own nor an ignored one."""
@@ -34,11 +36,11 @@ class Server:
 
     port: int
     password: str
-    cluster: postgres.Cluster
+    cluster: server.Cluster
 
     def dsn(self, *, application_name: str = CLIENT_APPLICATION) -> str:
         return (
-            f"host={HOST} port={self.port} user={postgres.SERVER_USER} password={self.password} "
+            f"host={HOST} port={self.port} user={server.SERVER_USER} password={self.password} "
             f"dbname=postgres application_name={application_name}"
         )
 
@@ -46,6 +48,13 @@ class Server:
         self, *, application_name: str = CLIENT_APPLICATION, autocommit: bool = True
     ) -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(self.dsn(application_name=application_name), autocommit=autocommit)
+
+    def setting(self, name: str) -> str:
+        """A setting as a new session sees it (SHOW)."""
+        with self.connect() as conn:
+            row = conn.execute(psycopg.sql.SQL("SHOW {}").format(psycopg.sql.Identifier(name))).fetchone()
+        assert row is not None
+        return str(row[0])
 
     @property
     def postmaster(self) -> psutil.Process:
@@ -55,36 +64,39 @@ class Server:
         return psutil.Process(int(lines[0]))
 
 
-def require_postgres() -> postgres.Install:
-    try:
-        return postgres.Install.find()
-    except postgres.PostgresNotFoundError as error:
-        pytest.skip(f"needs Postgres server binaries: {error}")
-
-
 @contextlib.contextmanager
-def running_server(*, parameters: dict[str, str] | None = None) -> Iterator[Server]:
-    """A fresh server for the length of the block, stopped (fast shutdown) and deleted afterwards."""
+def running_server(
+    *, parameters: dict[str, str] | None = None, any_password: bool = False
+) -> Iterator[Server]:
+    """A fresh server for the length of the block, stopped (fast shutdown) and deleted afterwards.
+
+    With `any_password`, loopback clients are trusted whatever password they give: the server then
+    stands in for the pods of many databases, each with a password generated for its own Secret.
+    """
     install = require_postgres()
-    user = postgres.ServerUser.for_this_process()
+    user = server.ServerUser.for_this_process()
     root = Path(tempfile.mkdtemp(prefix="sdb-pg-"))
-    postgres.grant_traverse(root, user)
+    server.grant_traverse(root, user)
     user.own(root)
-    cluster = postgres.Cluster(install=install, user=user, pgdata=root / "pgdata", log=root / "postgres.log")
+    cluster = server.Cluster(install=install, user=user, pgdata=root / "pgdata", log=root / "postgres.log")
     password = secrets.token_urlsafe(16)
     port = free_port()
     try:
-        asyncio.run(_start(cluster, password, port, parameters or {}))
+        asyncio.run(_start(cluster, password, port, parameters or {}, any_password=any_password))
         yield Server(port=port, password=password, cluster=cluster)
     finally:
         asyncio.run(cluster.stop())
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def _start(cluster: postgres.Cluster, password: str, port: int, parameters: dict[str, str]) -> None:
+async def _start(
+    cluster: server.Cluster, password: str, port: int, parameters: dict[str, str], *, any_password: bool
+) -> None:
     await cluster.initdb(password)
+    if any_password:
+        (cluster.pgdata / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
     cluster.write_settings(
-        postgres.Settings(
+        server.Settings(
             port=port,
             shared_buffers="32MB",
             max_connections=50,

@@ -2,7 +2,7 @@
 
 Each starts on a free port with its files in a temporary directory and is stopped (by its own pid)
 when the block ends. Prometheus scrapes every second from a generated configuration; the exporter
-runs as the operator's sidecar would: the query file `exporter_queries` writes, the sidecar's flags,
+runs as the operator's sidecar would: the query file `exporter.queries` writes, the sidecar's flags,
 and a DSN tagged with the operator's application_name. Tests skip, saying why, without the binaries
 (`./dev test` installs Debian's packages, so they run there).
 """
@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.metrics import prometheus as source
+from controller.postgres import exporter
 from controller.runtime.local.runtime import HOST, free_port
 from support.operator import wait_for
 from support.postgres import Server
+from support.requirements import require_commands
 
 PROMETHEUS = "prometheus"
 EXPORTER = "prometheus-postgres-exporter"
@@ -39,12 +39,7 @@ SCRAPE_INTERVAL = 1.0
 
 
 def require_binaries() -> None:
-    missing = [name for name in (PROMETHEUS, EXPORTER) if shutil.which(name) is None]
-    if missing:
-        pytest.skip(
-            f"needs {' and '.join(missing)} on PATH (Debian's prometheus and "
-            "prometheus-postgres-exporter packages; ./dev test installs them)"
-        )
+    require_commands(PROMETHEUS, EXPORTER, package="prometheus and prometheus-postgres-exporter")
 
 
 @dataclass(frozen=True)
@@ -186,11 +181,11 @@ def running_exporter(
     require_binaries()
     directory = Path(tempfile.mkdtemp(prefix="sdb-exporter-"))
     queries = directory / "queries.yaml"
-    queries.write_text(source.exporter_queries(ignored_applications))
+    queries.write_text(exporter.queries(ignored_applications))
     port = free_port()
     dsn = (
         f"postgresql://postgres:{urllib.parse.quote(server.password, safe='')}@{HOST}:{server.port}/postgres"
-        f"?sslmode=disable&application_name={source.EXPORTER_APPLICATION}"
+        f"?sslmode=disable&application_name={exporter.APPLICATION}"
     )
     with open(directory / "exporter.log", "wb") as log:
         process = subprocess.Popen(
@@ -198,7 +193,7 @@ def running_exporter(
                 EXPORTER,
                 f"--web.listen-address={HOST}:{port}",
                 f"--extend.query-path={queries}",
-                *source.EXPORTER_ARGS,
+                *exporter.ARGS,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -8,14 +8,12 @@ from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
+from support.fakes import MemoryStore
 
 from controller.activator import protocol
-from controller.activator.proxy import Activator, WakeError
+from controller.activator.proxy import Activator, Upstream, WakeError
 from controller.api.types import WAKE_ANNOTATION, DatabaseSpec, ObjectMeta, ServerlessDatabase, State
-from controller.operator import LocalBackend
-from controller.policy.inputs import Route
-from controller.runtime.base import Target
-from controller.testing.fakes import MemoryStore
+from controller.app.local import LocalBackend
 
 # -- the parser -----------------------------------------------------------------------------------
 
@@ -67,8 +65,10 @@ def test_error_response_is_well_formed() -> None:
 class Backend:
     """A sleeping database that a wake brings up after `delay`, or fails to."""
 
-    def __init__(self, upstream: Target, *, delay: float = 0.05, fail: str = "", never: bool = False) -> None:
-        self.upstream = upstream
+    def __init__(
+        self, address: Upstream, *, delay: float = 0.05, fail: str = "", never: bool = False
+    ) -> None:
+        self.address = address
         self.delay = delay
         self.fail = fail
         self.never = never
@@ -76,15 +76,15 @@ class Backend:
         self.wakes = 0
         self._wake: asyncio.Task[None] | None = None
 
-    async def target(self, key: str) -> Target | None:
-        return self.upstream if self.awake else None
+    async def upstream(self, key: str) -> Upstream | None:
+        return self.address if self.awake else None
 
-    async def wake(self, key: str) -> Target:
+    async def wake(self, key: str) -> Upstream:
         if self._wake is None:
             self.wakes += 1
             self._wake = asyncio.ensure_future(self._come_up())
         await asyncio.shield(self._wake)
-        return self.upstream
+        return self.address
 
     async def _come_up(self) -> None:
         await asyncio.sleep(self.delay)
@@ -96,7 +96,7 @@ class Backend:
 
 
 @pytest.fixture
-async def echo() -> AsyncIterator[Target]:
+async def echo() -> AsyncIterator[Upstream]:
     """An upstream that answers every chunk with the same bytes, upper-cased."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -106,12 +106,12 @@ async def echo() -> AsyncIterator[Target]:
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    yield Target("127.0.0.1", server.sockets[0].getsockname()[1])
+    yield Upstream("127.0.0.1", server.sockets[0].getsockname()[1])
     server.close()
     await server.wait_closed()
 
 
-async def test_connections_are_held_during_one_wake_then_relayed(echo: Target) -> None:
+async def test_connections_are_held_during_one_wake_then_relayed(echo: Upstream) -> None:
     backend = Backend(echo)
     activator = Activator(backend, wake_timeout=5)
     port = await activator.listen("shop/orders", "127.0.0.1", 0)
@@ -130,7 +130,7 @@ async def test_connections_are_held_during_one_wake_then_relayed(echo: Target) -
     await activator.close()
 
 
-async def test_large_transfers_keep_their_bytes_in_order(echo: Target) -> None:
+async def test_large_transfers_keep_their_bytes_in_order(echo: Upstream) -> None:
     backend = Backend(echo)
     backend.awake = True
     activator = Activator(backend)
@@ -168,7 +168,7 @@ async def error_fields(port: int, first: bytes = b"") -> dict[bytes, str]:
     return {f[:1]: f[1:].decode() for f in body.split(b"\0") if f}
 
 
-async def test_a_failed_wake_answers_57p03_with_the_reason(echo: Target) -> None:
+async def test_a_failed_wake_answers_57p03_with_the_reason(echo: Upstream) -> None:
     activator = Activator(Backend(echo, fail="Postgres could not start: disk full"))
     port = await activator.listen("shop/orders", "127.0.0.1", 0)
     assert "FATAL:  Postgres could not start: disk full" in await libpq_refusal(port)
@@ -182,7 +182,7 @@ async def test_a_failed_wake_answers_57p03_with_the_reason(echo: Target) -> None
 
 
 @pytest.mark.looptime
-async def test_a_wake_longer_than_the_timeout_answers_57p03(echo: Target) -> None:
+async def test_a_wake_longer_than_the_timeout_answers_57p03(echo: Upstream) -> None:
     activator = Activator(Backend(echo, never=True), wake_timeout=30)
     port = await activator.listen("shop/orders", "127.0.0.1", 0)
     loop = asyncio.get_running_loop()
@@ -194,7 +194,7 @@ async def test_a_wake_longer_than_the_timeout_answers_57p03(echo: Target) -> Non
     await activator.close()
 
 
-async def test_a_gssenc_request_first_is_declined_then_refused_properly(echo: Target) -> None:
+async def test_a_gssenc_request_first_is_declined_then_refused_properly(echo: Upstream) -> None:
     activator = Activator(Backend(echo, fail="paused by spec.state"))
     port = await activator.listen("shop/orders", "127.0.0.1", 0)
     fields = await error_fields(port, protocol.gssenc_request())
@@ -202,7 +202,7 @@ async def test_a_gssenc_request_first_is_declined_then_refused_properly(echo: Ta
     await activator.close()
 
 
-async def test_held_connections_are_counted(echo: Target) -> None:
+async def test_held_connections_are_counted(echo: Upstream) -> None:
     counts: list[int] = []
 
     class Counter:
@@ -233,11 +233,11 @@ class Endpoints:
     def __init__(self) -> None:
         self.up = False
 
-    def route_of(self, key: str) -> Route:
-        return Route.ACTIVATOR
+    def upstream(self, key: str) -> Upstream | None:
+        return None
 
-    def running_target(self, key: str) -> Target | None:
-        return Target("127.0.0.1", 5432) if self.up else None
+    def running(self, key: str) -> Upstream | None:
+        return Upstream("127.0.0.1", 5432) if self.up else None
 
 
 class Triggers:
@@ -261,7 +261,7 @@ async def test_two_hundred_clients_share_one_wake_request() -> None:
     assert WAKE_ANNOTATION in store.objects["shop/orders"].metadata.annotations
     endpoints.up = True
     backend.ready("shop/orders")
-    assert await asyncio.gather(*waiters) == [Target("127.0.0.1", 5432)] * 200
+    assert await asyncio.gather(*waiters) == [Upstream("127.0.0.1", 5432)] * 200
 
 
 async def test_a_database_paused_by_its_spec_is_refused_at_once() -> None:

@@ -112,7 +112,7 @@ def test_unknown_database_is_a_clear_error(cli: Operator) -> None:
 
 
 def test_state_dir_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from controller import cli as sdb_cli
+    from controller.app import cli as sdb_cli
 
     monkeypatch.setenv("SDB_STATE_DIR", str(tmp_path / "from-env"))
     assert sdb_cli.default_state_dir() == tmp_path / "from-env"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from controller.api import types, units
 from controller.policy import capacity, plan, schedule, sizing
-from controller.policy.inputs import Compute, ComputeState, Observation, Route, Tuning
+from controller.policy.inputs import Compute, ComputeState, Observation, ResizeState, Route, Tuning
 from controller.policy.lifecycle import Action
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
@@ -65,6 +65,7 @@ def db(
             phase=phase,
             phase_since=phase_since,
             capacity=types.CapacityStatus(current=current, desired=current, peaks=peaks),
+            compute=types.ComputeStatus(settings=current),  # its settings applied, as after a start
             last_activity_time=last_activity,
             wake_request=wake_request,
         ),
@@ -171,7 +172,11 @@ def run_ticks(
     for index, cpu in enumerate(loads):
         now = NOW + tick * index
         state = replace(RUNNING, capacity=current)
-        status = replace(the_db.status, capacity=types.CapacityStatus(current, current, peaks))
+        status = replace(
+            the_db.status,
+            capacity=types.CapacityStatus(current, current, peaks),
+            compute=types.ComputeStatus(settings=current),
+        )
         got = plan.decide(
             db=replace(the_db, status=status), compute=state, observation=observation(cpu, 1, at=now), now=now
         )
@@ -316,7 +321,102 @@ def test_new_database_creates_storage_then_starts_at_the_floor() -> None:
     start = plan.decide(db=new, compute=made, observation=None, now=NOW)
     assert (start.action, start.phase, start.capacity) == (Action.START, types.Phase.PENDING, 1.0)
     ready = ComputeState(storage=True, compute=Compute.RUNNING, route=Route.ACTIVATOR, capacity=1.0)
-    assert plan.decide(db=new, compute=ready, observation=None, now=NOW).action is Action.ROUTE_DIRECT
+    # the settings of its size before any client reaches it directly
+    configure = plan.decide(db=new, compute=ready, observation=None, now=NOW)
+    assert (configure.action, configure.capacity) == (Action.CONFIGURE, 1.0)
+    assert configure.compute.settings == 1.0
+    configured = replace(new, status=replace(new.status, compute=configure.compute))
+    assert plan.decide(db=configured, compute=ready, observation=None, now=NOW).action is Action.ROUTE_DIRECT
+
+
+# -- what is known of the running server (status.compute) ----------------------------------------
+
+
+def test_a_server_gets_the_settings_of_its_size_before_clients_reach_it_and_after_it_grows() -> None:
+    started = replace(RUNNING, route=Route.ACTIVATOR, incarnation="pod-a", capacity=2.0)
+    resuming = db(phase=types.Phase.RESUMING, current=2.0)
+    unknown = replace(resuming, status=replace(resuming.status, compute=types.ComputeStatus()))
+    configure = plan.decide(db=unknown, compute=started, observation=None, now=NOW)
+    assert (configure.action, configure.capacity) == (Action.CONFIGURE, 2.0)
+    assert configure.compute == types.ComputeStatus("pod-a", settings=2.0)
+    # Active, it grew to 3 CU (the kubelet reports the new size): its settings follow, a tick later.
+    grown = replace(RUNNING, incarnation="pod-a", capacity=3.0)
+    active = db(current=3.0, peaks=(types.Peak(3.0),))
+    active = replace(
+        active, status=replace(active.status, compute=types.ComputeStatus("pod-a", settings=2.0))
+    )
+    follow = plan.decide(db=active, compute=grown, observation=observation(2.6, 1), now=NOW)  # 2.6 / 0.9 -> 3
+    assert (follow.action, follow.capacity, follow.requeue_after) == (Action.CONFIGURE, 3.0, TUNING.tick)
+
+
+def test_a_stop_leaves_the_wakes_settings_for_the_next_server() -> None:
+    running = db(current=1.0, last_activity=NOW - timedelta(hours=1), phase=types.Phase.PAUSING)
+    running = replace(
+        running, status=replace(running.status, compute=types.ComputeStatus("pod-a", settings=2.0))
+    )
+    held = replace(RUNNING, route=Route.ACTIVATOR, incarnation="pod-a", capacity=1.0)
+    stop = plan.decide(db=running, compute=held, observation=observation(0.0, at=NOW), now=NOW)
+    assert stop.action is Action.STOP
+    # 1 CU is where a wake starts (Tuning.wake_capacity); the next server finds those settings
+    assert stop.compute == types.ComputeStatus(settings=stop.capacity)
+    paused = replace(running, status=replace(running.status, phase=types.Phase.PAUSED, compute=stop.compute))
+    woken = replace(paused, metadata=replace(paused.metadata, annotations={types.WAKE_ANNOTATION: "w"}))
+    stopped = ComputeState(storage=True, compute=Compute.STOPPED, route=Route.ACTIVATOR)
+    start = plan.decide(db=woken, compute=stopped, observation=None, now=NOW)
+    assert (start.action, start.capacity) == (Action.START, stop.capacity)
+    after = replace(woken, status=replace(woken.status, phase=types.Phase.RESUMING, compute=start.compute))
+    ready = replace(held, incarnation="pod-b", capacity=start.capacity)
+    assert plan.decide(db=after, compute=ready, observation=None, now=NOW).action is Action.ROUTE_DIRECT
+
+
+def test_a_refused_resize_caps_the_size_for_that_server_only() -> None:
+    busy = db(current=1.0)
+    busy = replace(busy, status=replace(busy.status, compute=types.ComputeStatus("pod-a", settings=1.0)))
+    refused = replace(
+        RUNNING,
+        incarnation="pod-a",
+        resize=ResizeState.INFEASIBLE,
+        resize_wanted=3.5,
+        resize_message="Node didn't have enough capacity: cpu",
+    )
+    got = plan.decide(db=busy, compute=refused, observation=observation(3.0, 1), now=NOW)  # 3 / 0.9 -> 3.5
+    # the limit is one step below what the node refused: 3.5 - 0.25 = 3.25
+    assert (got.known.limit, got.capacity) == (3.25, 3.25)
+    assert got.resize_blocked is not None
+    assert got.resize_blocked[0] is types.Reason.RESIZE_INFEASIBLE
+    remembered = replace(busy, status=replace(busy.status, compute=got.known))
+    calm = replace(refused, resize=ResizeState.NONE, resize_wanted=None)
+    assert plan.decide(db=remembered, compute=calm, observation=observation(3.5, 1), now=NOW).capacity == 3.25
+    # another server (a new pod, perhaps on another node) is not bound by it
+    other = replace(calm, incarnation="pod-b")
+    assert plan.decide(db=remembered, compute=other, observation=observation(3.5, 1), now=NOW).capacity == 4.0
+
+
+def test_a_resize_deferred_for_too_long_counts_as_refused() -> None:
+    busy = db(current=1.0)
+    busy = replace(busy, status=replace(busy.status, compute=types.ComputeStatus("pod-a", settings=1.0)))
+
+    def deferred(for_: timedelta) -> ComputeState:
+        return replace(
+            RUNNING,
+            incarnation="pod-a",
+            resize=ResizeState.DEFERRED,
+            resize_wanted=2.0,
+            resize_pending_since=NOW - for_,
+        )
+
+    waiting = plan.decide(
+        db=busy, compute=deferred(timedelta(seconds=30)), observation=observation(1.7, 1), now=NOW
+    )
+    assert waiting.known.limit is None
+    assert waiting.resize_blocked is not None
+    assert waiting.resize_blocked[0] is types.Reason.RESIZE_DEFERRED
+    given_up = plan.decide(
+        db=busy, compute=deferred(timedelta(seconds=61)), observation=observation(1.7, 1), now=NOW
+    )
+    assert given_up.known.limit == 1.75  # 2.0 - 0.25
+    assert given_up.resize_blocked is not None
+    assert given_up.resize_blocked[0] is types.Reason.RESIZE_INFEASIBLE
 
 
 def test_stale_observation_holds_size_never_pauses_and_degrades() -> None:

@@ -7,12 +7,12 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from support.fakes import FakeCompute, FakeMetrics, FakeRuntime, MemoryStore
 
 from controller.api import types
 from controller.policy.inputs import Compute, Observation, Route, Tuning
 from controller.reconciler.loop import Reconciler
 from controller.runtime.base import TransientError
-from controller.testing.fakes import FakeCompute, FakeMetrics, FakeRuntime, MemoryStore
 
 
 class Clock:
@@ -100,9 +100,9 @@ async def test_a_new_database_becomes_active_with_one_status_write_per_reconcile
     world = World()
     world.store.put(new_db())
     db = await world.reconcile("shop/orders")
-    # create storage, start, route: three steps in one pass, and one status write for them
+    # create storage, start, its size's settings, route: four steps in one pass, one status write for them
     steps = [a for a in world.runtime.calls_for("shop/orders") if a != "observe"]
-    assert steps == ["create_storage", "start", "route_direct"]
+    assert steps == ["create_storage", "start", "configure", "route_direct"]
     assert world.store.status_writes["shop/orders"] == 1
     status = db.status
     assert status.phase is types.Phase.ACTIVE

@@ -1,4 +1,4 @@
-{{/* Generated from controller/runtime/kubernetes/permissions.py by `python -m controller.tools rbac`; do not edit. */}}
+{{/* Generated from controller/runtime/kubernetes/permissions.py by `python -m tools rbac`; do not edit. */}}
 
 {{- define "sdb.operatorRules" -}}
 - apiGroups: ["dbscale.io"]

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.api import types, units
-from controller.metrics import prometheus
 from controller.policy import sizing
+from controller.postgres import conf, exporter
 
 MANAGED_BY = "serverless-db-operator"
 FIELD_MANAGER = "serverless-db-operator"
@@ -37,6 +37,9 @@ PGDATA = f"{DATA_MOUNT}/pgdata"
 """A directory below the mount point: a fresh volume's root holds lost+found, which initdb refuses."""
 CONFIG_MOUNT = "/etc/sdb"
 ACTIVATOR_PORT_ANNOTATION = f"{types.GROUP}/activator-port"
+ACTIVATOR_PORTS = (20000, 29999)
+"""The range the operator assigns activator ports from; the activator listens on each (the chart's
+`--port-range`)."""
 DATABASE_LABEL = f"{types.GROUP}/database"
 
 
@@ -132,18 +135,19 @@ def postgresql_conf(db: types.ServerlessDatabase) -> str:
         **sizing.reloadable_settings(db.spec.capacity.min),
         **db.spec.postgres.parameters,
     }
-    lines = ["# Managed by the serverless-db operator from the ServerlessDatabase's spec."]
-    lines += [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'" for key, value in settings.items()]
-    return "\n".join(lines) + "\n"
+    return conf.render(
+        settings, header="Managed by the serverless-db operator from the ServerlessDatabase's spec."
+    )
 
 
-def configmap(db: types.ServerlessDatabase, *, exporter_queries: str) -> dict[str, Any]:
+def configmap(db: types.ServerlessDatabase) -> dict[str, Any]:
     names = Names.of(db.metadata.name)
+    queries = exporter.queries(db.spec.auto_pause.ignored_applications)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(db, names.configmap),
-        "data": {"postgresql.conf": postgresql_conf(db), "exporter-queries.yaml": exporter_queries},
+        "data": {"postgresql.conf": postgresql_conf(db), "exporter-queries.yaml": queries},
     }
 
 
@@ -280,16 +284,16 @@ def statefulset(db: types.ServerlessDatabase, *, replicas: int, capacity: float)
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
-    exporter = {
+    sidecar = {
         "name": "exporter",
         "image": EXPORTER_IMAGE,
-        "args": [f"--extend.query-path={CONFIG_MOUNT}/exporter-queries.yaml", *prometheus.EXPORTER_ARGS],
+        "args": [f"--extend.query-path={CONFIG_MOUNT}/exporter-queries.yaml", *exporter.ARGS],
         "env": [
             # Tagged as the operator's own, so the sidecar's session never counts as a client.
             {
                 "name": "DATA_SOURCE_URI",
                 "value": f"127.0.0.1:{POSTGRES_PORT}/postgres?sslmode=disable"
-                f"&application_name={prometheus.EXPORTER_APPLICATION}",
+                f"&application_name={exporter.APPLICATION}",
             },
             {"name": "DATA_SOURCE_USER", "value": "postgres"},
             {"name": "DATA_SOURCE_PASS", "valueFrom": {"secretKeyRef": secret_ref}},
@@ -332,7 +336,7 @@ def statefulset(db: types.ServerlessDatabase, *, replicas: int, capacity: float)
                         "fsGroup": POSTGRES_UID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
-                    "containers": [postgres, exporter],
+                    "containers": [postgres, sidecar],
                     "volumes": [
                         {"name": "config", "configMap": {"name": names.configmap}},
                         {"name": "run", "emptyDir": {}},
@@ -350,7 +354,6 @@ def render(
     phase: types.Phase,
     *,
     password: str,
-    exporter_queries: str,
     endpoints: Sequence[Endpoint] = (),
     capacity: float | None = None,
 ) -> list[dict[str, Any]]:
@@ -361,7 +364,7 @@ def render(
     replicas = 1 if phase is types.Phase.ACTIVE else 0
     return [
         *objects,
-        configmap(db, exporter_queries=exporter_queries),
+        configmap(db),
         headless_service(db),
         statefulset(db, replicas=replicas, capacity=capacity or db.spec.capacity.min),
     ]

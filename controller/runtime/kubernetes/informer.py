@@ -3,14 +3,21 @@
 A watch resumes from the last resourceVersion it saw; when the server says that version is too old
 (410 Gone), the informer lists again and tells about every object that changed meanwhile. Watches
 end at a timeout and start again, and a periodic full relist catches anything a watch missed.
+
+Only the list and the watch write the cache, so it never goes back to an older object. A writer that
+must read its own write (the next step of a pass) says what it expects (`expect`), as client-go's
+controllers keep expectations, and waits for the watch to bring it (`settled`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -22,6 +29,18 @@ log = structlog.get_logger("informer")
 
 Handler = Callable[[str, dict[str, Any], bool], None]
 """(key, object, deleted), called on the event loop; a deleted object is its last known state."""
+
+RECENT_VERSIONS = 4096
+"""How many (key, resourceVersion) pairs the informer remembers having applied, so a write whose
+watch event arrived before its own response still finds it."""
+
+
+@dataclass(frozen=True)
+class _Expectation:
+    version: str | None
+    """The resourceVersion a write returned; None: the object was deleted."""
+    relists: int
+    """Lists begun before the write returned: one begun after it holds the write, or something newer."""
 
 
 class Informer:
@@ -47,6 +66,10 @@ class Informer:
         self.synced = asyncio.Event()
         self.resource_version = ""
         self.relists = 0
+        self._lists_begun = 0
+        self._recent: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
+        self._expected: dict[str, _Expectation] = {}
+        self._progress = asyncio.Event()
         self._watchers: list[watch.Watch] = []
         self._stopping = threading.Event()
 
@@ -82,11 +105,56 @@ class Informer:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
 
+    # -- reading one's own writes ---------------------------------------------------------------
+
+    def expect(self, key: str, version: str | None) -> None:
+        """A write of `key` returned `version` (None: a delete): reads wait for the cache to hold it."""
+        self._expected[key] = _Expectation(version, self._lists_begun)
+        self._settle(key)
+
+    def _met(self, key: str, expectation: _Expectation) -> bool:
+        if self.relists > expectation.relists:  # a list that began after the write holds it
+            return True
+        if expectation.version is None:
+            return key not in self.cache
+        current = self.cache.get(key, {}).get("metadata", {}).get("resourceVersion")
+        return current == expectation.version or (key, expectation.version) in self._recent
+
+    def _settle(self, key: str) -> None:
+        expectation = self._expected.get(key)
+        if expectation is not None and self._met(key, expectation):
+            del self._expected[key]
+
+    async def settled(self, key: str, *, timeout: float) -> bool:
+        """Wait until the cache holds this informer's last expected write of `key`; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while key in self._expected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            progress = self._progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), remaining)
+        return True
+
+    def _applied(self, key: str, obj: dict[str, Any]) -> None:
+        version = obj.get("metadata", {}).get("resourceVersion")
+        if version:
+            self._recent[(key, version)] = None
+            while len(self._recent) > RECENT_VERSIONS:
+                self._recent.popitem(last=False)
+        self._settle(key)
+        # Wake every waiter: each checks its own key again.
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    # -- list and watch ---------------------------------------------------------------------------
+
     async def _relist(self) -> None:
+        self._lists_begun += 1
         items, version = await asyncio.to_thread(
             self.kube.list, self.kind, namespace=self.namespace, label_selector=self.label_selector
         )
-        self.relists += 1
         fresh = {key_of(item): item for item in items}
         changed = [
             k
@@ -97,6 +165,11 @@ class Informer:
         gone = {k: v for k, v in self.cache.items() if k not in fresh}
         self.cache = fresh
         self.resource_version = version
+        self.relists = self._lists_begun
+        for key in list(self._expected):
+            self._settle(key)
+        self._progress.set()
+        self._progress = asyncio.Event()
         self.synced.set()
         for key in changed:
             self._notify(key, fresh[key], deleted=False)
@@ -160,6 +233,7 @@ class Informer:
             self.cache.pop(key, None)
         else:
             self.cache[key] = obj
+        self._applied(key, obj)
         self._notify(key, obj, deleted=kind == "DELETED")
 
     def _notify(self, key: str, obj: dict[str, Any], *, deleted: bool) -> None:

@@ -11,7 +11,6 @@ from dataclasses import replace
 from typing import Any
 
 from controller.api import types
-from controller.metrics import prometheus
 from controller.runtime.kubernetes import builders
 
 PASSWORD_PLACEHOLDER = "<generated-at-creation>"
@@ -25,5 +24,4 @@ def objects(db: types.ServerlessDatabase, phase: types.Phase) -> list[dict[str, 
         db,
         phase,
         password=PASSWORD_PLACEHOLDER,
-        exporter_queries=prometheus.exporter_queries(db.spec.auto_pause.ignored_applications),
     )

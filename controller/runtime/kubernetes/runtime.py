@@ -3,7 +3,9 @@ parked by deleting its compute objects; the client Service's EndpointSlice point
 the database is active and at the activator while it rests.
 
 Reads come from informer caches; each step writes each object at most once, and not at all when
-what is observed already matches (server-side apply with the operator's field manager).
+what is observed already matches (server-side apply with the operator's field manager). A step that
+follows a write waits for the watch to bring that write back (`Informer.expect`), so it never
+decides from what it has just changed.
 """
 
 from __future__ import annotations
@@ -11,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import structlog
 
 from controller.api import types, units
-from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, ResizeState, Route
-from controller.runtime.base import PermanentError, TransientError
+from controller.postgres import settings
+from controller.postgres.sessions import Address, OperatorSessions
+from controller.runtime.base import PermanentError, TransientError, settings_step
 from controller.runtime.kubernetes import builders
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes.builders import Endpoint, Names
@@ -29,16 +32,16 @@ from controller.runtime.kubernetes.informer import Informer
 
 log = structlog.get_logger("runtime.kubernetes")
 
-DEFERRED_GIVE_UP_SECONDS = 60.0
-"""A resize the node defers for longer than this is treated as infeasible: the old size stays."""
+READ_OWN_WRITE_SECONDS = 2.0
+"""How long a step waits for the watch to bring the runtime's own last write before it goes on."""
+
+Locate = Callable[[Mapping[str, Any]], tuple[str, int] | None]
+"""Where the operator reaches a pod's Postgres: (host, port), or None while it has no address."""
 
 
-class PostgresAccess(Protocol):
-    """The operator's own SQL on a database's pod (ALTER SYSTEM after a resize, before a stop)."""
-
-    async def alter_system(
-        self, host: str, password: str, settings: Mapping[str, str], *, reload: bool
-    ) -> None: ...
+def pod_address(pod: Mapping[str, Any]) -> tuple[str, int] | None:
+    ip = (pod.get("status") or {}).get("podIP")
+    return (str(ip), builders.POSTGRES_PORT) if ip else None
 
 
 @dataclass
@@ -64,36 +67,25 @@ class Informers:
         ]
 
 
-@dataclass(frozen=True)
-class Settings:
-    port_range: tuple[int, int] = (20000, 29999)
-    exporter_queries: Callable[[tuple[str, ...]], str] = lambda ignored: ""
-
-
-@dataclass
-class _Resize:
-    """A resize the node could not make: sizes at or above `refused` are not asked for again."""
-
-    refused: float
-    message: str
-    since: float = field(default_factory=time.monotonic)
-
-
 class KubernetesRuntime:
     name = "kubernetes"
 
     def __init__(
-        self, kube: kc.Kube, informers: Informers, sql: PostgresAccess, *, settings: Settings | None = None
+        self,
+        kube: kc.Kube,
+        informers: Informers,
+        *,
+        sessions: OperatorSessions | None = None,
+        port_range: tuple[int, int] = builders.ACTIVATOR_PORTS,
+        locate: Locate = pod_address,
     ) -> None:
         self.kube = kube
         self.informers = informers
-        self.sql = sql
-        self.settings = settings or Settings()
+        self.sessions = sessions or OperatorSessions()
+        self.port_range = port_range
+        self.locate = locate
         self.in_place_resize = False
         self._passwords: dict[str, str] = {}
-        self._refused: dict[str, _Resize] = {}
-        """Per pod uid: a resize the node refused (Infeasible, or Deferred too long)."""
-        self._deferred_since: dict[str, float] = {}
         self._caches = {
             kc.STATEFULSETS.kind: informers.statefulsets,
             kc.ENDPOINTSLICES.kind: informers.endpointslices,
@@ -135,20 +127,32 @@ class KubernetesRuntime:
         return password
 
     async def observe(self, db: types.ServerlessDatabase) -> ComputeState:
+        names = Names.of(db.metadata.name)
+        namespace = db.metadata.namespace
+        for informer, name in (
+            (self.informers.statefulsets, names.statefulset),
+            (self.informers.endpointslices, names.endpointslice),
+            (self.informers.pods, names.pod),
+        ):
+            await informer.settled(f"{namespace}/{name}", timeout=READ_OWN_WRITE_SECONDS)
         storage = await self._password(db) is not None
         sts, pod = self._statefulset(db), self._pod(db)
         compute = _compute(sts, pod)
-        capacity, resize, message = None, ResizeState.NONE, ""
+        resize = _Resize()
         if pod is not None and compute is Compute.RUNNING:
-            capacity, resize, message = self._resize_state(pod)
+            resize = _resize_of(pod)
         return ComputeState(
             storage=storage,
             compute=compute,
             route=self._route(db, pod),
-            capacity=capacity,
-            resize=resize,
-            resize_message=message,
-            capacity_limit=self._limit(pod),
+            capacity=resize.actual,
+            incarnation=str(pod["metadata"].get("uid", ""))
+            if pod is not None and compute is Compute.RUNNING
+            else "",
+            resize=resize.state,
+            resize_message=resize.message,
+            resize_wanted=resize.wanted if resize.state is not ResizeState.NONE else None,
+            resize_pending_since=resize.pending_since,
             endpoint=f"{db.metadata.name}.{db.metadata.namespace}.svc:{builders.POSTGRES_PORT}",
         )
 
@@ -162,46 +166,12 @@ class KubernetesRuntime:
         direct = ip is not None and addresses == [ip] and ports == [builders.POSTGRES_PORT]
         return Route.DIRECT if direct else Route.ACTIVATOR
 
-    def _resize_state(self, pod: dict[str, Any]) -> tuple[float | None, ResizeState, str]:
-        """The capacity the container really has, and where a resize of it stands."""
-        uid = pod["metadata"].get("uid", "")
-        container = _container(pod.get("spec", {}), "postgres") or {}
-        wanted = builders.capacity_of(container.get("resources"))
-        actual_status = _container((pod.get("status") or {}), "postgres", key="containerStatuses") or {}
-        actual = builders.capacity_of(actual_status.get("resources")) or wanted
-        conditions = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
-        pending = conditions.get("PodResizePending")
-        legacy = (pod.get("status") or {}).get("resize")  # before 1.33: a field, not conditions
-        reason = (pending or {}).get("reason") or legacy or ""
-        message = (pending or {}).get("message") or ""
-        if reason == "Deferred" and wanted is not None:
-            since = self._deferred_since.setdefault(uid, time.monotonic())
-            if time.monotonic() - since > DEFERRED_GIVE_UP_SECONDS:
-                reason = "Infeasible"
-                message = f"deferred for more than {DEFERRED_GIVE_UP_SECONDS:g}s: {message}"
-        else:
-            self._deferred_since.pop(uid, None)
-        if reason == "Infeasible" and wanted is not None:
-            self._refused[uid] = _Resize(wanted, message or "the node cannot fit this size")
-            return actual, ResizeState.INFEASIBLE, f"the node cannot fit {wanted:g} CU: {message}"
-        if reason == "Deferred":
-            return actual, ResizeState.DEFERRED, f"the node deferred {wanted} CU: {message}"
-        if "PodResizeInProgress" in conditions or legacy == "InProgress" or (wanted and actual != wanted):
-            return actual, ResizeState.IN_PROGRESS, f"moving to {wanted} CU"
-        refused = self._refused.get(uid)
-        if refused is not None:
-            return (
-                actual,
-                ResizeState.INFEASIBLE,
-                f"the node could not fit {refused.refused:g} CU: {refused.message}",
-            )
-        return actual, ResizeState.NONE, ""
-
-    def _limit(self, pod: dict[str, Any] | None) -> float | None:
-        if pod is None:
-            return None
-        refused = self._refused.get(pod["metadata"].get("uid", ""))
-        return refused.refused - units.CU_STEP if refused is not None else None
+    def address(self, db: types.ServerlessDatabase) -> Address | None:
+        """Where the operator reaches the database's Postgres, once its pod has an address."""
+        pod = self._pod(db)
+        located = self.locate(pod) if pod is not None else None
+        password = self._passwords.get(db.key)
+        return Address(located[0], located[1], password) if located and password else None
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -211,8 +181,8 @@ class KubernetesRuntime:
             return
         written = await asyncio.to_thread(self.kube.apply, kind, desired)
         cache = self._caches.get(kind.kind)
-        if cache is not None:  # read our own write before the watch brings it, or the next step repeats it
-            cache.cache[kc.key_of(written)] = written
+        if cache is not None:  # the next step reads it from the cache: it waits for the watch to bring it
+            cache.expect(kc.key_of(written), written["metadata"].get("resourceVersion"))
 
     async def _activator_port(self, db: types.ServerlessDatabase) -> int:
         """This database's port on the activator, assigned once and kept in an annotation."""
@@ -224,12 +194,15 @@ class KubernetesRuntime:
             for other in self.informers.databases.values()
             if (port := (other["metadata"].get("annotations") or {}).get(builders.ACTIVATOR_PORT_ANNOTATION))
         }
-        low, high = self.settings.port_range
+        low, high = self.port_range
         port = next((p for p in range(low, high + 1) if p not in taken), None)
         if port is None:
             raise PermanentError(types.Reason.CREATING, f"no free activator port in {low}-{high}")
         patch = {"metadata": {"annotations": {builders.ACTIVATOR_PORT_ANNOTATION: str(port)}}}
-        await asyncio.to_thread(self.kube.patch, kc.DATABASES, db.metadata.namespace, db.metadata.name, patch)
+        written = await asyncio.to_thread(
+            self.kube.patch, kc.DATABASES, db.metadata.namespace, db.metadata.name, patch
+        )
+        self.informers.databases.expect(db.key, written["metadata"].get("resourceVersion"))
         return port
 
     def _activator_endpoints(self, port: int) -> list[Endpoint]:
@@ -265,9 +238,8 @@ class KubernetesRuntime:
 
     async def _compute_objects(self, db: types.ServerlessDatabase, *, replicas: int, capacity: float) -> None:
         names = Names.of(db.metadata.name)
-        queries = self.settings.exporter_queries(db.spec.auto_pause.ignored_applications)
         for kind, desired, name in (
-            (kc.CONFIGMAPS, builders.configmap(db, exporter_queries=queries), names.configmap),
+            (kc.CONFIGMAPS, builders.configmap(db), names.configmap),
             (kc.SERVICES, builders.headless_service(db), names.headless),
         ):
             await self._ensure(kind, desired, await asyncio.to_thread(self._read, kind, db, name))
@@ -311,23 +283,14 @@ class KubernetesRuntime:
 
     async def stop(self, db: types.ServerlessDatabase, *, resume_at: float) -> None:
         """Scale to zero; the pod's SIGINT is Postgres's fast shutdown, with its checkpoint."""
-        pod = self._pod(db)
-        ip = (pod or {}).get("status", {}).get("podIP")
-        password = await self._password(db)
-        if ip and password:
-            try:  # the wake's settings wait in postgresql.auto.conf, so a wake needs no ALTER SYSTEM
-                await self.sql.alter_system(ip, password, sizing.reloadable_settings(resume_at), reload=False)
-            except Exception as error:  # a stop must not fail for want of a nicety
-                log.info(
-                    "could not prepare the wake's settings before stopping",
-                    database=db.key,
-                    error=str(error),
-                )
+        address = self.address(db)
+        if address is not None:
+            await settings.prepare_wake(self.sessions, db.key, address, resume_at)
         sts = self._statefulset(db)
         if sts is None:
             return
         try:
-            await asyncio.to_thread(
+            written = await asyncio.to_thread(
                 self.kube.patch,
                 kc.STATEFULSETS,
                 db.metadata.namespace,
@@ -336,6 +299,7 @@ class KubernetesRuntime:
             )
         except kc.ApiError as error:
             raise _transient(error, types.Reason.STOP_FAILED) from error
+        self.informers.statefulsets.expect(kc.key_of(written), written["metadata"].get("resourceVersion"))
 
     async def release(self, db: types.ServerlessDatabase) -> None:
         """Park: delete the StatefulSet, ConfigMap and headless Service; keep PVC, Secret, client Service."""
@@ -350,55 +314,54 @@ class KubernetesRuntime:
                 await asyncio.to_thread(self.kube.delete, kind, namespace, name)
         except kc.ApiError as error:
             raise _transient(error, types.Reason.PARKING) from error
+        self.informers.statefulsets.expect(f"{namespace}/{names.statefulset}", None)
+
+    async def configure(self, db: types.ServerlessDatabase, capacity: float) -> None:
+        address = self.address(db)
+        if address is None:
+            raise TransientError(types.Reason.SETTINGS_FAILED, "the pod has no address yet")
+        async with settings_step():
+            await settings.configure(self.sessions, db.key, address, capacity)
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         pod = self._pod(db)
         if pod is None:
             raise TransientError(types.Reason.RESIZE_FAILED, "no pod to resize")
-        current = builders.capacity_of((_container(pod.get("spec", {}), "postgres") or {}).get("resources"))
-        shrinking = current is not None and capacity < current
-        if shrinking:  # settings shrink before the memory they need, and grow after it
-            await self._settings(db, pod, capacity)
-        if self.in_place_resize:
-            patch = {
-                "spec": {"containers": [{"name": "postgres", "resources": builders.resources(capacity)}]}
-            }
-            try:
-                await asyncio.to_thread(
-                    self.kube.patch,
-                    kc.PODS,
-                    db.metadata.namespace,
-                    pod["metadata"]["name"],
-                    patch,
-                    subresource="resize",
-                    content_type=kc.STRATEGIC_PATCH,
-                )
-            except kc.ApiError as error:
-                raise _transient(error, types.Reason.RESIZE_FAILED) from error
-        elif db.spec.scaling.allow_restart:
-            await self._compute_objects(
-                db, replicas=1, capacity=capacity
-            )  # a rolling restart at the new size
-        else:
+        if not self.in_place_resize and not db.spec.scaling.allow_restart:
             raise PermanentError(
                 types.Reason.RESIZE_NEEDS_RESTART,
                 "this cluster cannot resize pods in place (Kubernetes 1.33+ with pods/resize) and "
                 "spec.scaling.allowRestart is false: the size stays",
             )
-        if not shrinking:
-            await self._settings(db, pod, capacity)
 
-    async def _settings(self, db: types.ServerlessDatabase, pod: dict[str, Any], capacity: float) -> None:
-        ip = (pod.get("status") or {}).get("podIP")
-        password = await self._password(db)
-        if not ip or not password:
-            raise TransientError(types.Reason.SETTINGS_FAILED, "the pod has no address yet")
+        async def limits(size: float) -> bool:
+            if self.in_place_resize:
+                await self._resize_pod(db, pod, size)
+            else:  # a rolling restart at the new size
+                await self._compute_objects(db, replicas=1, capacity=size)
+            return False  # the kubelet resizes (or restarts) the pod in its own time
+
+        async def apply(size: float) -> None:
+            await self.configure(db, size)
+
+        current = builders.capacity_of((_container(pod.get("spec", {}), "postgres") or {}).get("resources"))
+        await settings.resize(previous=current, capacity=capacity, limits=limits, settings=apply)
+
+    async def _resize_pod(self, db: types.ServerlessDatabase, pod: dict[str, Any], capacity: float) -> None:
+        patch = {"spec": {"containers": [{"name": "postgres", "resources": builders.resources(capacity)}]}}
         try:
-            await self.sql.alter_system(ip, password, sizing.reloadable_settings(capacity), reload=True)
-        except Exception as error:  # any driver error means the settings did not change
-            raise TransientError(
-                types.Reason.SETTINGS_FAILED, f"could not apply settings: {error}"
-            ) from error
+            written = await asyncio.to_thread(
+                self.kube.patch,
+                kc.PODS,
+                db.metadata.namespace,
+                pod["metadata"]["name"],
+                patch,
+                subresource="resize",
+                content_type=kc.STRATEGIC_PATCH,
+            )
+        except kc.ApiError as error:
+            raise _transient(error, types.Reason.RESIZE_FAILED) from error
+        self.informers.pods.expect(kc.key_of(written), written["metadata"].get("resourceVersion"))
 
     async def delete(self, db: types.ServerlessDatabase, *, keep_storage: bool) -> None:
         names = Names.of(db.metadata.name)
@@ -425,9 +388,6 @@ class KubernetesRuntime:
         name = (meta.get("labels") or {}).get(builders.DATABASE_LABEL)
         return f"{meta.get('namespace')}/{name}" if name else None
 
-    def password_for(self, key: str) -> str | None:
-        return self._passwords.get(key)
-
 
 def _compute(sts: dict[str, Any] | None, pod: dict[str, Any] | None) -> Compute:
     if sts is None:
@@ -441,6 +401,39 @@ def _compute(sts: dict[str, Any] | None, pod: dict[str, Any] | None) -> Compute:
         return Compute.STOPPING
     conditions = {c.get("type"): c.get("status") for c in (pod.get("status") or {}).get("conditions") or []}
     return Compute.RUNNING if conditions.get("Ready") == "True" else Compute.STARTING
+
+
+@dataclass(frozen=True)
+class _Resize:
+    """Where a pod's resize stands, as the kubelet reports it."""
+
+    actual: float | None = None
+    """The capacity the container has now."""
+    wanted: float | None = None
+    """The capacity its spec asks for."""
+    state: ResizeState = ResizeState.NONE
+    message: str = ""
+    pending_since: datetime | None = None
+
+
+def _resize_of(pod: Mapping[str, Any]) -> _Resize:
+    container = _container(pod.get("spec") or {}, "postgres") or {}
+    wanted = builders.capacity_of(container.get("resources"))
+    status = pod.get("status") or {}
+    actual_status = _container(status, "postgres", key="containerStatuses") or {}
+    actual = builders.capacity_of(actual_status.get("resources")) or wanted
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    pending = conditions.get("PodResizePending") or {}
+    legacy = status.get("resize")  # before 1.33: a field, not conditions
+    reason = pending.get("reason") or legacy or ""
+    message = pending.get("message") or ""
+    if reason in ("Infeasible", "Deferred"):
+        since = pending.get("lastTransitionTime")
+        state = ResizeState.INFEASIBLE if reason == "Infeasible" else ResizeState.DEFERRED
+        return _Resize(actual, wanted, state, message, units.parse_time(since) if since else None)
+    if "PodResizeInProgress" in conditions or legacy == "InProgress" or (wanted and actual != wanted):
+        return _Resize(actual, wanted, ResizeState.IN_PROGRESS, f"moving to {wanted} CU")
+    return _Resize(actual, wanted)
 
 
 def _container(spec: Mapping[str, Any], name: str, *, key: str = "containers") -> dict[str, Any] | None:

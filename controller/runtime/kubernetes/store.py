@@ -23,6 +23,8 @@ from controller.runtime.kubernetes.informer import Informer
 
 log = structlog.get_logger("store.kubernetes")
 CONFLICT_RETRIES = 5
+READ_OWN_WRITE_SECONDS = 2.0
+"""How long a read waits for the watch to bring the operator's own last write, before asking the server."""
 COMPONENT = "serverless-db-operator"
 
 
@@ -62,13 +64,22 @@ class KubeStore:
         return out
 
     async def get(self, key: str) -> types.ServerlessDatabase | None:
+        """The object as the cache holds it, once the cache holds the operator's own last write of it.
+
+        Should the watch lag too long, the server is asked: a pass must never decide from a status
+        older than the one it wrote last.
+        """
         await self.databases.synced.wait()
-        namespace, _, name = key.partition("/")
-        raw = self.databases.get(namespace, name)
+        namespace, name = types.split_key(key)
+        if await self.databases.settled(key, timeout=READ_OWN_WRITE_SECONDS):
+            raw = self.databases.get(namespace, name)
+        else:
+            log.info("the watch lags behind our own write; reading the object from the server", database=key)
+            raw = await asyncio.to_thread(self.kube.get, kc.DATABASES, namespace, name)
         return codec.decode(raw) if raw is not None else None
 
     async def mark_invalid(self, key: str, message: str, now: datetime) -> None:
-        namespace, _, name = key.partition("/")
+        namespace, name = types.split_key(key)
         raw = self.databases.get(namespace, name)
         if raw is None:
             return
@@ -119,7 +130,7 @@ class KubeStore:
                     raise
                 current = await asyncio.to_thread(self.kube.get, kc.DATABASES, namespace, name)
                 continue
-            self.databases.cache[f"{namespace}/{name}"] = written  # read our own write before the watch
+            self.databases.expect(f"{namespace}/{name}", written["metadata"].get("resourceVersion"))
             return
         raise kc.ApiError(409, "Conflict", f"the {what} of {namespace}/{name} kept changing")
 
@@ -150,7 +161,7 @@ class KubeStore:
 
     async def request_wake(self, key: str) -> str:
         token = units.format_time(self.clock())
-        namespace, _, name = key.partition("/")
+        namespace, name = types.split_key(key)
         await asyncio.to_thread(
             self.kube.patch,
             kc.DATABASES,

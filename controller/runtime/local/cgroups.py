@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from controller.postgres.usage import Usage
+
 CPU_PERIOD_US = 100_000
 MOUNTINFO = Path("/proc/self/mountinfo")
 OWN_CGROUPS = Path("/proc/self/cgroup")
@@ -21,18 +23,6 @@ class Version(StrEnum):
     V1 = "v1"
     V2 = "v2"
     NONE = "none"
-
-
-@dataclass(frozen=True)
-class Usage:
-    cpu_seconds: float
-    """CPU time used by the group since it was made."""
-    memory_working_set: int
-    """Memory in use minus inactive page cache (the kubelet's and cAdvisor's working set)."""
-    memory_cache: int
-    cpu_periods: int = 0
-    """CFS periods the group ran in, and of them those in which it hit its quota (throttled)."""
-    cpu_throttled_periods: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,17 +184,11 @@ class Cgroups:
             return None
         return Usage(
             cpu_seconds=cpu,
-            memory_working_set=max(memory - inactive, 0),
-            memory_cache=cache,
+            working_set_bytes=max(memory - inactive, 0),
+            cache_bytes=cache,
             cpu_periods=throttling.get("nr_periods", 0),
             cpu_throttled_periods=throttling.get("nr_throttled", 0),
         )
-
-    def pids(self, name: str) -> list[int]:
-        for directory in self._dirs(name).values():
-            with contextlib.suppress(OSError):
-                return [int(p) for p in (directory / "cgroup.procs").read_text().split()]
-        return []
 
     def remove(self, name: str) -> None:
         """Remove the database's group (once its processes are gone)."""

@@ -12,7 +12,6 @@ in-kernel redirect sends new connections straight to Postgres while the database
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 import json
@@ -23,19 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import structlog
 
-from controller.activator.proxy import Activator
+from controller.activator.proxy import Activator, Upstream
 from controller.api import types, units
 from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, Route
-from controller.runtime import sql
-from controller.runtime.base import PermanentError, Target, TransientError
-from controller.runtime.local import postgres
+from controller.postgres import settings
+from controller.postgres.sessions import Address, OperatorSessions
+from controller.postgres.usage import Usage
+from controller.runtime.base import PermanentError, TransientError, settings_step
+from controller.runtime.local import server
 from controller.runtime.local.cgroups import Cgroups
 from controller.runtime.local.redirect import KernelRedirect
-from controller.runtime.local.store import split_key
 
 log = structlog.get_logger("runtime.local")
 HOST = "127.0.0.1"
@@ -62,7 +61,7 @@ class _Database:
 
     key: str
     directory: Path
-    cluster: postgres.Cluster
+    cluster: server.Cluster
 
     @property
     def password_file(self) -> Path:
@@ -74,7 +73,7 @@ class _Database:
 
     @property
     def cgroup(self) -> str:
-        namespace, name = split_key(self.key)
+        namespace, name = types.split_key(self.key)
         return f"{namespace}.{name}"
 
     def read_state(self) -> dict[str, Any]:
@@ -97,24 +96,30 @@ class _Database:
 class LocalRuntime:
     name = "local"
 
-    def __init__(self, state_dir: Path, activator: Activator, *, kernel_redirect: bool = True) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        activator: Activator,
+        *,
+        sessions: OperatorSessions | None = None,
+        kernel_redirect: bool = True,
+    ) -> None:
         self.state_dir = state_dir
         self.activator = activator
+        self.sessions = sessions or OperatorSessions()
         self.cgroups = Cgroups(cgroup_group(state_dir))
         self.redirect = KernelRedirect(operator_id(state_dir), enabled=kernel_redirect)
-        self.user: postgres.ServerUser | None = None
+        self.user: server.ServerUser | None = None
         self._databases: dict[str, _Database] = {}
         self._routes: dict[str, Route] = {}
-        self._installs: dict[str, postgres.Install] = {}
-        self.own_sessions: collections.Counter[str] = collections.Counter()
-        """Sessions the operator opened per database, so they are not mistaken for clients."""
+        self._installs: dict[str, server.Install] = {}
 
     # -- life of the runtime ---------------------------------------------------------------------
 
     async def open(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.user = await asyncio.to_thread(postgres.ServerUser.for_this_process)
-        changed = await asyncio.to_thread(postgres.grant_traverse, self.state_dir, self.user)
+        self.user = await asyncio.to_thread(server.ServerUser.for_this_process)
+        changed = await asyncio.to_thread(server.grant_traverse, self.state_dir, self.user)
         for directory in changed:
             log.info(
                 "granted the server user traversal of a directory",
@@ -149,7 +154,7 @@ class LocalRuntime:
         database = _Database(
             key=db.key,
             directory=directory,
-            cluster=postgres.Cluster(
+            cluster=server.Cluster(
                 install=self._install(db, directory / "pgdata"),
                 user=self._user(),
                 pgdata=directory / "pgdata",
@@ -159,17 +164,17 @@ class LocalRuntime:
         self._databases[db.key] = database
         return database
 
-    def _user(self) -> postgres.ServerUser:
+    def _user(self) -> server.ServerUser:
         if self.user is None:
             raise RuntimeError("LocalRuntime.open() was not called")
         return self.user
 
-    def _install(self, db: types.ServerlessDatabase, pgdata: Path) -> postgres.Install:
+    def _install(self, db: types.ServerlessDatabase, pgdata: Path) -> server.Install:
         # An existing data directory decides the version: its files need the binaries that made them.
         existing = pgdata / "PG_VERSION"
         version = existing.read_text().strip() if existing.exists() else db.spec.postgres.version
         if version not in self._installs:
-            self._installs[version] = postgres.Install.find(version)
+            self._installs[version] = server.Install.find(version)
         return self._installs[version]
 
     # -- observation -----------------------------------------------------------------------------
@@ -194,6 +199,7 @@ class LocalRuntime:
             compute=compute,
             route=self._routes.get(db.key, Route.ACTIVATOR),
             capacity=state.get("capacity") if compute is Compute.RUNNING else None,
+            incarnation=cluster.incarnation() if compute is Compute.RUNNING else "",
             limits_enforced=self.cgroups.enforced,
             limits_message=self.cgroups.message,
             endpoint=f"{HOST}:{endpoint_port}" if endpoint_port else "",
@@ -255,13 +261,13 @@ class LocalRuntime:
             )
         procs: list[Path] = []
         if cluster.pid_file() is None:
-            settings = sizing.restart_settings(db.spec)
+            fixed = sizing.restart_settings(db.spec)
             cluster.write_settings(
-                postgres.Settings(
+                server.Settings(
                     port=free_port(),
-                    shared_buffers=settings["shared_buffers"],
-                    max_connections=int(settings["max_connections"]),
-                    max_worker_processes=int(settings["max_worker_processes"]),
+                    shared_buffers=fixed["shared_buffers"],
+                    max_connections=int(fixed["max_connections"]),
+                    max_worker_processes=int(fixed["max_worker_processes"]),
                     parameters=db.spec.postgres.parameters,
                 )
             )
@@ -273,10 +279,7 @@ class LocalRuntime:
         database.write_state(provisioned=True)
         await cluster.start(cgroup_procs=procs)
         self._set_limits(database, capacity)
-        if cluster.persisted_settings() != sizing.reloadable_settings(capacity):
-            await self._apply_settings(database, capacity)
-        else:
-            database.write_state(capacity=capacity)
+        database.write_state(capacity=capacity)
 
     def _set_limits(self, database: _Database, capacity: float) -> None:
         try:
@@ -290,31 +293,41 @@ class LocalRuntime:
                 types.Reason.RESIZE_FAILED, f"the kernel refused limits of {capacity:g} CU: {error}"
             ) from error
 
-    async def _apply_settings(self, database: _Database, capacity: float) -> None:
+    def address(self, db: types.ServerlessDatabase) -> Address | None:
+        """Where the operator reaches the server while it runs, and with which password."""
+        return self._address(self._database(db))
+
+    def _address(self, database: _Database) -> Address | None:
         port = database.cluster.running_port()
-        if port is None:
-            raise TransientError(types.Reason.RESIZE_FAILED, "Postgres is not running")
-        self.own_sessions[database.key] += 1
-        try:
-            await asyncio.to_thread(
-                sql.alter_system, HOST, port, database.password(), sizing.reloadable_settings(capacity)
-            )
-        except Exception as error:  # psycopg raises many kinds; any of them means the size did not apply
-            raise TransientError(
-                types.Reason.SETTINGS_FAILED, f"could not apply settings: {error}"
-            ) from error
-        database.write_state(capacity=capacity)
+        return Address(HOST, port, database.password()) if port else None
+
+    async def _settings(self, database: _Database, capacity: float) -> None:
+        address = self._address(database)
+        if address is None:
+            raise TransientError(types.Reason.SETTINGS_FAILED, "Postgres is not running")
+        async with settings_step():
+            await settings.configure(self.sessions, database.key, address, capacity)
+
+    async def configure(self, db: types.ServerlessDatabase, capacity: float) -> None:
+        database = self._database(db)
+        # A stop leaves the wake's settings in place: a wake at that size finds them and needs no session.
+        if database.cluster.persisted_settings() != sizing.reloadable_settings(capacity):
+            await self._settings(database, capacity)
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         database = self._database(db)
-        previous = database.read_state().get("capacity")
-        growing = previous is None or capacity >= previous
-        # Limits grow before settings and shrink after them, so settings never exceed the limits.
-        if growing:
-            self._set_limits(database, capacity)
-        await self._apply_settings(database, capacity)
-        if not growing:
-            self._set_limits(database, capacity)
+
+        async def limits(size: float) -> bool:
+            self._set_limits(database, size)
+            return True  # a cgroup's limits hold from the write on
+
+        async def apply(size: float) -> None:
+            await self._settings(database, size)
+
+        await settings.resize(
+            previous=database.read_state().get("capacity"), capacity=capacity, limits=limits, settings=apply
+        )
+        database.write_state(capacity=capacity)
 
     async def route(self, db: types.ServerlessDatabase, route: Route) -> None:
         database = self._database(db)
@@ -338,18 +351,9 @@ class LocalRuntime:
     async def stop(self, db: types.ServerlessDatabase, *, resume_at: float) -> None:
         """Stop cleanly, leaving the wake's settings in place so it needs no ALTER SYSTEM."""
         database = self._database(db)
-        port = database.cluster.running_port()
-        if port is not None:
-            self.own_sessions[database.key] += 1
-            with contextlib.suppress(psycopg.Error, OSError):
-                await asyncio.to_thread(
-                    sql.alter_system,
-                    HOST,
-                    port,
-                    database.password(),
-                    sizing.reloadable_settings(resume_at),
-                    reload=False,
-                )
+        address = self._address(database)
+        if address is not None:
+            await settings.prepare_wake(self.sessions, db.key, address, resume_at)
         await database.cluster.stop()
 
     async def release(self, db: types.ServerlessDatabase) -> None:
@@ -370,34 +374,24 @@ class LocalRuntime:
         if not keep_storage:
             await asyncio.to_thread(shutil.rmtree, database.directory, True)
 
-    def running_target(self, key: str) -> Target | None:
-        """Postgres's own address while it accepts connections."""
+    def running(self, key: str) -> Upstream | None:
+        """Postgres's own address while it accepts connections, however the endpoint routes them."""
         database = self._databases.get(key)
-        if database is None or not database.cluster.ready():
-            return None
-        port = database.cluster.running_port()
-        return Target(HOST, port) if port else None
+        port = database.cluster.running_port() if database is not None and database.cluster.ready() else None
+        return Upstream(HOST, port) if port else None
 
-    # -- for the CLI, metrics and benchmarks -----------------------------------------------------
+    def upstream(self, key: str) -> Upstream | None:
+        """Where a connection goes now without a wake: Postgres, while the endpoint leads straight to it."""
+        return self.running(key) if self._routes.get(key) is Route.DIRECT else None
 
-    def connection_info(self, db: types.ServerlessDatabase) -> tuple[int, str] | None:
-        """(Postgres's own port, password) while it runs: the operator's monitoring way in."""
+    def usage(self, db: types.ServerlessDatabase) -> Usage | None:
+        """CPU and memory from the database's cgroup, or from its process tree where it has none."""
         database = self._database(db)
-        port = database.cluster.running_port()
-        return (port, database.password()) if port else None
-
-    def cluster(self, db: types.ServerlessDatabase) -> postgres.Cluster:
-        return self._database(db).cluster
-
-    def cgroup_name(self, db: types.ServerlessDatabase) -> str:
-        return self._database(db).cgroup
-
-    def route_of(self, key: str) -> Route:
-        return self._routes.get(key, Route.ACTIVATOR)
+        return self.cgroups.usage(database.cgroup) or database.cluster.process_usage()
 
 
 def database_directory(state_dir: Path, key: str) -> Path:
-    namespace, name = split_key(key)
+    namespace, name = types.split_key(key)
     return state_dir / "databases" / namespace / name
 
 

@@ -42,11 +42,6 @@ def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     tmp.replace(path)
 
 
-def split_key(key: str) -> tuple[str, str]:
-    namespace, _, name = key.partition("/")
-    return namespace, name
-
-
 class FileStore:
     def __init__(self, root: Path, *, clock: Any = units.now_utc) -> None:
         self.root = root
@@ -56,15 +51,15 @@ class FileStore:
         self._clock = clock
 
     def _object_path(self, key: str) -> Path:
-        namespace, name = split_key(key)
+        namespace, name = types.split_key(key)
         return self.objects / namespace / f"{name}.yaml"
 
     def _status_path(self, key: str) -> Path:
-        namespace, name = split_key(key)
+        namespace, name = types.split_key(key)
         return self.statuses / namespace / f"{name}.json"
 
     def _events_path(self, key: str) -> Path:
-        namespace, name = split_key(key)
+        namespace, name = types.split_key(key)
         return self.events_dir / namespace / f"{name}.jsonl"
 
     @contextlib.contextmanager
@@ -99,7 +94,7 @@ class FileStore:
     def read_all(self, namespace: str | None = None) -> list[types.ServerlessDatabase]:
         out = []
         for key in self.keys():
-            if namespace is not None and split_key(key)[0] != namespace:
+            if namespace is not None and types.split_key(key)[0] != namespace:
                 continue
             db = self.read(key)
             if db is not None:

@@ -1,0 +1,194 @@
+"""The activator as its own Deployment in a cluster: `sdb activator`.
+
+How it knows which database a connection is for: each ServerlessDatabase gets a port on the
+activator (annotation `dbscale.io/activator-port`, assigned once by the operator). The activator
+listens on every such port; while a database rests, the operator points its client Service's
+EndpointSlice at the activator's pods on that port, so a connection's local port names the database.
+
+How it wakes one: it sets the `dbscale.io/wake-request` annotation (an API write, so it needs no
+port into the operator) and waits, on its watch of ServerlessDatabases, for the status to answer
+that request: Active and Ready, or a failure whose message each held client then reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from controller.activator.proxy import Activator, Upstream, WakeError
+from controller.api import codec, types
+from controller.app import process
+from controller.app.wakes import Wakes
+from controller.metrics.exposition import OperatorMetrics
+from controller.runtime.kubernetes import builders, permissions
+from controller.runtime.kubernetes import client as kc
+from controller.runtime.kubernetes.informer import Informer
+from controller.runtime.kubernetes.store import KubeStore
+
+log = structlog.get_logger("activator.cluster")
+METRICS_PORT = 9466
+HEALTH_PORT = 8082
+
+
+def pod_address(db: types.ServerlessDatabase) -> Upstream:
+    """The database pod's stable DNS name (resolvable once it is Ready: the headless Service's record)."""
+    names = builders.Names.of(db.metadata.name)
+    return Upstream(f"{names.pod}.{names.headless}.{db.metadata.namespace}.svc", builders.POSTGRES_PORT)
+
+
+class ClusterBackend:
+    """Ports from annotations, wakes by annotation, readiness from status; one wake per database at a time."""
+
+    def __init__(
+        self,
+        kube: kc.Kube,
+        *,
+        namespace: str | None = None,
+        address: Callable[[types.ServerlessDatabase], Upstream] = pod_address,
+        listen_host: str = "0.0.0.0",
+        port_range: tuple[int, int] = builders.ACTIVATOR_PORTS,
+        wake_timeout: float = 30.0,
+    ) -> None:
+        self.kube = kube
+        self.address = address
+        self.listen_host = listen_host
+        self.port_range = port_range
+        self.databases = Informer(kube, kc.DATABASES, namespace=namespace, on_change=self._changed)
+        self.store = KubeStore(kube, self.databases)
+        self.activator = Activator(self, wake_timeout=wake_timeout)
+        self._wakes: Wakes[Upstream] = Wakes()
+        self._tokens: dict[str, str] = {}
+        """Per database, the wake request in flight: only a status that answers it settles the wake."""
+        self._ports: dict[str, int] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def _db(self, key: str) -> types.ServerlessDatabase | None:
+        raw = self.databases.get(*types.split_key(key))
+        if raw is None:
+            return None
+        try:
+            return codec.decode(raw)
+        except ValueError:
+            return None
+
+    async def upstream(self, key: str) -> Upstream | None:
+        """Never a shortcut: a connection only reaches the activator when the operator routed it here,
+        and a status that still says Active may be one write behind a pause. Every connection asks."""
+        return None
+
+    async def wake(self, key: str) -> Upstream:
+        if not self._wakes.waiting(key):
+            db = self._db(key)
+            if db is None:
+                raise WakeError(f"database {key} does not exist")
+            if db.spec.state in (types.State.PAUSED, types.State.PARKED):
+                raise WakeError(
+                    f"database {key} is {db.spec.state.value.lower()} by its spec.state; "
+                    "set it to Auto or Active to connect"
+                )
+        return await asyncio.shield(self._wakes.join(key, lambda: self._request(key)))
+
+    async def _request(self, key: str) -> None:
+        self._tokens.pop(key, None)
+        try:
+            self._tokens[key] = await self.store.request_wake(key)
+        except kc.ApiError as error:
+            raise WakeError(f"could not ask for a wake: {error.message}") from error
+        self._check(key)
+
+    def _check(self, key: str) -> None:
+        """Settle a pending wake from the database's status, if the operator has answered it."""
+        token = self._tokens.get(key)
+        db = self._db(key)
+        if not token or db is None or db.status.wake_request != token:
+            return  # not answered yet (an Active status from before the request proves nothing)
+        ready = db.status.condition(types.ConditionType.READY)
+        if (
+            db.status.phase is types.Phase.ACTIVE
+            and ready is not None
+            and ready.status is types.ConditionStatus.TRUE
+        ):
+            del self._tokens[key]
+            self._wakes.succeed(key, self.address(db))
+        elif (
+            db.status.phase in (types.Phase.PAUSED, types.Phase.PARKED, types.Phase.FAILED)
+            and ready is not None
+        ):
+            del self._tokens[key]
+            self._wakes.fail(key, f"the database could not be woken: {ready.message}")
+
+    def _changed(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
+        port = ((obj.get("metadata") or {}).get("annotations") or {}).get(builders.ACTIVATOR_PORT_ANNOTATION)
+        if deleted or not port:
+            if key in self._ports:
+                self._spawn(self._unlisten(key))
+            if deleted:
+                self._tokens.pop(key, None)
+                self._wakes.fail(key, f"database {key} was deleted")
+            return
+        if self._ports.get(key) != int(port):
+            self._spawn(self._listen(key, int(port)))
+        self._check(key)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _listen(self, key: str, port: int) -> None:
+        low, high = self.port_range
+        if not low <= port <= high:
+            log.warning("activator port outside the range", database=key, port=port)
+            return
+        if key in self._ports:
+            await self.activator.unlisten(key)
+        try:
+            await self.activator.listen(key, self.listen_host, port)
+        except OSError as error:
+            log.warning("cannot listen for a database", database=key, port=port, error=str(error))
+            return
+        self._ports[key] = port
+
+    async def _unlisten(self, key: str) -> None:
+        self._ports.pop(key, None)
+        await self.activator.unlisten(key)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        task = asyncio.create_task(self.databases.run())
+        try:
+            await stop.wait()
+        finally:
+            self.databases.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await self.activator.close()
+
+    def ready(self) -> bool:
+        return self.databases.synced.is_set()
+
+
+def run(args: argparse.Namespace, port_range: tuple[int, int]) -> int:
+    """`sdb activator`: hold connections to resting databases and wake them through the API."""
+
+    async def main() -> None:
+        kube = kc.Kube(process.api_client(), permissions.ACTIVATOR)
+        backend = ClusterBackend(
+            kube,
+            namespace=args.watch_namespace or None,
+            port_range=port_range,
+            wake_timeout=args.wake_timeout,
+        )
+        exposition = OperatorMetrics()
+        backend.activator.observer = exposition
+        process.serve_metrics(exposition, args, default=METRICS_PORT)
+        with process.probes(args, default=HEALTH_PORT, ready=backend.ready):
+            await process.until_signalled(backend.run)
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,226 @@
+"""The operator on a cluster, assembled: informers, the Kubernetes runtime and store, metrics, leadership.
+
+`sdb up --runtime kubernetes` runs it. Informers run on every replica (a standby's caches are warm);
+only the Lease holder reconciles. Losing the Lease stops the process, so the pod restarts clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from controller.api import types
+from controller.app import process
+from controller.metrics import prometheus
+from controller.metrics.exposition import OperatorMetrics
+from controller.metrics.postgres import PostgresSource, UsageOf
+from controller.metrics.source import MetricsSource
+from controller.policy.inputs import Tuning
+from controller.postgres.sessions import OperatorSessions
+from controller.reconciler.loop import Reconciler
+from controller.runtime.kubernetes import builders, permissions
+from controller.runtime.kubernetes import client as kc
+from controller.runtime.kubernetes.informer import Informer
+from controller.runtime.kubernetes.leader import LeaderElector, Timing
+from controller.runtime.kubernetes.runtime import Informers, KubernetesRuntime, Locate, pod_address
+from controller.runtime.kubernetes.store import KubeStore
+
+log = structlog.get_logger("operator.kubernetes")
+MANAGED = f"app.kubernetes.io/managed-by={builders.MANAGED_BY}"
+METRICS_PORT = 9465
+HEALTH_PORT = 8081
+RESTING = frozenset({types.Phase.PAUSING, types.Phase.PAUSED, types.Phase.PARKING, types.Phase.PARKED})
+
+
+@dataclass
+class Options:
+    pod_namespace: str
+    activator_service: str
+    watch_namespace: str | None = None
+    leader_elect: bool = True
+    lease_name: str = "serverless-db-operator"
+    identity: str = ""
+    prometheus_url: str = ""
+    tuning: Tuning = field(default_factory=Tuning)
+    timing: Timing = field(default_factory=Timing)
+    watch_timeout: int = 240
+
+
+class ClusterOperator:
+    def __init__(
+        self,
+        kube: kc.Kube,
+        options: Options,
+        *,
+        locate: Locate = pod_address,
+        usage: UsageOf | None = None,
+        metrics: MetricsSource | None = None,
+        recheck: MetricsSource | None = None,
+        exposition: OperatorMetrics | None = None,
+    ) -> None:
+        """`locate` says where the operator reaches a pod's Postgres; `usage` reads a database's CPU
+        and memory where the operator can do so itself (without Prometheus there is none)."""
+        self.kube = kube
+        self.options = options
+        self.exposition = exposition or OperatorMetrics()
+        scope = options.watch_namespace
+        self.store: KubeStore
+
+        def owned(informer_kind: kc.Kind) -> Informer:
+            return Informer(
+                kube,
+                informer_kind,
+                namespace=scope,
+                label_selector=MANAGED,
+                on_change=self._owned_changed,
+                watch_timeout=options.watch_timeout,
+            )
+
+        self.informers = Informers(
+            databases=Informer(
+                kube,
+                kc.DATABASES,
+                namespace=scope,
+                on_change=self._database_changed,
+                watch_timeout=options.watch_timeout,
+            ),
+            statefulsets=owned(kc.STATEFULSETS),
+            pods=owned(kc.PODS),
+            endpointslices=owned(kc.ENDPOINTSLICES),
+            claims=owned(kc.CLAIMS),
+            activator=Informer(
+                kube,
+                kc.ENDPOINTSLICES,
+                namespace=options.pod_namespace,
+                label_selector=f"kubernetes.io/service-name={options.activator_service}",
+                on_change=self._activator_changed,
+                watch_timeout=options.watch_timeout,
+            ),
+        )
+        self.sessions = OperatorSessions()
+        self.runtime = KubernetesRuntime(kube, self.informers, sessions=self.sessions, locate=locate)
+        self.store = KubeStore(kube, self.informers.databases, instance=options.identity)
+        # The pause's recheck asks Postgres directly: a Prometheus sample can be a scrape old.
+        direct = recheck or PostgresSource(self.runtime.address, sessions=self.sessions, usage=usage)
+        self.metrics = metrics or (self._prometheus() or direct)
+        self.reconciler = Reconciler(
+            store=self.store,
+            runtime=self.runtime,
+            metrics=self.metrics,
+            exposition=self.exposition,
+            tuning=options.tuning,
+            recheck=direct,
+        )
+        self.elector = LeaderElector(
+            kube,
+            name=options.lease_name,
+            namespace=options.pod_namespace,
+            identity=options.identity or f"{socket.gethostname()}-{os.getpid()}",
+            timing=options.timing,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._seen: dict[str, tuple[Any, ...]] = {}
+
+    def _prometheus(self) -> MetricsSource | None:
+        if not self.options.prometheus_url:
+            return None
+        source: MetricsSource = prometheus.PrometheusSource(self.options.prometheus_url)
+        return source
+
+    # -- triggers --------------------------------------------------------------------------------
+
+    def _database_changed(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
+        """A change of spec, metadata or deletion; not the operator's own status writes."""
+        meta = obj.get("metadata") or {}
+        seen = (
+            meta.get("generation"),
+            meta.get("annotations"),
+            meta.get("finalizers"),
+            meta.get("deletionTimestamp"),
+        )
+        if deleted or self._seen.get(key) != seen:
+            self._seen[key] = seen
+            self.store.notify(key)
+
+    def _owned_changed(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
+        database = self.runtime.key_for(obj)
+        if database is not None:
+            self.store.notify(database)
+
+    def _activator_changed(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
+        """The activator's pods moved: every resting database's endpoints must follow them."""
+        for raw in self.informers.databases.values():
+            phase = (raw.get("status") or {}).get("phase")
+            if phase in {p.value for p in RESTING}:
+                self.store.notify(kc.key_of(raw))
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        return all(i.synced.is_set() for i in self.informers.all())
+
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Run until `stop` is set (True) or leadership is lost (False)."""
+        for informer in self.informers.all():
+            self._tasks.append(asyncio.create_task(informer.run(), name=f"informer-{informer.kind.plural}"))
+        if self.options.leader_elect:
+            self._tasks.append(asyncio.create_task(self.elector.run(), name="leader"))
+        else:
+            self.elector.leading.set()
+        leading = asyncio.create_task(self.elector.leading.wait())
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([leading, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                return True
+            for informer in self.informers.all():
+                await informer.synced.wait()
+            await self.runtime.open()
+            await self.reconciler.start()
+            log.info("reconciling", identity=self.elector.identity)
+            lost = asyncio.create_task(self.elector.lost.wait())
+            await asyncio.wait([lost, stopping], return_when=asyncio.FIRST_COMPLETED)
+            lost.cancel()
+            return stop.is_set()
+        finally:
+            leading.cancel()
+            stopping.cancel()
+            await self.reconciler.stop()
+            await self.elector.release()
+            for informer in self.informers.all():
+                informer.stop()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.metrics.close()
+            await self.reconciler.recheck.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    """`sdb up --runtime kubernetes`."""
+    pod_namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+    options = Options(
+        pod_namespace=pod_namespace,
+        activator_service=args.activator_service,
+        watch_namespace=args.watch_namespace or None,
+        leader_elect=args.leader_elect,
+        lease_name=args.lease_name,
+        identity=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        prometheus_url=args.prometheus_url or "",
+        tuning=Tuning(tick=timedelta(seconds=args.tick)),
+    )
+
+    async def main() -> bool:
+        operator = ClusterOperator(kc.Kube(process.api_client(), permissions.OPERATOR), options)
+        process.serve_metrics(operator.exposition, args, default=METRICS_PORT)
+        with process.probes(args, default=HEALTH_PORT, ready=operator.ready):
+            return await process.until_signalled(operator.run)
+
+    return 0 if asyncio.run(main()) else 1

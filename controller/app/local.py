@@ -1,0 +1,209 @@
+"""The local operator, assembled: file store, local runtime, in-process activator, metrics, reconciler.
+
+`sdb up` runs it in the foreground; Ctrl-C (or SIGTERM) stops it, and its Postgres servers, cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import structlog
+
+from controller.activator.proxy import Activator, Upstream, WakeError
+from controller.api import types
+from controller.app import process
+from controller.app.wakes import Wakes
+from controller.metrics.exposition import OperatorMetrics
+from controller.metrics.postgres import PostgresSource
+from controller.policy.inputs import DEFAULT_TUNING, Tuning
+from controller.postgres.sessions import OperatorSessions
+from controller.reconciler.loop import Reconciler
+from controller.runtime.base import Store
+from controller.runtime.local import server
+from controller.runtime.local.runtime import LocalRuntime
+from controller.runtime.local.store import FileStore
+
+log = structlog.get_logger("operator")
+
+
+class Endpoints(Protocol):
+    """What the activator needs of the local runtime: where each endpoint sends connections now."""
+
+    def upstream(self, key: str) -> Upstream | None: ...
+
+    def running(self, key: str) -> Upstream | None: ...
+
+
+class Waker(Protocol):
+    def trigger(self, key: str) -> None: ...
+
+
+class LocalBackend:
+    """The activator's view of the local operator: where a database is, and how to wake it.
+
+    It is also the reconciler's wake listener: one wake per database is in flight at a time, and
+    every held connection waits on it.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.runtime: Endpoints | None = None
+        self.reconciler: Waker | None = None
+        self._wakes: Wakes[None] = Wakes()
+
+    def bind(self, runtime: Endpoints, reconciler: Waker) -> None:
+        self.runtime, self.reconciler = runtime, reconciler
+
+    async def upstream(self, key: str) -> Upstream | None:
+        assert self.runtime is not None
+        return self.runtime.upstream(key)
+
+    async def wake(self, key: str) -> Upstream:
+        assert self.runtime is not None
+        await asyncio.shield(self._wakes.join(key, lambda: self._request(key)))
+        upstream = self.runtime.running(key)
+        if upstream is None:
+            raise WakeError(f"database {key} stopped again before the connection could be made")
+        return upstream
+
+    async def _request(self, key: str) -> None:
+        """Ask the reconciler for a wake, or refuse at once when the spec keeps the database at rest."""
+        assert self.reconciler is not None
+        db = await self.store.get(key)
+        if db is None:
+            raise WakeError(f"database {key} does not exist")
+        if db.spec.state in (types.State.PAUSED, types.State.PARKED):
+            raise WakeError(
+                f"database {key} is {db.spec.state.value.lower()} by its spec.state; "
+                f"`sdb resume {db.metadata.name}` lets clients in again"
+            )
+        await self.store.request_wake(key)
+        self.reconciler.trigger(key)
+
+    def ready(self, key: str) -> None:
+        self._wakes.succeed(key, None)
+
+    def failed(self, key: str, message: str) -> None:
+        self._wakes.fail(key, message)
+
+
+@dataclass
+class LocalOperator:
+    store: FileStore
+    runtime: LocalRuntime
+    activator: Activator
+    source: PostgresSource
+    reconciler: Reconciler
+    exposition: OperatorMetrics
+    metrics_port: int | None = None
+
+
+def build(
+    state_dir: Path,
+    *,
+    wake_timeout: float = 30.0,
+    tuning: Tuning = DEFAULT_TUNING,
+    kernel_redirect: bool = True,
+) -> LocalOperator:
+    """Wire the parts; nothing touches the world until `run` opens them."""
+    store = FileStore(state_dir)
+    exposition = OperatorMetrics()
+    backend = LocalBackend(store)
+    activator = Activator(backend, wake_timeout=wake_timeout, observer=exposition)
+    sessions = OperatorSessions()
+    runtime = LocalRuntime(state_dir, activator, sessions=sessions, kernel_redirect=kernel_redirect)
+    source = PostgresSource(runtime.address, sessions=sessions, usage=runtime.usage)
+    reconciler = Reconciler(
+        store=store, runtime=runtime, metrics=source, exposition=exposition, tuning=tuning, listener=backend
+    )
+    backend.bind(runtime, reconciler)
+    return LocalOperator(store, runtime, activator, source, reconciler, exposition)
+
+
+class AlreadyRunningError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def exclusive(state_dir: Path) -> Iterator[IO[str]]:
+    """Hold the state directory's operator lock: one operator per state directory."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(state_dir / "operator.lock", "a+")  # noqa: SIM115 - held for the operator's lifetime
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise AlreadyRunningError(f"an operator already runs for {state_dir} (pid {holder})") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    try:
+        yield lock
+    finally:
+        lock.close()
+
+
+def running(state_dir: Path) -> bool:
+    """Whether an operator holds this state directory's lock."""
+    path = state_dir / "operator.lock"
+    if not path.exists():
+        return False
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
+
+
+class _NoWakes:
+    async def upstream(self, key: str) -> Upstream | None:
+        return None
+
+    async def wake(self, key: str) -> Upstream:
+        raise WakeError("the operator is not running")
+
+
+async def delete_offline(state_dir: Path, db: types.ServerlessDatabase, *, keep_storage: bool) -> None:
+    """Finalize a deleted database when no operator runs: stop its server, drop its storage if asked."""
+    runtime = LocalRuntime(state_dir, Activator(_NoWakes()))
+    runtime.user = await asyncio.to_thread(server.ServerUser.for_this_process)
+    await runtime.delete(db, keep_storage=keep_storage)
+
+
+METRICS_PORT = 9465
+
+
+def run(operator: LocalOperator, args: argparse.Namespace) -> None:
+    """`sdb up`: serve /metrics, run until SIGINT or SIGTERM, then stop every server cleanly."""
+
+    async def serve(stop: asyncio.Event) -> None:
+        # The port first: a taken one is refused before anything on the host is touched.
+        operator.metrics_port = process.serve_metrics(operator.exposition, args, default=METRICS_PORT)
+        await operator.runtime.open()
+        try:
+            await operator.reconciler.start()
+            log.info("operator running", runtime="local", state_dir=str(operator.store.root))
+            await stop.wait()
+        finally:
+            log.info("stopping: shutting Postgres servers down cleanly")
+            await operator.reconciler.stop()
+            await operator.activator.close()
+            await operator.source.close()
+            await operator.runtime.close()
+            await operator.reconciler.mark_stopped()
+            log.info("stopped")
+
+    asyncio.run(process.until_signalled(serve))

@@ -1,0 +1,105 @@
+"""What the operator's processes share: the Kubernetes client configuration, serving /metrics and the
+probes on their ports, and running until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import structlog
+from kubernetes import client, config
+
+from controller.app import health
+from controller.metrics.exposition import OperatorMetrics
+
+log = structlog.get_logger("process")
+T = TypeVar("T")
+
+
+class PortInUseError(Exception):
+    """A port the process must serve on is taken; the message says which flag moves it."""
+
+
+def api_client() -> client.ApiClient:
+    """In-cluster configuration when in a pod, else the current kubeconfig context."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def bind(serve: Callable[[int], T], *, port: int | None, default: int, flag: str, what: str) -> T:
+    """Serve on `port` (None: `default`, or any free port when that one is taken).
+
+    A port the user chose that is taken is an error naming the flag; so is one that is refused.
+    """
+    try:
+        return serve(default if port is None else port)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise PortInUseError(
+                f"cannot serve {what} on port {port or default} ({flag}): {error.strerror}"
+            ) from None
+        if port is not None:
+            raise PortInUseError(
+                f"port {port} ({flag}) is already in use, perhaps by another `sdb`; "
+                f"choose another with {flag} PORT, 0 for any free port, or -1 for none"
+            ) from None
+    chosen = serve(0)
+    log.warning(f"port {default} is taken: serving {what} on another ({flag} sets it)", what=what)
+    return chosen
+
+
+def serve_metrics(exposition: OperatorMetrics, args: argparse.Namespace, *, default: int) -> int | None:
+    """/metrics on `--metrics-port` (-1: none); returns the port served."""
+    if args.metrics_port is not None and args.metrics_port < 0:
+        return None
+    port = bind(
+        lambda p: exposition.serve(p, args.metrics_address),
+        port=args.metrics_port,
+        default=default,
+        flag="--metrics-port",
+        what="/metrics",
+    )
+    log.info("serving metrics", address=f"http://{args.metrics_address}:{port}/metrics")
+    return port
+
+
+@contextlib.contextmanager
+def probes(args: argparse.Namespace, *, default: int, ready: Callable[[], bool]) -> Iterator[None]:
+    """/healthz and /readyz on `--health-port` (-1: none) while the block runs."""
+    if args.health_port is not None and args.health_port < 0:
+        yield
+        return
+    server = bind(
+        lambda p: health.serve(p, ready=ready),
+        port=args.health_port,
+        default=default,
+        flag="--health-port",
+        what="the health probes",
+    )
+    try:
+        yield
+    finally:
+        server.shutdown()
+
+
+async def until_signalled(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run `work` until SIGINT or SIGTERM sets its stop event (or it returns by itself)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        return await work(stop)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)

@@ -1,1 +1,0 @@
-"""In-package test doubles shared by tests and the simulator."""
