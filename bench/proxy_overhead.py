@@ -19,14 +19,14 @@ import subprocess
 from common import database, median, report, scratch_operator
 
 from controller.api import types
-from controller.runtime.local.runtime import read_endpoint
+from controller.runtime.local.runtime import Endpoint, read_endpoint
 
 
-def pgbench(port: int, password: str, *args: str) -> str:
+def pgbench(port: int, endpoint: Endpoint, *args: str) -> str:
     binary = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
-    env = {**os.environ, "PGPASSWORD": password}
+    env = {**os.environ, "PGPASSWORD": endpoint.password}
     result = subprocess.run(
-        [binary, "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", *args, "postgres"],
+        [binary, "-h", "127.0.0.1", "-p", str(port), "-U", endpoint.user, *args, endpoint.database],
         env=env,
         capture_output=True,
         text=True,
@@ -56,12 +56,12 @@ def main() -> None:
         # A fixed size (2 CU), always on: the comparison is about the path, not the autoscaler.
         operator.apply(database("bench", capacity={"min": 2, "max": 2}, autoPause={"enabled": False}))
         operator.wait_phase("bench", types.Phase.ACTIVE)
-        endpoint_port, password = read_endpoint(operator.state_dir, "default/bench")
-        assert endpoint_port is not None
-        assert password is not None
+        endpoint = read_endpoint(operator.state_dir, "default/bench")
+        assert endpoint is not None
+        endpoint_port = endpoint.port
         _, direct_dsn, _ = operator.sdb("dsn", "bench", "--direct")
         direct_port = int(direct_dsn.strip().rsplit(":", 1)[1].split("/")[0])
-        pgbench(endpoint_port, password, "-i", "-q", "-s", str(args.scale))
+        pgbench(endpoint_port, endpoint, "-i", "-q", "-s", str(args.scale))
         run = [
             "-S",
             "-n",
@@ -77,8 +77,8 @@ def main() -> None:
         endpoint_tps: list[float] = []
         direct_tps: list[float] = []
         for _ in range(args.rounds):
-            endpoint_tps.append(tps(pgbench(endpoint_port, password, *run)))
-            direct_tps.append(tps(pgbench(direct_port, password, *run)))
+            endpoint_tps.append(tps(pgbench(endpoint_port, endpoint, *run)))
+            direct_tps.append(tps(pgbench(direct_port, endpoint, *run)))
         routing = operator.log.read_text().split('"endpoints": "', 1)[1].split('"', 1)[0]
     finally:
         operator.stop()

@@ -323,8 +323,7 @@ def run_ours(
                 break
             sim.advance(woken)
             wakes += 1
-            annotations = {types.WAKE_ANNOTATION: f"w{wakes}"}
-            db = replace(db, metadata=replace(db.metadata, annotations=annotations))
+            db = replace(db, wake_request=f"w{wakes}")
             now = woken
             when = EPOCH + timedelta(seconds=now)
         for _ in range(status_of.MAX_STEPS):  # the reconciler's chain of immediate steps, as it runs it

@@ -19,8 +19,9 @@ import psycopg
 from common import database, percentile, report, scratch_operator, wait_for
 
 from controller.api import types
+from controller.runtime.local import accounts
 from controller.runtime.local.runtime import free_port
-from controller.runtime.local.server import Install, ServerUser
+from controller.runtime.local.server import Install
 
 
 def query_once(dsn: str) -> None:
@@ -28,7 +29,7 @@ def query_once(dsn: str) -> None:
         conn.execute("select 1").fetchone()
 
 
-def measure_wakes(cycles: int) -> tuple[list[float], str]:
+def measure_wakes(cycles: int) -> tuple[list[float], str, accounts.ServerUser]:
     operator = scratch_operator(tick=0.1, metrics_port=free_port())
     operator.start()
     try:
@@ -48,15 +49,17 @@ def measure_wakes(cycles: int) -> tuple[list[float], str]:
             query_once(dsn)
             wakes.append(time.perf_counter() - started)
         pgdata = str(operator.pgdata("wake"))
+        user = accounts.for_database(operator.state_dir, "default/wake")
     finally:
         operator.stop()
-    return wakes, pgdata
+    return wakes, pgdata, user
 
 
-def measure_floor(pgdata: str, cycles: int) -> list[float]:
+def measure_floor(pgdata: str, user: accounts.ServerUser, cycles: int) -> list[float]:
+    """The same data directory started bare, with the configuration the operator wrote beside it."""
     install = Install.find()
-    user = ServerUser.for_this_process()
     port = free_port()
+    config = Path(pgdata).parent / "postgresql.conf"
     password = (Path(pgdata).parent / "password").read_text().strip()
     dsn = f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
     floors: list[float] = []
@@ -73,7 +76,7 @@ def measure_floor(pgdata: str, cycles: int) -> list[float]:
                     "-l",
                     "/dev/null",
                     "-o",
-                    f"-c port={port}",
+                    f"-c config_file={config} -c port={port}",
                 ]
             ),
             check=True,
@@ -93,8 +96,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cycles", type=int, default=20)
     args = parser.parse_args()
-    wakes, pgdata = measure_wakes(args.cycles)
-    floors = measure_floor(pgdata, args.cycles)
+    wakes, pgdata, user = measure_wakes(args.cycles)
+    floors = measure_floor(pgdata, user, args.cycles)
     figures = {
         "wake_p50_s": percentile(wakes, 0.5),
         "wake_p99_s": percentile(wakes, 0.99),

@@ -14,6 +14,8 @@ from support.operator import Operator, running_operator
 from support.postgres import Server, running_server
 from support.requirements import require_postgres
 
+from controller.runtime.local import accounts
+
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
@@ -25,6 +27,7 @@ def state_dir() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="sdb-test-"))
     yield root / "state"
     shutil.rmtree(root, ignore_errors=True)
+    accounts.remove_all(root / "state")  # the databases' accounts go with their storage
 
 
 @pytest.fixture

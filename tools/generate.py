@@ -64,11 +64,13 @@ def _install_manifest(context: Context) -> str:
 
 
 CRD = "charts/serverless-db-operator/crds/serverlessdatabases.dbscale.io.yaml"
+CRDS = "charts/serverless-db-operator/crds"
 
 
 def _crd_manifest(context: Context) -> str:
-    header = f"# Generated from {CRD} by 'make manifests'; edit that file, not this one.\n"
-    return header + (context.root / CRD).read_text()
+    header = f"# Generated from {CRDS}/*.yaml by 'make manifests'; edit those files, not this one.\n"
+    crds = sorted((context.root / CRDS).glob("*.yaml"))
+    return header + "---\n".join(path.read_text() for path in crds)
 
 
 OUTPUTS: tuple[Output, ...] = (

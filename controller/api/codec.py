@@ -78,6 +78,10 @@ def decode_spec(raw: Mapping[str, Any] | None) -> types.DatabaseSpec:
             else d.auto_park.idle_after,
         ),
         state=types.State(raw.get("state", d.state.value)),
+        superuser_access=bool(raw.get("superuserAccess", d.superuser_access)),
+        access=types.AccessSpec(
+            allowed_namespaces=tuple((raw.get("access") or {}).get("allowedNamespaces") or ()),
+        ),
     )
 
 
@@ -114,6 +118,8 @@ def encode_spec(spec: types.DatabaseSpec) -> dict[str, Any]:
             "idleAfter": units.format_duration(spec.auto_park.idle_after),
         },
         "state": spec.state.value,
+        "superuserAccess": spec.superuser_access,
+        "access": {"allowedNamespaces": list(spec.access.allowed_namespaces)},
     }
 
 
@@ -187,6 +193,7 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
             settings=_number(compute.get("settings")),
             limit=_number(compute.get("limit")),
             limit_message=str(compute.get("limitMessage") or ""),
+            access=str(compute.get("access") or ""),
         ),
         connections=int(raw.get("connections") or 0),
         last_activity_time=_time(raw.get("lastActivityTime")),
@@ -194,6 +201,7 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
         conditions=tuple(conditions),
         observed_generation=int(raw.get("observedGeneration") or 0),
         wake_request=str(raw.get("wakeRequest") or ""),
+        activator_port=raw.get("activatorPort") if isinstance(raw.get("activatorPort"), int) else None,
         failures=int(raw.get("failures") or 0),
     )
 
@@ -233,6 +241,7 @@ def encode_status(status: types.DatabaseStatus) -> dict[str, Any]:
         "settings": status.compute.settings,
         "limit": status.compute.limit,
         "limitMessage": status.compute.limit_message,
+        "access": status.compute.access,
     }
     if any(compute.values()):
         out["compute"] = {k: v for k, v in compute.items() if v}
@@ -242,6 +251,8 @@ def encode_status(status: types.DatabaseStatus) -> dict[str, Any]:
         out["lastActivityTime"] = _time_text(status.last_activity_time)
     if status.wake_request:
         out["wakeRequest"] = status.wake_request
+    if status.activator_port is not None:
+        out["activatorPort"] = status.activator_port
     return out
 
 
@@ -250,10 +261,12 @@ def decode(raw: Mapping[str, Any]) -> types.ServerlessDatabase:
     errors = validate({k: v for k, v in raw.items() if k != "status"})
     if errors:
         raise InvalidSpecError(errors)
+    metadata = decode_metadata(raw["metadata"])
     return types.ServerlessDatabase(
-        metadata=decode_metadata(raw["metadata"]),
+        metadata=metadata,
         spec=decode_spec(raw.get("spec")),
         status=decode_status(raw.get("status")),
+        wake_request=metadata.annotations.get(types.WAKE_ANNOTATION, ""),
     )
 
 

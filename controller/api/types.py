@@ -20,7 +20,10 @@ SHORT_NAME = "sdb"
 FINALIZER = f"{GROUP}/storage"
 """Held while the operator has storage to keep or delete for a database being deleted."""
 WAKE_ANNOTATION = f"{GROUP}/wake-request"
-"""Set by the activator to ask for a wake; the reconciler answers each new value once."""
+"""The local runtime's way to ask for a wake (`sdb resume`, the in-process activator); the reconciler
+answers each new value once. In a cluster a wake is asked for with a WakeRequest object instead."""
+WAKE_REQUEST_KIND = "WakeRequest"
+WAKE_REQUEST_PLURAL = "wakerequests"
 MONITOR_APPLICATION = "sdb-monitor"
 """The application_name of the operator's own sessions, which never count as activity."""
 
@@ -120,6 +123,8 @@ class Reason(StrEnum):
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     LIMITS_ADVISORY = "LimitsAdvisory"
     INVALID_SPEC = "InvalidSpec"
+    RESOURCE_CONFLICT = "ResourceConflict"
+    """An object the database needs exists under its name and is not its own: it is never taken over."""
     SETTINGS_FAILED = "SettingsFailed"
 
 
@@ -174,6 +179,12 @@ class AutoParkSpec:
 
 
 @dataclass(frozen=True)
+class AccessSpec:
+    allowed_namespaces: tuple[str, ...] = ()
+    """Namespaces whose pods may connect (in a cluster); empty: the database's own namespace only."""
+
+
+@dataclass(frozen=True)
 class DatabaseSpec:
     postgres: PostgresSpec = field(default_factory=PostgresSpec)
     storage: StorageSpec = field(default_factory=StorageSpec)
@@ -182,6 +193,9 @@ class DatabaseSpec:
     auto_pause: AutoPauseSpec = field(default_factory=AutoPauseSpec)
     auto_park: AutoParkSpec = field(default_factory=AutoParkSpec)
     state: State = State.AUTO
+    superuser_access: bool = False
+    """Whether a client may have the superuser (from its own Secret, or `sdb dsn --superuser`)."""
+    access: AccessSpec = field(default_factory=AccessSpec)
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -248,6 +262,9 @@ class ComputeStatus:
     limit: float | None = None
     """The most this server can be given: its node refused a larger resize."""
     limit_message: str = ""
+    access: str = ""
+    """The digest of the spec's access (roles) last applied; unlike the rest it is the data's, and
+    outlives the server (policy.access.digest)."""
 
 
 @dataclass(frozen=True)
@@ -263,7 +280,10 @@ class DatabaseStatus:
     conditions: tuple[Condition, ...] = ()
     observed_generation: int = 0
     wake_request: str = ""
-    """The last wake request (annotation value) this status has answered."""
+    """The last wake request (its token) this status has answered."""
+    activator_port: int | None = None
+    """The database's port on the activator in a cluster, assigned by the operator (nobody else
+    writes status, so no spec author can claim another database's port)."""
     failures: int = 0
     """Consecutive failed attempts at the current step, for back-off."""
 
@@ -276,6 +296,9 @@ class ServerlessDatabase:
     metadata: ObjectMeta
     spec: DatabaseSpec = field(default_factory=DatabaseSpec)
     status: DatabaseStatus = field(default_factory=DatabaseStatus)
+    wake_request: str = ""
+    """The newest wake request the store holds for the database (its token; empty: none), as a store
+    reads it: the annotation locally, the newest WakeRequest object in a cluster."""
 
     @property
     def key(self) -> str:

@@ -15,25 +15,25 @@ from typing import Any, TypeVar
 
 from croniter import croniter
 
+from controller.api import parameters as allowed
 from controller.api import types, units
 
 NAME_MAX_LENGTH = 50
 """Room for the suffixes of the objects the operator names after a database (e.g. `-headless`)."""
 CAPACITY_MAX = 64.0
-_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_GUC_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?$")
-_VERSION = re.compile(r"^[0-9]{2}$")
+# Matched whole (fullmatch): `$` would let a trailing newline through.
+_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+_GUC_NAME = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?")
+_VERSION = re.compile(r"[0-9]{2}")
+ANNOTATIONS_MAX_BYTES = 256 * 1024
+"""The API server's limit on all of an object's annotations together."""
 
 MANAGED_PARAMETERS = frozenset(
     {
-        "listen_addresses",
-        "port",
-        "unix_socket_directories",
-        "data_directory",
-        "hba_file",
-        "ident_file",
-        "config_file",
         "shared_buffers",
         "max_connections",
         "max_worker_processes",
@@ -43,11 +43,9 @@ MANAGED_PARAMETERS = frozenset(
         "max_parallel_workers",
         "max_parallel_workers_per_gather",
         "max_parallel_maintenance_workers",
-        "ssl",
-        "password_encryption",
     }
 )
-"""Settings the operator derives from capacity or needs for its own access; a user may not set them."""
+"""Settings the operator derives from capacity: refused with a message that says so."""
 
 _T = TypeVar("_T")
 
@@ -71,7 +69,20 @@ class InvalidSpecError(ValueError):
 
 _FIELDS: dict[str, frozenset[str]] = {
     "": frozenset({"apiVersion", "kind", "metadata", "spec", "status"}),
-    "spec": frozenset({"postgres", "storage", "capacity", "scaling", "autoPause", "autoPark", "state"}),
+    "spec": frozenset(
+        {
+            "postgres",
+            "storage",
+            "capacity",
+            "scaling",
+            "autoPause",
+            "autoPark",
+            "state",
+            "superuserAccess",
+            "access",
+        }
+    ),
+    "spec.access": frozenset({"allowedNamespaces"}),
     "spec.postgres": frozenset({"version", "image", "parameters"}),
     "spec.storage": frozenset({"size", "storageClassName", "retainOnDelete"}),
     "spec.capacity": frozenset({"min", "max"}),
@@ -105,6 +116,17 @@ class _Checker:
             self.fail(path, f"must be a number (got {_show(value)})")
             return None
         return float(value)
+
+    def string_map(self, value: Any, path: str) -> Mapping[str, str]:
+        """A map of strings to strings (labels, annotations); {} when absent or refused."""
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            self.fail(path, "must be a map of strings to strings")
+            return {}
+        return value
 
     def boolean(self, value: Any, path: str) -> None:
         if not isinstance(value, bool):
@@ -158,6 +180,9 @@ def validate(obj: Any) -> list[FieldError]:
     for section in ("autoPause", "autoPark"):
         block = check.mapping(spec.get(section), f"spec.{section}", f"spec.{section}")
         _validate_idle(check, block, f"spec.{section}")
+    if "superuserAccess" in spec:
+        check.boolean(spec["superuserAccess"], "spec.superuserAccess")
+    _validate_access(check, check.mapping(spec.get("access"), "spec.access", "spec.access"))
     if "state" in spec and spec["state"] not in {s.value for s in types.State}:
         allowed = ", ".join(s.value for s in types.State)
         check.fail("spec.state", f"must be one of {allowed} (got {_show(spec['state'])})")
@@ -165,26 +190,72 @@ def validate(obj: Any) -> list[FieldError]:
 
 
 def _validate_metadata(check: _Checker, metadata: Any) -> None:
+    """The metadata fields a user writes, within the API server's own limits (nothing else is read)."""
     if not isinstance(metadata, Mapping):
         check.fail("metadata", "must be an object with a name")
         return
     name = metadata.get("name")
     if not isinstance(name, str) or not name:
         check.fail("metadata.name", "is required")
-    elif len(name) > NAME_MAX_LENGTH or not _NAME.match(name):
+    elif len(name) > NAME_MAX_LENGTH or not _NAME.fullmatch(name):
         check.fail(
             "metadata.name",
             f"must be at most {NAME_MAX_LENGTH} lower-case letters, digits and '-', "
-            f"starting with a letter and ending with a letter or digit (got {name!r})",
+            f"starting with a letter and ending with a letter or digit (got {_show(name[:80])})",
         )
     namespace = metadata.get("namespace", "default")
-    if not isinstance(namespace, str) or len(namespace) > 63 or not _NAMESPACE.match(namespace):
-        check.fail("metadata.namespace", f"must be a DNS label (got {_show(namespace)})")
+    if not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace):
+        check.fail("metadata.namespace", f"must be a DNS label (got {_show(_short(namespace))})")
+    labels = check.string_map(metadata.get("labels"), "metadata.labels")
+    for key, value in labels.items():
+        _validate_qualified_name(check, key, f"metadata.labels.{_short(key)}")
+        if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+            check.fail(
+                f"metadata.labels.{_short(key)}",
+                "must be at most 63 letters, digits, '-', '_' or '.', beginning and ending with a "
+                f"letter or digit (got {_show(_short(value))})",
+            )
+    annotations = check.string_map(metadata.get("annotations"), "metadata.annotations")
+    for key in annotations:
+        _validate_qualified_name(check, key, f"metadata.annotations.{_short(key)}")
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+    if size > ANNOTATIONS_MAX_BYTES:
+        check.fail("metadata.annotations", f"must total at most 256 KiB (got {size} bytes)")
+    for field in ("generation",):
+        if field in metadata and (isinstance(metadata[field], bool) or not isinstance(metadata[field], int)):
+            check.fail(f"metadata.{field}", f"must be an integer (got {_show(_short(metadata[field]))})")
+    for field in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp"):
+        if field in metadata and metadata[field] is not None and not isinstance(metadata[field], str):
+            check.fail(f"metadata.{field}", f"must be a string (got {_show(_short(metadata[field]))})")
+    finalizers = metadata.get("finalizers")
+    if finalizers is not None and (
+        not isinstance(finalizers, list) or not all(isinstance(f, str) and len(f) <= 253 for f in finalizers)
+    ):
+        check.fail("metadata.finalizers", "must be a list of names")
+
+
+def _validate_qualified_name(check: _Checker, key: str, path: str) -> None:
+    """A label or annotation key: an optional DNS-subdomain prefix and '/', then a name of 63 at most."""
+    prefix, _, name = key.rpartition("/")
+    if (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix))) or (
+        len(name) > 63 or not _QUALIFIED_NAME.fullmatch(name)
+    ):
+        check.fail(
+            path,
+            "is not a valid key: an optional DNS prefix and '/', then at most 63 letters, digits, "
+            "'-', '_' or '.'",
+        )
+
+
+def _short(value: Any) -> Any:
+    """A value cut to a length fit for a message: a refusal must not echo megabytes back."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _validate_postgres(check: _Checker, postgres: Mapping[str, Any]) -> None:
     version = postgres.get("version", "")
-    if check.string(version, "spec.postgres.version") and not _VERSION.match(version):
+    if check.string(version, "spec.postgres.version") and not _VERSION.fullmatch(version):
         check.fail("spec.postgres.version", f'must be a major version such as "16" (got {version!r})')
     if "image" in postgres:
         check.string(postgres["image"], "spec.postgres.image")
@@ -192,16 +263,39 @@ def _validate_postgres(check: _Checker, postgres: Mapping[str, Any]) -> None:
     if not isinstance(parameters, Mapping):
         check.fail("spec.postgres.parameters", f"must be a map of setting to value (got {_show(parameters)})")
         return
+    if len(parameters) > allowed.MAX_PARAMETERS:
+        check.fail("spec.postgres.parameters", f"may set at most {allowed.MAX_PARAMETERS} settings")
     for name, value in parameters.items():
-        path = f"spec.postgres.parameters.{name}"
-        if not isinstance(name, str) or not _GUC_NAME.match(name):
+        path = f"spec.postgres.parameters.{_short(name)}"
+        if not isinstance(name, str) or not _GUC_NAME.fullmatch(name):
             check.fail(path, "is not a valid Postgres setting name")
         elif name in MANAGED_PARAMETERS:
+            check.fail(path, "is managed by the operator (it follows capacity) and cannot be set")
+        elif name not in allowed.ALLOWED:
             check.fail(
-                path, "is managed by the operator (it follows capacity or the runtime) and cannot be set"
+                path, "is not a setting a spec may set (see the parameter allowlist in docs/security.md)"
             )
-        if not isinstance(value, str) or "\n" in value or "\0" in value:
-            check.fail(path, f"must be a single-line string (got {_show(value)})")
+        if not isinstance(value, str) or "\n" in value or "\r" in value or "\0" in value:
+            check.fail(path, f"must be a single-line string (got {_show(_short(value))})")
+        elif len(value) > allowed.MAX_VALUE_LENGTH:
+            check.fail(path, f"must be at most {allowed.MAX_VALUE_LENGTH} characters")
+        elif name == "shared_preload_libraries" and (problem := allowed.preload_problem(value)):
+            check.fail(path, problem)
+
+
+def _validate_access(check: _Checker, access: Mapping[str, Any]) -> None:
+    namespaces = access.get("allowedNamespaces")
+    if namespaces is None:
+        return
+    if not isinstance(namespaces, list) or len(namespaces) > 64:
+        check.fail("spec.access.allowedNamespaces", "must be a list of at most 64 namespaces")
+        return
+    for index, namespace in enumerate(namespaces):
+        if not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace):
+            check.fail(
+                f"spec.access.allowedNamespaces[{index}]",
+                f"must be a namespace name (got {_show(_short(namespace))})",
+            )
 
 
 def _validate_storage(check: _Checker, storage: Mapping[str, Any]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -31,6 +32,9 @@ from controller.runtime.kubernetes.informer import Informer
 from controller.runtime.kubernetes.store import KubeStore
 
 log = structlog.get_logger("activator.cluster")
+NAMESPACE_CACHE_SECONDS = 30.0
+"""A pod address is reused only after its pod is gone, which takes longer than this."""
+NAMESPACE_CACHE_SIZE = 10_000
 METRICS_PORT = 9466
 HEALTH_PORT = 8082
 
@@ -65,7 +69,37 @@ class ClusterBackend:
         self._tokens: dict[str, str] = {}
         """Per database, the wake request in flight: only a status that answers it settles the wake."""
         self._ports: dict[str, int] = {}
+        self._namespaces: dict[str, tuple[str | None, float]] = {}
+        """Client address to (its pod's namespace, until when that is trusted)."""
         self._pending: set[asyncio.Task[None]] = set()
+
+    async def admits(self, key: str, peer: tuple[str, int]) -> bool:
+        """Whether a client may reach this database: its pod is in a namespace the spec allows (the
+        database's own unless `spec.access.allowedNamespaces` names others), as its NetworkPolicy says."""
+        db = self._db(key)
+        if db is None:
+            return False
+        allowed = set(db.spec.access.allowed_namespaces) or {db.metadata.namespace}
+        return await self._namespace_of(peer[0]) in allowed
+
+    async def _namespace_of(self, address: str) -> str | None:
+        """The namespace of the pod with this address (None: no pod has it), for a short while remembered."""
+        now = time.monotonic()
+        known = self._namespaces.get(address)
+        if known is not None and known[1] > now:
+            return known[0]
+        try:
+            pods, _ = await asyncio.to_thread(
+                self.kube.list, kc.PODS, field_selector=f"status.podIP={address}"
+            )
+        except kc.ApiError as error:
+            log.warning("cannot tell which namespace a client is in", address=address, error=error.message)
+            return None
+        namespace = next((str(p["metadata"].get("namespace")) for p in pods), None)
+        self._namespaces[address] = (namespace, now + NAMESPACE_CACHE_SECONDS)
+        while len(self._namespaces) > NAMESPACE_CACHE_SIZE:
+            self._namespaces.pop(next(iter(self._namespaces)))
+        return namespace
 
     def _db(self, key: str) -> types.ServerlessDatabase | None:
         raw = self.databases.get(*types.split_key(key))
@@ -123,16 +157,17 @@ class ClusterBackend:
             self._wakes.fail(key, f"the database could not be woken: {ready.message}")
 
     def _changed(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
-        port = ((obj.get("metadata") or {}).get("annotations") or {}).get(builders.ACTIVATOR_PORT_ANNOTATION)
-        if deleted or not port:
+        # The port is in status, which only the operator writes: a spec author cannot claim another's.
+        port = (obj.get("status") or {}).get("activatorPort")
+        if deleted or not isinstance(port, int):
             if key in self._ports:
                 self._spawn(self._unlisten(key))
             if deleted:
                 self._tokens.pop(key, None)
                 self._wakes.fail(key, f"database {key} was deleted")
             return
-        if self._ports.get(key) != int(port):
-            self._spawn(self._listen(key, int(port)))
+        if self._ports.get(key) != port:
+            self._spawn(self._listen(key, port))
         self._check(key)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -144,6 +179,10 @@ class ClusterBackend:
         low, high = self.port_range
         if not low <= port <= high:
             log.warning("activator port outside the range", database=key, port=port)
+            return
+        holder = next((k for k, p in self._ports.items() if p == port and k != key), None)
+        if holder is not None:  # the operator moves the younger claimant; until then the first keeps it
+            log.warning("activator port claimed twice", database=key, port=port, holder=holder)
             return
         if key in self._ports:
             await self.activator.unlisten(key)

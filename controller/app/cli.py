@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from controller.api import codec, types, units
+from controller.api import codec, manifests, types, units
 from controller.api.validation import InvalidSpecError
 from controller.app import logs
 from controller.policy.inputs import DEFAULT_TUNING
@@ -162,6 +162,14 @@ def _database_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
     dsn = sub.add_parser("dsn", parents=[common], help="a libpq URI for the database's endpoint")
     dsn.add_argument("name")
     dsn.add_argument("--direct", action="store_true", help="Postgres's own port, bypassing the endpoint")
+    dsn.add_argument(
+        "--show-password",
+        action="store_true",
+        help="the password in the URI itself (for drivers configured by a string), not in the passfile",
+    )
+    dsn.add_argument(
+        "--superuser", action="store_true", help="the clients' superuser (only with spec.superuserAccess)"
+    )
     dsn.set_defaults(func=_cmd_dsn)
 
     delete = sub.add_parser(
@@ -262,8 +270,7 @@ def _cmd_activator(args: argparse.Namespace) -> int:
 def _cmd_render(args: argparse.Namespace) -> int:
     from controller.runtime.kubernetes import render
 
-    text = sys.stdin.read() if args.filename == "-" else _read(args.filename)
-    documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    documents = _documents(args.filename)
     out = []
     for document in documents:
         db = codec.decode(document)
@@ -276,11 +283,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:
-    text = sys.stdin.read() if args.filename == "-" else _read(args.filename)
-    try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as error:
-        raise CliError(f"{args.filename} is not valid YAML: {error}") from error
+    documents = _documents(args.filename)
     if not documents:
         raise CliError(f"{args.filename} holds no objects")
     store = _store(args)
@@ -303,11 +306,22 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _read(filename: str) -> str:
+def _documents(filename: str) -> list[Any]:
+    """The manifest's documents: a file (or - for stdin) read within the manifest limits."""
     try:
-        return Path(filename).read_text()
+        if filename == "-":
+            text = sys.stdin.read(manifests.MAX_BYTES + 1)
+        else:
+            with open(filename) as source:
+                text = source.read(manifests.MAX_BYTES + 1)
     except OSError as error:
         raise CliError(f"cannot read {filename}: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise CliError(f"{filename} is not UTF-8 text ({error.reason})") from error
+    try:
+        return manifests.load_all(text, source=filename)
+    except manifests.ManifestError as error:
+        raise CliError(str(error)) from error
 
 
 def _document_name(document: Any) -> str:
@@ -448,20 +462,34 @@ def _indent(text: str, spaces: int) -> str:
 
 
 def _cmd_dsn(args: argparse.Namespace) -> int:
-    from controller.runtime.local.runtime import HOST, database_directory, read_endpoint
-    from controller.runtime.local.server import running_port
+    """A libpq URI for the application role; its password stays in a 0600 passfile the CLI keeps, so
+    the URI can be on a command line without showing it to every user of the host."""
+    from urllib.parse import quote
+
+    from controller.runtime.local import runtime
 
     store = _store(args)
     db = _require(store, _key(args))
-    endpoint_port, password = read_endpoint(_state_dir(args), db.key)
-    if endpoint_port is None or password is None:
+    if args.superuser and not db.spec.superuser_access:
+        raise CliError(
+            f"superuser access is off for {db.key}: clients get the application role; "
+            "set spec.superuserAccess: true to have a superuser as well"
+        )
+    endpoint = runtime.read_endpoint(_state_dir(args), db.key, superuser=args.superuser)
+    if endpoint is None:
         raise CliError(f"{db.key} has no endpoint yet (phase {db.status.phase.value}); is `sdb up` running?")
-    port: int | None = endpoint_port
+    port = endpoint.port
     if args.direct:
-        port = running_port(database_directory(_state_dir(args), db.key) / "pgdata")
-        if port is None:
+        direct = runtime.read_direct_port(_state_dir(args), db.key)
+        if direct is None:
             raise CliError(f"{db.key} is not running, so it has no direct port")
-    print(f"postgresql://postgres:{password}@{HOST}:{port}/postgres")
+        port = direct
+    where = f"{runtime.HOST}:{port}/{endpoint.database}"
+    if args.show_password:
+        print(f"postgresql://{endpoint.user}:{quote(endpoint.password, safe='')}@{where}")
+        return 0
+    passfile = runtime.remember_password(_state_dir(args), port=port, endpoint=endpoint)
+    print(f"postgresql://{endpoint.user}@{where}?passfile={quote(str(passfile), safe='/')}")
     return 0
 
 

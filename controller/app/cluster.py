@@ -95,6 +95,13 @@ class ClusterOperator:
             pods=owned(kc.PODS),
             endpointslices=owned(kc.ENDPOINTSLICES),
             claims=owned(kc.CLAIMS),
+            wakes=Informer(
+                kube,
+                kc.WAKE_REQUESTS,
+                namespace=scope,
+                on_change=self._wake_requested,
+                watch_timeout=options.watch_timeout,
+            ),
             activator=Informer(
                 kube,
                 kc.ENDPOINTSLICES,
@@ -105,8 +112,16 @@ class ClusterOperator:
             ),
         )
         self.sessions = OperatorSessions()
-        self.runtime = KubernetesRuntime(kube, self.informers, sessions=self.sessions, locate=locate)
-        self.store = KubeStore(kube, self.informers.databases, instance=options.identity)
+        self.runtime = KubernetesRuntime(
+            kube,
+            self.informers,
+            sessions=self.sessions,
+            locate=locate,
+            system_namespace=options.pod_namespace,
+        )
+        self.store = KubeStore(
+            kube, self.informers.databases, wakes=self.informers.wakes, instance=options.identity
+        )
         # The pause's recheck asks Postgres directly: a Prometheus sample can be a scrape old.
         direct = recheck or PostgresSource(self.runtime.address, sessions=self.sessions, usage=usage)
         self.metrics = metrics or (self._prometheus() or direct)
@@ -145,9 +160,15 @@ class ClusterOperator:
             meta.get("finalizers"),
             meta.get("deletionTimestamp"),
         )
+        self.runtime.database_changed(key, obj, deleted)
         if deleted or self._seen.get(key) != seen:
             self._seen[key] = seen
             self.store.notify(key)
+
+    def _wake_requested(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
+        database = (obj.get("spec") or {}).get("database")
+        if not deleted and isinstance(database, str):
+            self.store.notify(f"{types.split_key(key)[0]}/{database}")
 
     def _owned_changed(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
         database = self.runtime.key_for(obj)

@@ -27,7 +27,6 @@ from controller.policy.inputs import DEFAULT_TUNING, Tuning
 from controller.postgres.sessions import OperatorSessions
 from controller.reconciler.loop import Reconciler
 from controller.runtime.base import Store
-from controller.runtime.local import server
 from controller.runtime.local.runtime import LocalRuntime
 from controller.runtime.local.store import FileStore
 
@@ -178,9 +177,7 @@ class _NoWakes:
 
 async def delete_offline(state_dir: Path, db: types.ServerlessDatabase, *, keep_storage: bool) -> None:
     """Finalize a deleted database when no operator runs: stop its server, drop its storage if asked."""
-    runtime = LocalRuntime(state_dir, Activator(_NoWakes()))
-    runtime.user = await asyncio.to_thread(server.ServerUser.for_this_process)
-    await runtime.delete(db, keep_storage=keep_storage)
+    await LocalRuntime(state_dir, Activator(_NoWakes())).delete(db, keep_storage=keep_storage)
 
 
 METRICS_PORT = 9465

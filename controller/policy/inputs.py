@@ -89,6 +89,9 @@ class ComputeState:
     """False where the runtime can only advise limits (no writable cgroup)."""
     limits_message: str = ""
     endpoint: str = ""
+    activator_port: int | None = None
+    """In a cluster, the database's port on the activator: the one status records, or the free one the
+    runtime assigns it (status records it from this)."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from croniter import croniter
 
 from controller.api import types, units
-from controller.policy import capacity, lifecycle, schedule
+from controller.policy import access, capacity, lifecycle, schedule
 from controller.policy.capacity import Goal
 from controller.policy.inputs import (
     DEFAULT_TUNING,
@@ -52,6 +52,8 @@ class Plan:
     """What status.compute says if the action fails: what is known of the running server now."""
     resize_blocked: tuple[Reason, str] | None = None
     """Why the node holds a resize back (deferred) or refused one (the limit in `known`)."""
+    configure_access: bool = False
+    """For a Configure: whether the roles must follow the spec too (not only the settings)."""
     goal: Goal | None = None
     wake: bool = False
     """True when the plan moves toward Active because a client asked."""
@@ -66,7 +68,7 @@ def decide(
     tuning: Tuning = DEFAULT_TUNING,
 ) -> Plan:
     spec, status = db.spec, db.status
-    wake_request = db.metadata.annotations.get(types.WAKE_ANNOTATION, "")
+    wake_request = db.wake_request
     fresh = lifecycle.is_fresh(observation, now, tuning)
     schedule_floor = schedule.active_floor(spec.scaling.schedules, now, prewarm=tuning.prewarm)
     want = lifecycle.target(
@@ -80,7 +82,9 @@ def decide(
         tuning=tuning,
     )
     known = _known(status.compute, compute, now, tuning)
-    configured = _configured(spec, compute, known)
+    wanted_access = access.digest(spec)
+    configure_access = compute.compute is Compute.RUNNING and known.access != wanted_access
+    configured = _configured(spec, compute, known) and not configure_access
     running_compute = compute.compute is Compute.RUNNING
     move = lifecycle.step(
         want=want,
@@ -144,7 +148,10 @@ def decide(
             message = f"capacity {current:g} -> {plan_capacity:g} CU ({why})"
 
     return Plan(
-        compute=_compute_after(action, plan_capacity, known, compute.capacity),
+        compute=_compute_after(
+            action, plan_capacity, known, compute.capacity, access=wanted_access if configure_access else None
+        ),
+        configure_access=configure_access,
         known=known,
         resize_blocked=_resize_blocked(compute, known),
         action=action,
@@ -155,7 +162,11 @@ def decide(
         peaks=peaks,
         last_activity_time=last_activity,
         connections=observation.client_sessions if fresh and observation and running else 0,
-        wake_request=wake_request if want.wake or move.phase is Phase.ACTIVE else status.wake_request,
+        # A request is answered once, by the pass that acts on it (or finds the database active); the
+        # answer stays in status after the request itself is gone.
+        wake_request=wake_request
+        if wake_request and (want.wake or move.phase is Phase.ACTIVE)
+        else status.wake_request,
         degraded=_degraded(compute, fresh, running, observation, starting=_just_started(status, now, tuning)),
         failure_phase=Phase.ACTIVE if action is Action.RESIZE else move.failure_phase or move.phase,
         requeue_after=tuning.tick
@@ -176,12 +187,14 @@ def _known(
     starts on that data directory runs with them.
     """
     pending = recorded.incarnation == ""
+    carried = types.ComputeStatus(settings=recorded.settings if pending else None, access=recorded.access)
     if compute.compute is not Compute.RUNNING:
-        return types.ComputeStatus(settings=recorded.settings) if pending else types.ComputeStatus()
-    if recorded.incarnation == compute.incarnation:
-        known = recorded
-    else:
-        known = types.ComputeStatus(compute.incarnation, settings=recorded.settings if pending else None)
+        return carried
+    known = (
+        recorded
+        if recorded.incarnation == compute.incarnation
+        else replace(carried, incarnation=compute.incarnation)
+    )
     deferred_too_long = (
         compute.resize is ResizeState.DEFERRED
         and compute.resize_pending_since is not None
@@ -212,19 +225,25 @@ def _configured(spec: types.DatabaseSpec, compute: ComputeState, known: types.Co
 
 
 def _compute_after(
-    action: Action, capacity_: float | None, known: types.ComputeStatus, current: float | None
+    action: Action,
+    capacity_: float | None,
+    known: types.ComputeStatus,
+    current: float | None,
+    *,
+    access: str | None,
 ) -> types.ComputeStatus:
-    """What is known of the server once the action is done.
+    """What is known of the server once the action is done (`access`: the digest a Configure applies).
 
     A resize down applies the smaller settings before the smaller limits; a resize up applies the
     larger ones only once the larger limits hold, which the server's reported size then shows. A stop
     leaves the settings of the size a wake starts at, for whichever server starts next.
     """
-    shrinking = capacity_ is not None and current is not None and capacity_ < current
-    if action is Action.CONFIGURE or (action is Action.RESIZE and shrinking):
+    if action is Action.CONFIGURE:
+        return replace(known, settings=capacity_, access=access if access is not None else known.access)
+    if action is Action.RESIZE and capacity_ is not None and current is not None and capacity_ < current:
         return replace(known, settings=capacity_)
     if action is Action.STOP:
-        return types.ComputeStatus(settings=capacity_)
+        return types.ComputeStatus(settings=capacity_, access=known.access)
     return known
 
 

@@ -272,7 +272,7 @@ class Reconciler:
                     await self.runtime.release(db)
                 case Action.CONFIGURE:
                     assert plan.capacity is not None
-                    await self.runtime.configure(db, plan.capacity)
+                    await self.runtime.configure(db, plan.capacity, access=plan.configure_access)
                 case Action.RESIZE:
                     assert plan.capacity is not None
                     await self.runtime.resize(db, plan.capacity)

@@ -87,6 +87,7 @@ def next_status(db: types.ServerlessDatabase, outcome: Outcome, now: datetime) -
         connections=plan.connections,
         last_activity_time=plan.last_activity_time,
         endpoint=compute.endpoint or old.endpoint,
+        activator_port=compute.activator_port if compute.activator_port is not None else old.activator_port,
         observed_generation=db.metadata.generation,
         wake_request=plan.wake_request,
         failures=old.failures + 1 if failure else old.failures if failed_earlier else 0,

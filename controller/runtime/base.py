@@ -111,8 +111,9 @@ class Runtime(Protocol):
     async def release(self, db: types.ServerlessDatabase) -> None:
         """Remove compute objects; storage and credentials stay."""
 
-    async def configure(self, db: types.ServerlessDatabase, capacity: float) -> None:
-        """Put `capacity`'s reloadable settings in force on the running server."""
+    async def configure(self, db: types.ServerlessDatabase, capacity: float, *, access: bool) -> None:
+        """Put `capacity`'s reloadable settings in force on the running server, and with `access` the
+        roles the spec asks for (policy.access)."""
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         """Move the running server to `capacity`: its limits and its settings, in the order that keeps

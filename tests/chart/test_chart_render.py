@@ -67,6 +67,7 @@ def test_default_install_is_operator_activator_and_rbac() -> None:
     assert rendered == sorted(
         [
             ("CustomResourceDefinition", "serverlessdatabases.dbscale.io"),
+            ("CustomResourceDefinition", "wakerequests.dbscale.io"),
             ("ServiceAccount", FULLNAME),
             ("ServiceAccount", f"{FULLNAME}-activator"),
             ("ClusterRole", FULLNAME),

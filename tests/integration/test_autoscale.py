@@ -31,10 +31,21 @@ def scaling(state_dir: Path) -> Iterator[Operator]:
 
 
 def pgbench(operator: Operator, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    port, password = read_endpoint(operator.state_dir, f"default/{name}")
+    endpoint = read_endpoint(operator.state_dir, f"default/{name}")
+    assert endpoint is not None
     return subprocess.run(
-        ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", *args, "postgres"],
-        env={**os.environ, "PGPASSWORD": password or ""},
+        [
+            "pgbench",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(endpoint.port),
+            "-U",
+            endpoint.user,
+            *args,
+            endpoint.database,
+        ],
+        env={**os.environ, "PGPASSWORD": endpoint.password},
         capture_output=True,
         text=True,
         check=False,

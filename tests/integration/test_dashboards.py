@@ -145,7 +145,7 @@ def lived() -> Iterator[Lived]:
     operator = Operator(root / "state", tick=0.2, metrics_port=free_port())
     operator.start()
     try:
-        broken = {"parameters": {"shared_preload_libraries": "no_such_library"}}
+        broken = {"parameters": {"lock_timeout": "no_such_duration"}}
         operator.apply(database("broken", postgres=broken))  # its start fails, again and again
         # Postgres starts while Prometheus does; it must not pause before Prometheus watches.
         operator.apply(database("orders", **{**SPEC, "autoPause": {"enabled": False}}))

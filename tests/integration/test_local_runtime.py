@@ -18,7 +18,8 @@ from support.requirements import require_postgres
 
 from controller.api import types
 from controller.app import local
-from controller.runtime.local.server import Cluster, Install, ServerUser
+from controller.runtime.local import accounts
+from controller.runtime.local.server import Cluster, Install
 
 pytestmark = pytest.mark.postgres
 
@@ -74,11 +75,11 @@ def test_stop_and_start_keep_a_committed_row_and_shut_down_cleanly(operator: Ope
     operator.stop()
     cluster = Cluster(
         install=Install.find(),
-        user=ServerUser.for_this_process(),
+        user=accounts.for_database(operator.state_dir, "default/keeper"),
         pgdata=operator.pgdata("keeper"),
         log=operator.pgdata("keeper").parent / "postgres.log",
     )
-    assert cluster.pid_file() is None
+    assert cluster.postmaster() is None
     assert asyncio.run(cluster.clean_shutdown()), "the stop was not a clean shutdown"
     operator.start()
     operator.wait_phase("keeper", types.Phase.ACTIVE)

@@ -113,20 +113,20 @@ def test_a_failed_wake_refuses_with_57p03_keeps_the_data_and_a_later_wake_works(
         database(
             "fragile",
             autoPause={"idleAfter": "1s"},
-            postgres={"parameters": {"shared_preload_libraries": "no_such_library"}},
+            postgres={"parameters": {"lock_timeout": "no_such_duration"}},
         )
     )
     with pytest.raises(psycopg.OperationalError) as refused:
         fast.connect("fragile")
     message = str(refused.value)
     assert "FATAL:  the database could not be woken" in message
-    assert "no_such_library" in message
+    assert "no_such_duration" in message
     db = fast.get("fragile")
     assert db.status.phase is types.Phase.PAUSED
     ready = db.status.condition(types.ConditionType.READY)
     assert ready is not None
     assert ready.reason == "StartFailed"
-    assert "no_such_library" in ready.message
+    assert "no_such_duration" in ready.message
     assert (fast.pgdata("fragile") / "PG_VERSION").exists()
     # The cause goes away: the next client wakes it, and the data is there.
     fast.apply(database("fragile", autoPause={"idleAfter": "1s"}))

@@ -25,6 +25,8 @@ from controller.policy import sizing
 from controller.policy.inputs import Tuning
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import permissions
+from controller.runtime.kubernetes.informer import Informer
+from controller.runtime.kubernetes.store import KubeStore
 
 pytestmark = pytest.mark.postgres
 
@@ -117,10 +119,9 @@ async def test_on_kubernetes_the_operators_own_sessions_never_delay_a_pause(
         await eventually(
             lambda: sdb(kube).get("status", {}).get("phase") == "Paused", timeout=30, what="Paused"
         )
-        # A client connects: the activator asks for a wake, as it does, by annotation.
+        # A client connects: the activator asks for a wake, as it does, with a WakeRequest.
         activator = kc.Kube(kube.api_client(), permissions.ACTIVATOR)
-        wake = {"metadata": {"annotations": {types.WAKE_ANNOTATION: "a-client"}}}
-        activator.patch(kc.DATABASES, "shop", "orders", wake)
+        await KubeStore(activator, Informer(activator, kc.DATABASES)).request_wake("shop/orders")
         await eventually(lambda: sdb(kube)["status"]["phase"] == "Active", timeout=30, what="woken")
         with pod.connect() as conn:  # the client the activator let through
             conn.execute("select 1")

@@ -229,6 +229,7 @@ def builtin_types() -> list[ResourceType]:
             scale=ScalePaths(label_selector=None),
         ),
         r("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", True),
+        r("networking.k8s.io", "v1", "networkpolicies", "networkpolicy", "NetworkPolicy", True, ("netpol",)),
         r("coordination.k8s.io", "v1", "leases", "lease", "Lease", True),
         r("events.k8s.io", "v1", "events", "event", "Event", True, ("ev",)),
         r(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from contextlib import redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ def test_objects_per_phase() -> None:
     kinds = {p: sorted((o["kind"], o["metadata"]["name"]) for o in rendered(db, p)) for p in PHASES}
     assert kinds[types.Phase.PARKED] == [
         ("EndpointSlice", "orders-sdb"),
+        ("NetworkPolicy", "orders"),
+        ("Secret", "orders-app"),
         ("Secret", "orders-credentials"),
         ("Service", "orders"),
     ]
@@ -89,10 +92,20 @@ def test_the_statefulset_is_what_the_issue_asks() -> None:
     assert sts["metadata"]["ownerReferences"][0]["kind"] == types.KIND
 
 
+def test_the_configuration_escapes_what_postgres_would_read_as_an_escape() -> None:
+    db = database(ROOT / "manifests/samples/minimal.yaml")
+    db = replace(
+        db, spec=replace(db.spec, postgres=replace(db.spec.postgres, parameters={"search_path": "a\\n', b"}))
+    )
+    config = builders.configmap(db)["data"]["postgresql.conf"]
+    # a backslash is doubled and a quote is doubled, so the value reads back as written
+    assert "search_path = 'a\\\\n'', b'" in config
+
+
 def test_the_client_service_has_no_selector_and_the_secret_no_owner() -> None:
     db = database(ROOT / "manifests/samples/minimal.yaml")
     assert "selector" not in builders.client_service(db)["spec"]
-    assert "ownerReferences" not in builders.secret(db, "x")["metadata"]
+    assert "ownerReferences" not in builders.secret(db, "x", username="app", password="p")["metadata"]
     config = builders.configmap(db)["data"]["postgresql.conf"]
     assert "max_connections = '1802'" in config
     assert "shared_buffers = '128MB'" in config
@@ -104,6 +117,8 @@ def test_sdb_render_prints_a_valid_yaml_stream() -> None:
         assert cli.main(["render", "-f", str(ROOT / "manifests/samples/full.yaml"), "--phase", "Paused"]) == 0
     objects = list(yaml.safe_load_all(out.getvalue()))
     assert [o["kind"] for o in objects] == [
+        "NetworkPolicy",
+        "Secret",
         "Secret",
         "Service",
         "EndpointSlice",
@@ -111,8 +126,8 @@ def test_sdb_render_prints_a_valid_yaml_stream() -> None:
         "Service",
         "StatefulSet",
     ]
-    assert objects[0]["stringData"]["password"] == PASSWORD_PLACEHOLDER
-    exporter_queries = objects[3]["data"]["exporter-queries.yaml"]
+    assert objects[1]["stringData"]["password"] == PASSWORD_PLACEHOLDER
+    exporter_queries = objects[5]["data"]["exporter-queries.yaml"]
     assert "pgbouncer" in exporter_queries
     assert "sdb-monitor" in exporter_queries
     for obj in objects:

@@ -25,8 +25,8 @@ from support.postgres import Server
 
 from controller.api import types
 from controller.app.activator import ClusterBackend
-from controller.runtime.kubernetes import builders, permissions
 from controller.runtime.kubernetes import client as kc
+from controller.runtime.kubernetes import permissions
 
 pytestmark = pytest.mark.kubernetes
 
@@ -91,7 +91,7 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble, pods: Server) -
         # -- idle: paused behind the activator, at zero replicas, the volume kept ----------------
         running.readings["shop/orders"] = reading(last_activity=datetime.now(UTC) - timedelta(minutes=1))
         await eventually(lambda: phase(kube) == "Paused", what="Paused")
-        port = int(sdb(kube)["metadata"]["annotations"][builders.ACTIVATOR_PORT_ANNOTATION])
+        port = int(sdb(kube)["status"]["activatorPort"])
         assert slice_addresses(kube) == (["127.0.0.1"], [port])
         assert kube.get("statefulsets", "orders", "shop")["spec"]["replicas"] == 0  # type: ignore[index]
         await eventually(lambda: kube.get("pods", "orders-0", "shop") is None, what="the pod to go")

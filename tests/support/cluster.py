@@ -26,7 +26,7 @@ from support.fakes import FakeMetrics
 from support.postgres import Server
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "charts/serverless-db-operator/crds/serverlessdatabases.dbscale.io.yaml"
+CRDS = sorted((ROOT / "charts/serverless-db-operator/crds").glob("*.yaml"))
 SYSTEM = "sdb-system"
 FAST = Tuning(tick=timedelta(milliseconds=200))
 
@@ -35,7 +35,8 @@ FAST = Tuning(tick=timedelta(milliseconds=200))
 def cluster(version: str = "v1.33.1") -> Iterator[KubeApiDouble]:
     """An API double with the project's CRD and the namespaces the tests use."""
     with KubeApiDouble(version=version) as double:
-        double.install_crd(CRD)
+        for crd in CRDS:
+            double.install_crd(crd)
         for namespace in (SYSTEM, "shop"):
             double.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         yield double

@@ -114,6 +114,25 @@ def validate(obj: dict[str, Any]) -> list[str]:
     env = celpy.Environment()
     for path, rule, message, value in _rules(schema, defaulted, ""):
         activation = {"self": celpy.adapter.json_to_cel(value)}
-        if not bool(env.program(env.compile(rule)).evaluate(activation)):
-            problems.append(f"{path}: {env.program(env.compile(message)).evaluate(activation)!s}")
+
+        def evaluate(expression: str, activation: dict[str, Any] = activation) -> Any:
+            return env.program(env.compile(expression), functions=KUBERNETES_STRINGS).evaluate(activation)
+
+        if not bool(evaluate(rule)):
+            problems.append(f"{path}: {evaluate(message)!s}")
     return problems
+
+
+def _split(text: celpy.celtypes.StringType, separator: celpy.celtypes.StringType) -> celpy.celtypes.ListType:
+    return celpy.celtypes.ListType(
+        [celpy.celtypes.StringType(part) for part in str(text).split(str(separator))]
+    )
+
+
+def _trim(text: celpy.celtypes.StringType) -> celpy.celtypes.StringType:
+    return celpy.celtypes.StringType(str(text).strip())
+
+
+KUBERNETES_STRINGS: dict[str, Any] = {"split": _split, "trim": _trim}
+"""The two functions of the API server's CEL string library (cel-go's ext.Strings) that the CRD uses
+and cel-python lacks: `'a,b'.split(',')` and `' a '.trim()`, as Kubernetes defines them."""

@@ -105,7 +105,7 @@ class FakeRuntime:
         state = self._call("release", db.key)
         state.compute, state.capacity = Compute.ABSENT, None
 
-    async def configure(self, db: types.ServerlessDatabase, capacity: float) -> None:
+    async def configure(self, db: types.ServerlessDatabase, capacity: float, *, access: bool) -> None:
         self._call("configure", db.key).settings = capacity
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
@@ -192,7 +192,7 @@ class MemoryStore:
         db = self.objects[key]
         token = f"wake-{len(self.events[key])}-{len(db.metadata.annotations)}-{id(db)}"
         annotations = {**db.metadata.annotations, types.WAKE_ANNOTATION: token}
-        self.put(replace(db, metadata=replace(db.metadata, annotations=annotations)))
+        self.put(replace(db, metadata=replace(db.metadata, annotations=annotations), wake_request=token))
         return token
 
     async def set_finalizer(self, db: types.ServerlessDatabase, present: bool) -> None:

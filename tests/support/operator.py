@@ -145,9 +145,11 @@ class Operator:
         wait_for(reached, timeout=timeout, what=f"{namespace}/{name} to be {phase.value}")
 
     def dsn(self, name: str, namespace: str = "default") -> str:
-        port, password = read_endpoint(self.state_dir, f"{namespace}/{name}")
-        assert port is not None, f"{name} has no endpoint"
-        return f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres"
+        endpoint = read_endpoint(self.state_dir, f"{namespace}/{name}")
+        assert endpoint is not None, f"{name} has no endpoint"
+        return (
+            f"postgresql://{endpoint.user}:{endpoint.password}@127.0.0.1:{endpoint.port}/{endpoint.database}"
+        )
 
     def connect(self, name: str, **kwargs: Any) -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(self.dsn(name), autocommit=True, connect_timeout=60, **kwargs)

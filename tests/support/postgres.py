@@ -22,10 +22,13 @@ import psycopg
 import psycopg.sql
 import pytest
 
-from controller.runtime.local import server
+from controller.runtime.local import accounts, server
 from controller.runtime.local.runtime import HOST, free_port
 from support.requirements import require_postgres
 
+TEST_SERVERS = "tests/servers"
+"""The account (when root) the tests' own servers run as: one for them all, made once."""
+TRUST_LOOPBACK = "host all all 127.0.0.1/32 trust\n"
 CLIENT_APPLICATION = "psql"
 """The application_name of a test's client sessions: neither the operator's own nor an ignored one."""
 
@@ -59,9 +62,9 @@ class Server:
     @property
     def postmaster(self) -> psutil.Process:
         """The server's parent process; its children are the backends and auxiliary processes."""
-        lines = self.cluster.pid_file()
-        assert lines is not None, f"the server on port {self.port} is not running"
-        return psutil.Process(int(lines[0]))
+        pid = self.cluster.postmaster()
+        assert pid is not None, f"the server on port {self.port} is not running"
+        return psutil.Process(pid)
 
 
 @contextlib.contextmanager
@@ -74,10 +77,9 @@ def running_server(
     stands in for the pods of many databases, each with a password generated for its own Secret.
     """
     install = require_postgres()
-    user = server.ServerUser.for_this_process()
+    user = accounts.for_database(Path("/"), TEST_SERVERS)
     root = Path(tempfile.mkdtemp(prefix="sdb-pg-"))
-    server.grant_traverse(root, user)
-    user.own(root)
+    accounts.grant_traverse(root)
     cluster = server.Cluster(install=install, user=user, pgdata=root / "pgdata", log=root / "postgres.log")
     password = secrets.token_urlsafe(16)
     port = free_port()
@@ -93,8 +95,6 @@ async def _start(
     cluster: server.Cluster, password: str, port: int, parameters: dict[str, str], *, any_password: bool
 ) -> None:
     await cluster.initdb(password)
-    if any_password:
-        (cluster.pgdata / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
     cluster.write_settings(
         server.Settings(
             port=port,
@@ -102,7 +102,8 @@ async def _start(
             max_connections=50,
             max_worker_processes=8,
             parameters=parameters,
-        )
+        ),
+        hba=TRUST_LOOPBACK if any_password else server.HBA,
     )
     await cluster.start()
 

@@ -110,8 +110,11 @@ class Prometheus:
         def all_up() -> bool:
             self._check_alive()
             try:
+                # Its API answers 503 until Prometheus says it is ready: ask that first.
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=10):
+                    pass
                 targets = self.api("/api/v1/targets")["activeTargets"]
-            except OSError:  # not listening yet
+            except OSError:  # not listening yet, or not ready (an HTTPError is an OSError)
                 return False
             return len(targets) == expected and all(t["health"] == "up" for t in targets)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import yaml
 from support import crd_schema
 
-from controller.api import codec, types, units
+from controller.api import codec, parameters, types, units
 from controller.api.validation import validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,6 +96,50 @@ BAD_SPECS = [
     pytest.param(
         {"postgres": {"version": "sixteen"}}, "spec.postgres.version", "major version", id="bad-version"
     ),
+    # Each of these ran a command, loaded a library, wrote outside the database or re-set how the
+    # server is reached, when a spec could set them (the tenant-boundary review).
+    *[
+        pytest.param(
+            {"postgres": {"parameters": {name: value}}},
+            f"spec.postgres.parameters.{name}",
+            "is not a setting a spec may set",
+            id=f"refused-{name}",
+        )
+        for name, value in [
+            ("archive_command", "id > /tmp/owned"),
+            ("archive_mode", "on"),
+            ("restore_command", "cp /etc/shadow %p"),
+            ("session_preload_libraries", "plugin"),
+            ("local_preload_libraries", "plugin"),
+            ("dynamic_library_path", "/tmp"),
+            ("logging_collector", "on"),
+            ("log_directory", "/etc"),
+            ("log_filename", "passwd"),
+            ("external_pid_file", "/var/lib/other/sdb.conf"),
+            ("include", "/tmp/evil.conf"),
+            ("include_if_exists", "/tmp/evil.conf"),
+            ("include_dir", "/tmp"),
+            ("ssl_passphrase_command", "id"),
+            ("krb_server_keyfile", "/etc/krb5.keytab"),
+            ("listen_addresses", "0.0.0.0"),
+            ("data_directory", "/"),
+            ("hba_file", "/tmp/hba"),
+            ("port", "5432"),
+            ("ssl", "on"),
+        ]
+    ],
+    pytest.param(
+        {"postgres": {"parameters": {"shared_preload_libraries": "pg_stat_statements, evil"}}},
+        "spec.postgres.parameters.shared_preload_libraries",
+        "may only name auto_explain, pg_prewarm, pg_stat_statements",
+        id="preload-outside-the-list",
+    ),
+    pytest.param(
+        {"postgres": {"parameters": {"statement_timeout": "1s\nlisten_addresses = '*'"}}},
+        "spec.postgres.parameters.statement_timeout",
+        "single-line",
+        id="parameter-value-with-newline",
+    ),
     pytest.param({"capacity": {"min": "1"}}, "spec.capacity.min", "must be a number", id="capacity-string"),
     pytest.param(
         {"autoPause": {"enabled": "yes"}}, "spec.autoPause.enabled", "true or false", id="enabled-string"
@@ -116,6 +161,54 @@ def test_crd_schema_refuses_the_same_specs(spec: dict[str, Any], field: str, mes
     # A schema error names the path as JSON Schema does; a CEL rule names it in its message.
     leaf = field.rsplit(".", 1)[-1].split("[", 1)[0]
     assert any(leaf in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("metadata", "field", "message"),
+    [
+        pytest.param({"name": "nl\n"}, "metadata.name", "lower-case letters", id="name-trailing-newline"),
+        pytest.param({"name": "ok", "labels": ["a"]}, "metadata.labels", "map of strings", id="labels-list"),
+        pytest.param(
+            {"name": "ok", "labels": {"team": "x" * 50_000_000}},
+            "metadata.labels.team",
+            "at most 63",
+            id="label-of-50-MB",
+        ),
+        pytest.param(
+            {"name": "ok", "annotations": {"note": 7}},
+            "metadata.annotations",
+            "map of strings",
+            id="annotation-int",
+        ),
+        pytest.param(
+            {"name": "ok", "annotations": {"note": "x" * 300_000}},
+            "metadata.annotations",
+            "256 KiB",
+            id="annotations-too-big",
+        ),
+        pytest.param(
+            {"name": "ok", "generation": "two"}, "metadata.generation", "integer", id="generation-string"
+        ),
+        pytest.param(
+            {"name": "ok", "labels": {"bad key!": "v"}},
+            "metadata.labels.bad key!",
+            "valid key",
+            id="label-key",
+        ),
+    ],
+)
+def test_metadata_is_checked_within_kubernetes_limits(
+    metadata: dict[str, Any], field: str, message: str
+) -> None:
+    errors = validate({**database(), "metadata": {"namespace": "shop", **metadata}})
+    assert [e.path for e in errors] == [field], errors
+    assert message in errors[0].message
+    assert len(str(errors[0])) < 400  # a refusal never echoes a huge value back
+
+
+def test_a_guc_name_with_a_trailing_newline_is_refused() -> None:
+    errors = validate(database(postgres={"parameters": {"statement_timeout\n": "1s"}}))
+    assert [e.message for e in errors] == ["is not a valid Postgres setting name"]
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -225,11 +318,12 @@ def test_crd_has_printer_columns_status_and_short_name() -> None:
 
 
 def test_generated_crd_manifest_matches_the_chart() -> None:
-    """manifests/crd.yaml is made from the chart's CRD by `make manifests`; it must not drift."""
+    """manifests/crd.yaml is made from the chart's CRDs by `make manifests`; it must not drift."""
     generated = (ROOT / "manifests/crd.yaml").read_text().splitlines(keepends=True)
     body = "".join(line for line in generated if not line.startswith("# "))
     assert generated[0].startswith("# Generated from charts/serverless-db-operator/crds/")
-    assert body == crd_schema.CRD_PATH.read_text()
+    crds = sorted(crd_schema.CRD_PATH.parent.glob("*.yaml"))
+    assert body == "---\n".join(path.read_text() for path in crds)
 
 
 def test_durations_and_quantities() -> None:
@@ -242,3 +336,17 @@ def test_durations_and_quantities() -> None:
     assert units.round_up_to_step(1.01) == 1.25
     assert units.round_up_to_step(1.0000000001) == 1.0
     assert copy.copy(units.CU_STEP) == 0.25
+
+
+def test_the_crd_allows_exactly_the_parameters_the_validator_allows() -> None:
+    rules = crd_schema.openapi_schema()["properties"]["spec"]["properties"]["postgres"]["properties"][
+        "parameters"
+    ]["x-kubernetes-validations"]
+    allow_rule, preload_rule = rules[0], rules[3]
+    assert set(re.findall(r"'([a-z_.]+)'", allow_rule["rule"])) == parameters.ALLOWED
+    assert (
+        set(re.findall(r"'([a-z_.]+)'", allow_rule["messageExpression"])) - {"spec.postgres.parameters."}
+        == parameters.ALLOWED
+    )
+    named = set(re.findall(r"'([a-z_]+)'", preload_rule["rule"])) - {"shared_preload_libraries"}
+    assert tuple(sorted(named)) == parameters.PRELOADABLE

@@ -119,3 +119,55 @@ def test_state_dir_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("SDB_STATE_DIR")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert sdb_cli.default_state_dir() == tmp_path / "xdg" / "sdb"
+
+
+HOSTILE = {
+    # nine levels of ten aliases each: 10^9 strings if expanded
+    "alias-bomb": (
+        "apiVersion: dbscale.io/v1alpha1\nkind: ServerlessDatabase\nmetadata: {name: bomb}\n"
+        'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+        + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
+        + "spec: {postgres: {parameters: {search_path: *i}}}\n",
+        "uses more than 64 YAML aliases",
+    ),
+    "labels-a-list": (
+        "apiVersion: dbscale.io/v1alpha1\nkind: ServerlessDatabase\nmetadata: {name: odd, labels: [a, b]}\n",
+        "metadata.labels: must be a map of strings to strings",
+    ),
+    "annotation-a-number": (
+        "apiVersion: dbscale.io/v1alpha1\nkind: ServerlessDatabase\n"
+        "metadata: {name: odd, annotations: {note: 7}}\n",
+        "metadata.annotations: must be a map of strings to strings",
+    ),
+    "generation-a-word": (
+        "apiVersion: dbscale.io/v1alpha1\nkind: ServerlessDatabase\nmetadata: {name: odd, generation: two}\n",
+        "metadata.generation: must be an integer",
+    ),
+    "not-an-object": ("- just\n- a list\n", "(object): must be a mapping"),
+    "binary": ("\udcff", "not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_input_gets_one_clear_error_and_no_traceback(
+    cli: Operator, tmp_path: Path, case: str
+) -> None:
+    text, expected = HOSTILE[case]
+    path = tmp_path / "hostile.yaml"
+    path.write_bytes(text.encode(errors="surrogateescape"))
+    code, _, err = cli.sdb("apply", "-f", str(path), check=False)
+    assert code == 1
+    assert expected in err
+    assert "Traceback" not in err
+    assert len(err) < 2000
+    assert cli.store.keys() == []
+
+
+def test_a_file_larger_than_the_api_servers_limit_is_refused_unread(cli: Operator, tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    label = "x" * (4 * 1024 * 1024)
+    header = "apiVersion: dbscale.io/v1alpha1\nkind: ServerlessDatabase\n"
+    path.write_text(f"{header}metadata: {{name: big, labels: {{a: {label}}}}}\n")
+    code, _, err = cli.sdb("apply", "-f", str(path), check=False)
+    assert code == 1
+    assert "is larger than 3 MiB" in err

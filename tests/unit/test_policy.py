@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.api import types, units
-from controller.policy import capacity, plan, schedule, sizing
+from controller.policy import access, capacity, plan, schedule, sizing
 from controller.policy.inputs import Compute, ComputeState, Observation, ResizeState, Route, Tuning
 from controller.policy.lifecycle import Action
 
@@ -55,17 +55,21 @@ def db(
     last_activity: datetime | None = NOW - timedelta(minutes=1),
     peaks: tuple[types.Peak, ...] = (),
     phase_since: datetime | None = NOW - timedelta(hours=1),
-    annotations: dict[str, str] | None = None,
+    asked: str = "",
     wake_request: str = "",
 ) -> types.ServerlessDatabase:
+    """`asked`: the newest wake request the store holds; `wake_request`: the one status answered last."""
+    the_spec = the_spec or spec()
     return types.ServerlessDatabase(
-        metadata=types.ObjectMeta(name="orders", namespace="shop", annotations=annotations or {}),
-        spec=the_spec or spec(),
+        metadata=types.ObjectMeta(name="orders", namespace="shop"),
+        wake_request=asked,
+        spec=the_spec,
         status=types.DatabaseStatus(
             phase=phase,
             phase_since=phase_since,
             capacity=types.CapacityStatus(current=current, desired=current, peaks=peaks),
-            compute=types.ComputeStatus(settings=current),  # its settings applied, as after a start
+            # its settings and roles applied, as after a start
+            compute=types.ComputeStatus(settings=current, access=access.digest(the_spec)),
             last_activity_time=last_activity,
             wake_request=wake_request,
         ),
@@ -175,7 +179,7 @@ def run_ticks(
         status = replace(
             the_db.status,
             capacity=types.CapacityStatus(current, current, peaks),
-            compute=types.ComputeStatus(settings=current),
+            compute=replace(the_db.status.compute, settings=current),
         )
         got = plan.decide(
             db=replace(the_db, status=status), compute=state, observation=observation(cpu, 1, at=now), now=now
@@ -299,7 +303,7 @@ def test_paused_database_parks_after_the_park_delay_and_wakes_on_request() -> No
     parked = db(the_spec, phase=types.Phase.PARKED, current=None)
     rest = plan.decide(db=parked, compute=absent, observation=None, now=NOW)
     assert (rest.action, rest.phase, rest.requeue_after) == (Action.NONE, types.Phase.PARKED, None)
-    woken = replace(parked, metadata=replace(parked.metadata, annotations={types.WAKE_ANNOTATION: "w1"}))
+    woken = replace(parked, wake_request="w1")
     wake = plan.decide(db=woken, compute=absent, observation=None, now=NOW)
     # a client is waiting with a load nobody has measured: it starts warm, at 1 CU, not at the floor
     assert (wake.action, wake.phase, wake.wake, wake.capacity) == (
@@ -338,12 +342,17 @@ def test_a_server_gets_the_settings_of_its_size_before_clients_reach_it_and_afte
     unknown = replace(resuming, status=replace(resuming.status, compute=types.ComputeStatus()))
     configure = plan.decide(db=unknown, compute=started, observation=None, now=NOW)
     assert (configure.action, configure.capacity) == (Action.CONFIGURE, 2.0)
-    assert configure.compute == types.ComputeStatus("pod-a", settings=2.0)
+    # ... and the roles the spec asks for (the data never had them)
+    assert configure.configure_access
+    assert configure.compute == types.ComputeStatus("pod-a", settings=2.0, access=access.digest(unknown.spec))
     # Active, it grew to 3 CU (the kubelet reports the new size): its settings follow, a tick later.
     grown = replace(RUNNING, incarnation="pod-a", capacity=3.0)
     active = db(current=3.0, peaks=(types.Peak(3.0),))
     active = replace(
-        active, status=replace(active.status, compute=types.ComputeStatus("pod-a", settings=2.0))
+        active,
+        status=replace(
+            active.status, compute=replace(active.status.compute, incarnation="pod-a", settings=2.0)
+        ),
     )
     follow = plan.decide(db=active, compute=grown, observation=observation(2.6, 1), now=NOW)  # 2.6 / 0.9 -> 3
     assert (follow.action, follow.capacity, follow.requeue_after) == (Action.CONFIGURE, 3.0, TUNING.tick)
@@ -352,15 +361,18 @@ def test_a_server_gets_the_settings_of_its_size_before_clients_reach_it_and_afte
 def test_a_stop_leaves_the_wakes_settings_for_the_next_server() -> None:
     running = db(current=1.0, last_activity=NOW - timedelta(hours=1), phase=types.Phase.PAUSING)
     running = replace(
-        running, status=replace(running.status, compute=types.ComputeStatus("pod-a", settings=2.0))
+        running,
+        status=replace(
+            running.status, compute=replace(running.status.compute, incarnation="pod-a", settings=2.0)
+        ),
     )
     held = replace(RUNNING, route=Route.ACTIVATOR, incarnation="pod-a", capacity=1.0)
     stop = plan.decide(db=running, compute=held, observation=observation(0.0, at=NOW), now=NOW)
     assert stop.action is Action.STOP
     # 1 CU is where a wake starts (Tuning.wake_capacity); the next server finds those settings
-    assert stop.compute == types.ComputeStatus(settings=stop.capacity)
+    assert stop.compute == types.ComputeStatus(settings=stop.capacity, access=running.status.compute.access)
     paused = replace(running, status=replace(running.status, phase=types.Phase.PAUSED, compute=stop.compute))
-    woken = replace(paused, metadata=replace(paused.metadata, annotations={types.WAKE_ANNOTATION: "w"}))
+    woken = replace(paused, wake_request="w")
     stopped = ComputeState(storage=True, compute=Compute.STOPPED, route=Route.ACTIVATOR)
     start = plan.decide(db=woken, compute=stopped, observation=None, now=NOW)
     assert (start.action, start.capacity) == (Action.START, stop.capacity)
@@ -371,7 +383,10 @@ def test_a_stop_leaves_the_wakes_settings_for_the_next_server() -> None:
 
 def test_a_refused_resize_caps_the_size_for_that_server_only() -> None:
     busy = db(current=1.0)
-    busy = replace(busy, status=replace(busy.status, compute=types.ComputeStatus("pod-a", settings=1.0)))
+    busy = replace(
+        busy,
+        status=replace(busy.status, compute=replace(busy.status.compute, incarnation="pod-a", settings=1.0)),
+    )
     refused = replace(
         RUNNING,
         incarnation="pod-a",
@@ -394,7 +409,10 @@ def test_a_refused_resize_caps_the_size_for_that_server_only() -> None:
 
 def test_a_resize_deferred_for_too_long_counts_as_refused() -> None:
     busy = db(current=1.0)
-    busy = replace(busy, status=replace(busy.status, compute=types.ComputeStatus("pod-a", settings=1.0)))
+    busy = replace(
+        busy,
+        status=replace(busy.status, compute=replace(busy.status.compute, incarnation="pod-a", settings=1.0)),
+    )
 
     def deferred(for_: timedelta) -> ComputeState:
         return replace(
@@ -482,7 +500,7 @@ def situations(
         peaks=peaks,
         last_activity=draw(st.none() | st.just(NOW - timedelta(seconds=draw(st.integers(0, 4000))))),
         phase_since=NOW - timedelta(seconds=draw(st.integers(0, 4000))),
-        annotations=draw(st.sampled_from([{}, {types.WAKE_ANNOTATION: "w1"}])),
+        asked=draw(st.sampled_from(["", "w1"])),
         wake_request=draw(st.sampled_from(["", "w1"])),
     )
     reading = draw(

@@ -36,11 +36,12 @@ DATA_MOUNT = "/var/lib/postgresql/data"
 PGDATA = f"{DATA_MOUNT}/pgdata"
 """A directory below the mount point: a fresh volume's root holds lost+found, which initdb refuses."""
 CONFIG_MOUNT = "/etc/sdb"
-ACTIVATOR_PORT_ANNOTATION = f"{types.GROUP}/activator-port"
 ACTIVATOR_PORTS = (20000, 29999)
 """The range the operator assigns activator ports from; the activator listens on each (the chart's
 `--port-range`)."""
 DATABASE_LABEL = f"{types.GROUP}/database"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+"""The label every namespace carries with its own name (Kubernetes sets it)."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,14 @@ class Names:
     service: str
     endpointslice: str
     secret: str
+    """The operator's own credential (the superuser the operator and the exporter sidecar use)."""
+    app_secret: str
+    """The application role's credential: what clients get."""
+    superuser_secret: str
+    """The clients' superuser, only while spec.superuserAccess is true."""
     configmap: str
     pvc: str
+    networkpolicy: str
 
     @classmethod
     def of(cls, name: str) -> Names:
@@ -63,8 +70,11 @@ class Names:
             service=name,
             endpointslice=f"{name}-sdb",
             secret=f"{name}-credentials",
+            app_secret=f"{name}-app",
+            superuser_secret=f"{name}-superuser",
             configmap=f"{name}-config",
             pvc=f"data-{name}-0",
+            networkpolicy=name,
         )
 
 
@@ -151,14 +161,14 @@ def configmap(db: types.ServerlessDatabase) -> dict[str, Any]:
     }
 
 
-def secret(db: types.ServerlessDatabase, password: str) -> dict[str, Any]:
-    names = Names.of(db.metadata.name)
+def secret(db: types.ServerlessDatabase, name: str, *, username: str, password: str) -> dict[str, Any]:
+    """A credential as Kubernetes' basic-auth Secret; made once, never rewritten, kept like the PVC."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(db, names.secret, owned=False),
+        "metadata": _metadata(db, name, owned=False),
         "type": "kubernetes.io/basic-auth",
-        "stringData": {"username": "postgres", "password": password},
+        "stringData": {"username": username, "password": password},
     }
 
 
@@ -175,6 +185,44 @@ def headless_service(db: types.ServerlessDatabase) -> dict[str, Any]:
                 {"name": "postgres", "port": POSTGRES_PORT, "targetPort": POSTGRES_PORT, "protocol": "TCP"}
             ],
             "publishNotReadyAddresses": False,
+        },
+    }
+
+
+def network_policy(db: types.ServerlessDatabase, *, system_namespace: str) -> dict[str, Any]:
+    """Who may reach the database's pod: Postgres from the namespaces the spec allows (its own by
+    default) and from the operator's (the operator, the activator); the exporter's metrics from any."""
+    names = Names.of(db.metadata.name)
+    allowed = sorted(set(db.spec.access.allowed_namespaces) or {db.metadata.namespace})
+    postgres_port = [{"protocol": "TCP", "port": POSTGRES_PORT}]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(db, names.networkpolicy),
+        "spec": {
+            "podSelector": {"matchLabels": labels(db)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {
+                                "matchExpressions": [
+                                    {"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": allowed}
+                                ]
+                            }
+                        }
+                    ],
+                    "ports": postgres_port,
+                },
+                {
+                    "from": [
+                        {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: system_namespace}}}
+                    ],
+                    "ports": postgres_port,
+                },
+                {"ports": [{"protocol": "TCP", "port": EXPORTER_PORT}]},
+            ],
         },
     }
 
@@ -354,11 +402,19 @@ def render(
     phase: types.Phase,
     *,
     password: str,
+    system_namespace: str = "sdb-system",
     endpoints: Sequence[Endpoint] = (),
     capacity: float | None = None,
 ) -> list[dict[str, Any]]:
     """Every object the runtime keeps for a database in a phase (Active, Paused or Parked)."""
-    objects = [secret(db, password), client_service(db), endpoint_slice(db, endpoints)]
+    names = Names.of(db.metadata.name)
+    objects = [
+        network_policy(db, system_namespace=system_namespace),
+        secret(db, names.secret, username="postgres", password=password),
+        secret(db, names.app_secret, username="app", password=password),
+        client_service(db),
+        endpoint_slice(db, endpoints),
+    ]
     if phase is types.Phase.PARKED:
         return objects
     replicas = 1 if phase is types.Phase.ACTIVE else 0

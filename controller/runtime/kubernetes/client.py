@@ -54,6 +54,7 @@ class Kind:
 
 
 DATABASES = Kind(types.GROUP, types.VERSION, types.PLURAL, types.KIND)
+WAKE_REQUESTS = Kind(types.GROUP, types.VERSION, types.WAKE_REQUEST_PLURAL, types.WAKE_REQUEST_KIND)
 STATEFULSETS = Kind("apps", "v1", "statefulsets", "StatefulSet")
 SERVICES = Kind("", "v1", "services", "Service")
 ENDPOINTSLICES = Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
@@ -61,12 +62,14 @@ PODS = Kind("", "v1", "pods", "Pod")
 CLAIMS = Kind("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
 SECRETS = Kind("", "v1", "secrets", "Secret")
 CONFIGMAPS = Kind("", "v1", "configmaps", "ConfigMap")
+NETWORK_POLICIES = Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 EVENTS = Kind("", "v1", "events", "Event")
 LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease")
 KINDS = {
     k.kind: k
     for k in (
         DATABASES,
+        WAKE_REQUESTS,
         STATEFULSETS,
         SERVICES,
         ENDPOINTSLICES,
@@ -74,6 +77,7 @@ KINDS = {
         CLAIMS,
         SECRETS,
         CONFIGMAPS,
+        NETWORK_POLICIES,
         EVENTS,
         LEASES,
     )
@@ -180,9 +184,11 @@ class Kube:
         return result
 
     def list(
-        self, kind: Kind, *, namespace: str | None = None, label_selector: str = ""
+        self, kind: Kind, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
     ) -> tuple[builtins.list[dict[str, Any]], str]:
         query = {"labelSelector": label_selector} if label_selector else {}
+        if field_selector:
+            query["fieldSelector"] = field_selector
         result = self.request("list", kind, method="GET", namespace=namespace, query=query)
         return list(result.get("items") or []), str(result["metadata"].get("resourceVersion", ""))
 
@@ -244,17 +250,15 @@ class Kube:
         )
         return result
 
-    def delete(self, kind: Kind, namespace: str, name: str, *, propagation: str = "Background") -> bool:
-        """Delete; False when it was already gone."""
+    def delete(
+        self, kind: Kind, namespace: str, name: str, *, propagation: str = "Background", uid: str = ""
+    ) -> bool:
+        """Delete; False when it was already gone. With `uid`, only that object (not one made since)."""
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        if uid:
+            body["preconditions"] = {"uid": uid}
         try:
-            self.request(
-                "delete",
-                kind,
-                method="DELETE",
-                namespace=namespace,
-                name=name,
-                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},
-            )
+            self.request("delete", kind, method="DELETE", namespace=namespace, name=name, body=body)
         except ApiError as error:
             if error.not_found:
                 return False

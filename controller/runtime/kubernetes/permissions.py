@@ -25,6 +25,7 @@ def _rule(group: str, resource: str, *verbs: str) -> Rule:
 OPERATOR: tuple[Rule, ...] = (
     _rule("dbscale.io", "serverlessdatabases", "get", "list", "watch", "patch", "update"),
     _rule("dbscale.io", "serverlessdatabases/status", "get", "patch", "update"),
+    _rule("dbscale.io", "wakerequests", "get", "list", "watch", "delete"),
     _rule("apps", "statefulsets", "get", "list", "watch", "create", "patch", "delete"),
     _rule("", "services", "get", "list", "watch", "create", "patch", "delete"),
     _rule("discovery.k8s.io", "endpointslices", "get", "list", "watch", "create", "patch", "delete"),
@@ -33,13 +34,20 @@ OPERATOR: tuple[Rule, ...] = (
     _rule("", "persistentvolumeclaims", "get", "list", "watch", "delete"),
     _rule("", "secrets", "get", "create", "delete"),
     _rule("", "configmaps", "get", "list", "watch", "create", "patch", "delete"),
+    _rule("networking.k8s.io", "networkpolicies", "get", "create", "patch", "delete"),
     _rule("", "events", "create", "patch"),
     _rule("coordination.k8s.io", "leases", "get", "create", "update"),
 )
 """The operator: a ClusterRole, since ServerlessDatabases live in any namespace."""
 
-ACTIVATOR: tuple[Rule, ...] = (_rule("dbscale.io", "serverlessdatabases", "get", "list", "watch", "patch"),)
-"""The activator reads which database each of its ports serves and asks for wakes by annotation."""
+ACTIVATOR: tuple[Rule, ...] = (
+    _rule("dbscale.io", "serverlessdatabases", "get", "list", "watch"),
+    _rule("dbscale.io", "wakerequests", "create"),
+    _rule("", "pods", "list"),
+)
+"""The activator reads which database each of its ports serves (from status, which only the operator
+writes), asks for a wake by making a WakeRequest, and looks up which namespace a client's pod is in.
+It cannot change any ServerlessDatabase."""
 
 
 def allows(rules: tuple[Rule, ...], group: str, resource: str, verb: str) -> bool:

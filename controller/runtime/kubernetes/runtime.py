@@ -22,7 +22,7 @@ import structlog
 
 from controller.api import types, units
 from controller.policy.inputs import Compute, ComputeState, ResizeState, Route
-from controller.postgres import settings
+from controller.postgres import roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
 from controller.runtime.base import PermanentError, TransientError, settings_step
 from controller.runtime.kubernetes import builders
@@ -55,10 +55,13 @@ class Informers:
     claims: Informer
     activator: Informer
     """The activator Service's EndpointSlices: where resting databases' connections go."""
+    wakes: Informer
+    """WakeRequests: clients waiting for resting databases."""
 
     def all(self) -> list[Informer]:
         return [
             self.databases,
+            self.wakes,
             self.statefulsets,
             self.pods,
             self.endpointslices,
@@ -78,14 +81,23 @@ class KubernetesRuntime:
         sessions: OperatorSessions | None = None,
         port_range: tuple[int, int] = builders.ACTIVATOR_PORTS,
         locate: Locate = pod_address,
+        system_namespace: str = "sdb-system",
     ) -> None:
+        """`system_namespace`: where the operator and the activator run (their pods may reach Postgres)."""
         self.kube = kube
         self.informers = informers
         self.sessions = sessions or OperatorSessions()
         self.port_range = port_range
         self.locate = locate
+        self.system_namespace = system_namespace
         self.in_place_resize = False
         self._passwords: dict[str, str] = {}
+        self._claimed: dict[str, int] = {}
+        """Per database, the activator port its status records."""
+        self._by_port: dict[int, set[str]] = {}
+        self._created: dict[str, str] = {}
+        self._proposed: dict[str, int] = {}
+        """Ports assigned and not yet in status: no other database is given them meanwhile."""
         self._caches = {
             kc.STATEFULSETS.kind: informers.statefulsets,
             kc.ENDPOINTSLICES.kind: informers.endpointslices,
@@ -114,16 +126,57 @@ class KubernetesRuntime:
         )
 
     async def _password(self, db: types.ServerlessDatabase) -> str | None:
+        """The operator's own credential (read once per database, then from memory)."""
         known = self._passwords.get(db.key)
-        if known is not None:
-            return known
-        found = await asyncio.to_thread(
-            self.kube.get, kc.SECRETS, db.metadata.namespace, Names.of(db.metadata.name).secret
-        )
-        if found is None:
+        if known is None:
+            known = await self._secret_password(db, Names.of(db.metadata.name).secret)
+            if known is not None:
+                self._passwords[db.key] = known
+        return known
+
+    async def _secret_password(self, db: types.ServerlessDatabase, name: str) -> str | None:
+        found = await asyncio.to_thread(self.kube.get, kc.SECRETS, db.metadata.namespace, name)
+        if found is None or not _ours(found, db.metadata.name):
             return None
-        password = _decoded(found, "password")
-        self._passwords[db.key] = password
+        return _decoded(found, "password")
+
+    async def _delete_ours(self, db: types.ServerlessDatabase, kind: kc.Kind, name: str) -> None:
+        """Delete an object only if it is this database's (by its labels), and only that very object."""
+        found = await asyncio.to_thread(self.kube.get, kind, db.metadata.namespace, name)
+        if found is None:
+            return
+        if not _ours(found, db.metadata.name):
+            log.warning(
+                "not deleting an object that is not this database's",
+                database=db.key,
+                kind=kind.kind,
+                name=name,
+            )
+            return
+        uid = str(found["metadata"].get("uid") or "")
+        await asyncio.to_thread(self.kube.delete, kind, db.metadata.namespace, name, uid=uid)
+
+    async def _ensure_secret(self, db: types.ServerlessDatabase, name: str, *, username: str) -> str:
+        """A credential's password: the Secret's, or a fresh one in a new Secret (never rewritten).
+
+        A Secret of that name the operator did not make for this database is never read as its own:
+        its author would know the password.
+        """
+        found = await asyncio.to_thread(self.kube.get, kc.SECRETS, db.metadata.namespace, name)
+        if found is not None:
+            _check_ours(found, builders.secret(db, name, username=username, password=""))
+            return _decoded(found, "password")
+        password = secrets.token_urlsafe(24)
+        try:
+            await asyncio.to_thread(
+                self.kube.create,
+                kc.SECRETS,
+                builders.secret(db, name, username=username, password=password),
+            )
+        except kc.ApiError as error:
+            if error.status != 409:
+                raise _transient(error) from error
+            return await self._ensure_secret(db, name, username=username)  # made meanwhile: read it
         return password
 
     async def observe(self, db: types.ServerlessDatabase) -> ComputeState:
@@ -154,6 +207,7 @@ class KubernetesRuntime:
             resize_wanted=resize.wanted if resize.state is not ResizeState.NONE else None,
             resize_pending_since=resize.pending_since,
             endpoint=f"{db.metadata.name}.{db.metadata.namespace}.svc:{builders.POSTGRES_PORT}",
+            activator_port=self._activator_port(db),
         )
 
     def _route(self, db: types.ServerlessDatabase, pod: dict[str, Any] | None) -> Route:
@@ -176,33 +230,59 @@ class KubernetesRuntime:
     # -- writing ---------------------------------------------------------------------------------
 
     async def _ensure(self, kind: kc.Kind, desired: dict[str, Any], observed: dict[str, Any] | None) -> None:
-        """One apply when what is observed differs from what is wanted; none when it matches."""
+        """One apply when what is observed differs from what is wanted; none when it matches.
+
+        The informers see only objects with the operator's labels: one of another's by the same name is
+        looked for on the server before the first apply, and refused rather than taken over.
+        """
         if observed is not None and _contains(observed, desired):
             return
+        meta = desired["metadata"]
+        if observed is None:
+            observed = await asyncio.to_thread(self.kube.get, kind, meta["namespace"], meta["name"])
+        if observed is not None:
+            _check_ours(observed, desired)
         written = await asyncio.to_thread(self.kube.apply, kind, desired)
         cache = self._caches.get(kind.kind)
         if cache is not None:  # the next step reads it from the cache: it waits for the watch to bring it
             cache.expect(kc.key_of(written), written["metadata"].get("resourceVersion"))
 
-    async def _activator_port(self, db: types.ServerlessDatabase) -> int:
-        """This database's port on the activator, assigned once and kept in an annotation."""
-        assigned = db.metadata.annotations.get(builders.ACTIVATOR_PORT_ANNOTATION)
-        if assigned:
-            return int(assigned)
-        taken = {
-            int(port)
-            for other in self.informers.databases.values()
-            if (port := (other["metadata"].get("annotations") or {}).get(builders.ACTIVATOR_PORT_ANNOTATION))
-        }
+    def database_changed(self, key: str, obj: Mapping[str, Any], deleted: bool) -> None:
+        """Keep the index of the activator ports that statuses claim (told by the database informer)."""
+        old = self._claimed.pop(key, None)
+        if old is not None:
+            self._by_port.get(old, set()).discard(key)
+            if not self._by_port.get(old):
+                self._by_port.pop(old, None)
+        if deleted:
+            self._proposed.pop(key, None)
+            self._created.pop(key, None)
+            return
+        port = (obj.get("status") or {}).get("activatorPort")
+        self._created[key] = str((obj.get("metadata") or {}).get("creationTimestamp") or "")
+        if isinstance(port, int):
+            self._claimed[key] = port
+            self._by_port.setdefault(port, set()).add(key)
+            if self._proposed.get(key) == port:
+                del self._proposed[key]  # recorded: status holds it now
+
+    def _activator_port(self, db: types.ServerlessDatabase) -> int:
+        """This database's port on the activator: the one its status records, while no older database
+        claims it too; else the lowest free one, held here until status records it."""
         low, high = self.port_range
+        recorded = db.status.activator_port
+        if recorded is not None and low <= recorded <= high:
+            claimants = self._by_port.get(recorded) or {db.key}
+            if min(claimants | {db.key}, key=lambda k: (self._created.get(k, ""), k)) == db.key:
+                return recorded
+        proposed = self._proposed.get(db.key)
+        if proposed is not None:
+            return proposed
+        taken = set(self._by_port) | set(self._proposed.values())
         port = next((p for p in range(low, high + 1) if p not in taken), None)
         if port is None:
             raise PermanentError(types.Reason.CREATING, f"no free activator port in {low}-{high}")
-        patch = {"metadata": {"annotations": {builders.ACTIVATOR_PORT_ANNOTATION: str(port)}}}
-        written = await asyncio.to_thread(
-            self.kube.patch, kc.DATABASES, db.metadata.namespace, db.metadata.name, patch
-        )
-        self.informers.databases.expect(db.key, written["metadata"].get("resourceVersion"))
+        self._proposed[db.key] = port
         return port
 
     def _activator_endpoints(self, port: int) -> list[Endpoint]:
@@ -216,21 +296,23 @@ class KubernetesRuntime:
 
     async def create_storage(self, db: types.ServerlessDatabase) -> None:
         names = Names.of(db.metadata.name)
-        await self._activator_port(db)
-        if await self._password(db) is None:
-            password = secrets.token_urlsafe(24)
-            try:
-                await asyncio.to_thread(self.kube.create, kc.SECRETS, builders.secret(db, password))
-            except kc.ApiError as error:
-                if error.status != 409:  # made by an earlier attempt: never rewritten
-                    raise _transient(error) from error
-            self._passwords.pop(db.key, None)
+        self._passwords[db.key] = await self._ensure_secret(db, names.secret, username=roles.OPERATOR_ROLE)
+        await self._ensure_secret(db, names.app_secret, username=roles.APP_ROLE)
+        await self._ensure_network_policy(db)
         await self._ensure(
             kc.SERVICES,
             builders.client_service(db),
             await asyncio.to_thread(self._read, kc.SERVICES, db, names.service),
         )
         await self.route(db, Route.ACTIVATOR)
+
+    async def _ensure_network_policy(self, db: types.ServerlessDatabase) -> None:
+        names = Names.of(db.metadata.name)
+        await self._ensure(
+            kc.NETWORK_POLICIES,
+            builders.network_policy(db, system_namespace=self.system_namespace),
+            await asyncio.to_thread(self._read, kc.NETWORK_POLICIES, db, names.networkpolicy),
+        )
 
     def _read(self, kind: kc.Kind, db: types.ServerlessDatabase, name: str) -> dict[str, Any] | None:
         """Objects the runtime does not watch (Services, ConfigMaps) are read on demand: rare, and cheap."""
@@ -243,6 +325,12 @@ class KubernetesRuntime:
             (kc.SERVICES, builders.headless_service(db), names.headless),
         ):
             await self._ensure(kind, desired, await asyncio.to_thread(self._read, kind, db, name))
+        # The StatefulSet's claim template would adopt any claim of that name: it must be the database's.
+        claim = self.informers.claims.get(db.metadata.namespace, names.pvc) or await asyncio.to_thread(
+            self._read, kc.CLAIMS, db, names.pvc
+        )
+        if claim is not None:
+            _check_ours(claim, builders.headless_service(db))
         await self._ensure(
             kc.STATEFULSETS,
             builders.statefulset(db, replicas=replicas, capacity=capacity),
@@ -270,7 +358,7 @@ class KubernetesRuntime:
                 raise TransientError(types.Reason.START_FAILED, "the pod has no address yet")
             endpoints = [Endpoint(ip, builders.POSTGRES_PORT)]
         else:
-            endpoints = self._activator_endpoints(await self._activator_port(db))
+            endpoints = self._activator_endpoints(self._activator_port(db))
         try:
             await self._ensure(kc.ENDPOINTSLICES, builders.endpoint_slice(db, endpoints), self._slice(db))
         except kc.ApiError as error:
@@ -311,17 +399,38 @@ class KubernetesRuntime:
                 (kc.CONFIGMAPS, names.configmap),
                 (kc.SERVICES, names.headless),
             ):
-                await asyncio.to_thread(self.kube.delete, kind, namespace, name)
+                await self._delete_ours(db, kind, name)
         except kc.ApiError as error:
             raise _transient(error, types.Reason.PARKING) from error
         self.informers.statefulsets.expect(f"{namespace}/{names.statefulset}", None)
 
-    async def configure(self, db: types.ServerlessDatabase, capacity: float) -> None:
+    async def configure(self, db: types.ServerlessDatabase, capacity: float, *, access: bool) -> None:
         address = self.address(db)
         if address is None:
             raise TransientError(types.Reason.SETTINGS_FAILED, "the pod has no address yet")
         async with settings_step():
             await settings.configure(self.sessions, db.key, address, capacity)
+        if access:
+            await self._access(db, address)
+
+    async def _access(self, db: types.ServerlessDatabase, address: Address) -> None:
+        """Who may connect: the namespaces allowed (the NetworkPolicy), the application role from its
+        Secret, a superuser only when allowed."""
+        names = Names.of(db.metadata.name)
+        try:
+            await self._ensure_network_policy(db)
+            app = await self._ensure_secret(db, names.app_secret, username=roles.APP_ROLE)
+            superuser = None
+            if db.spec.superuser_access:
+                superuser = await self._ensure_secret(
+                    db, names.superuser_secret, username=roles.SUPERUSER_ROLE
+                )
+            else:
+                await self._delete_ours(db, kc.SECRETS, names.superuser_secret)
+        except kc.ApiError as error:
+            raise _transient(error, types.Reason.SETTINGS_FAILED) from error
+        async with settings_step():
+            await roles.apply(self.sessions, db.key, address, roles.Desired(app, superuser))
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         pod = self._pod(db)
@@ -342,7 +451,7 @@ class KubernetesRuntime:
             return False  # the kubelet resizes (or restarts) the pod in its own time
 
         async def apply(size: float) -> None:
-            await self.configure(db, size)
+            await self.configure(db, size, access=False)
 
         current = builders.capacity_of((_container(pod.get("spec", {}), "postgres") or {}).get("resources"))
         await settings.resize(previous=current, capacity=capacity, limits=limits, settings=apply)
@@ -365,19 +474,24 @@ class KubernetesRuntime:
 
     async def delete(self, db: types.ServerlessDatabase, *, keep_storage: bool) -> None:
         names = Names.of(db.metadata.name)
-        namespace = db.metadata.namespace
         doomed: list[tuple[kc.Kind, str]] = [
             (kc.STATEFULSETS, names.statefulset),
             (kc.CONFIGMAPS, names.configmap),
             (kc.SERVICES, names.headless),
             (kc.ENDPOINTSLICES, names.endpointslice),
             (kc.SERVICES, names.service),
+            (kc.NETWORK_POLICIES, names.networkpolicy),
         ]
         if not keep_storage:
-            doomed += [(kc.CLAIMS, names.pvc), (kc.SECRETS, names.secret)]
+            doomed += [
+                (kc.CLAIMS, names.pvc),
+                (kc.SECRETS, names.secret),
+                (kc.SECRETS, names.app_secret),
+                (kc.SECRETS, names.superuser_secret),
+            ]
         try:
             for kind, name in doomed:
-                await asyncio.to_thread(self.kube.delete, kind, namespace, name)
+                await self._delete_ours(db, kind, name)
         except kc.ApiError as error:
             raise _transient(error, types.Reason.DELETING) from error
         self._passwords.pop(db.key, None)
@@ -434,6 +548,27 @@ def _resize_of(pod: Mapping[str, Any]) -> _Resize:
     if "PodResizeInProgress" in conditions or legacy == "InProgress" or (wanted and actual != wanted):
         return _Resize(actual, wanted, ResizeState.IN_PROGRESS, f"moving to {wanted} CU")
     return _Resize(actual, wanted)
+
+
+def _ours(obj: Mapping[str, Any], database: str) -> bool:
+    """Whether an object carries this database's labels, as everything the operator makes does."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return bool(
+        labels.get(builders.DATABASE_LABEL) == database
+        and labels.get("app.kubernetes.io/managed-by") == builders.MANAGED_BY
+    )
+
+
+def _check_ours(found: Mapping[str, Any], desired: Mapping[str, Any]) -> None:
+    database = desired["metadata"]["labels"][builders.DATABASE_LABEL]
+    if not _ours(found, database):
+        meta = found.get("metadata") or {}
+        raise PermanentError(
+            types.Reason.RESOURCE_CONFLICT,
+            f"{found.get('kind', 'an object')} {meta.get('namespace')}/{meta.get('name')} exists and is not "
+            f"this database's (no {builders.DATABASE_LABEL}={database} label): it is left as it is; "
+            "rename the database or remove that object",
+        )
 
 
 def _container(spec: Mapping[str, Any], name: str, *, key: str = "containers") -> dict[str, Any] | None:

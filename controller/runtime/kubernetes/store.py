@@ -8,9 +8,11 @@ count, as client-go's recorder does. Finalizer changes carry a resourceVersion p
 from __future__ import annotations
 
 import asyncio
+import builtins
 import copy
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -34,11 +36,14 @@ class KubeStore:
         kube: kc.Kube,
         databases: Informer,
         *,
+        wakes: Informer | None = None,
         clock: Callable[[], datetime] = units.now_utc,
         instance: str = "",
     ) -> None:
+        """`wakes`: the WakeRequests the operator answers (the activator, which only asks, has none)."""
         self.kube = kube
         self.databases = databases
+        self.wakes = wakes
         self.clock = clock
         self.instance = instance
         self.queue: asyncio.Queue[str] = asyncio.Queue()
@@ -76,7 +81,12 @@ class KubeStore:
         else:
             log.info("the watch lags behind our own write; reading the object from the server", database=key)
             raw = await asyncio.to_thread(self.kube.get, kc.DATABASES, namespace, name)
-        return codec.decode(raw) if raw is not None else None
+        if raw is None:
+            return None
+        # A wake is asked for only with a WakeRequest: an annotation, which any spec author can set, is not.
+        requests = self._wake_requests(key)
+        newest = requests[-1]["metadata"]["name"] if requests else ""
+        return replace(codec.decode(raw), wake_request=newest)
 
     async def mark_invalid(self, key: str, message: str, now: datetime) -> None:
         namespace, name = types.split_key(key)
@@ -90,6 +100,8 @@ class KubeStore:
         if status == db.status:
             return
         await self._put_status(db.metadata.namespace, db.metadata.name, db.metadata.resource_version, status)
+        if status.wake_request and status.wake_request != db.status.wake_request:
+            await self._forget_answered(db.key, status.wake_request)
 
     async def _put_status(
         self, namespace: str, name: str, version: str, status: types.DatabaseStatus
@@ -160,16 +172,43 @@ class KubeStore:
             log.warning("could not record an event", database=db.key, reason=reason, error=str(error))
 
     async def request_wake(self, key: str) -> str:
-        token = units.format_time(self.clock())
+        """A WakeRequest for the database (the activator's one write); its name is what status answers."""
         namespace, name = types.split_key(key)
-        await asyncio.to_thread(
-            self.kube.patch,
-            kc.DATABASES,
-            namespace,
-            name,
-            {"metadata": {"annotations": {types.WAKE_ANNOTATION: token}}},
+        request = {
+            "apiVersion": types.API_VERSION,
+            "kind": types.WAKE_REQUEST_KIND,
+            "metadata": {"generateName": f"{name}-", "namespace": namespace},
+            "spec": {"database": name},
+        }
+        made = await asyncio.to_thread(self.kube.create, kc.WAKE_REQUESTS, request)
+        return str(made["metadata"]["name"])
+
+    def _wake_requests(self, key: str) -> builtins.list[dict[str, Any]]:
+        """The database's pending WakeRequests, oldest first."""
+        if self.wakes is None:
+            return []
+        namespace, name = types.split_key(key)
+        mine = [
+            r
+            for r in self.wakes.values()
+            if r["metadata"].get("namespace") == namespace and (r.get("spec") or {}).get("database") == name
+        ]
+        return sorted(
+            mine, key=lambda r: (r["metadata"].get("creationTimestamp") or "", r["metadata"]["name"])
         )
-        return token
+
+    async def _forget_answered(self, key: str, answered: str) -> None:
+        """Remove the WakeRequests a status has answered: the one it names, and any older."""
+        requests = self._wake_requests(key)
+        names = [r["metadata"]["name"] for r in requests]
+        if answered not in names:
+            return
+        namespace, _ = types.split_key(key)
+        for name in names[: names.index(answered) + 1]:
+            try:
+                await asyncio.to_thread(self.kube.delete, kc.WAKE_REQUESTS, namespace, name)
+            except kc.ApiError as error:  # a leftover is answered again at worst: never a failed pass
+                log.info("could not remove an answered wake request", database=key, error=str(error))
 
     async def set_finalizer(self, db: types.ServerlessDatabase, present: bool) -> None:
         namespace, name = db.metadata.namespace, db.metadata.name

@@ -1,12 +1,18 @@
 """The local runtime: a real Postgres server per database, on this host.
 
-Per database, under `<state>/databases/<namespace>/<name>/`:
-  pgdata/        the data directory (the volume; kept by pause, park, restart and, by default, delete)
-  password       the generated superuser password, mode 0600 (never logged, never in status)
-  runtime.json   the endpoint port and the capacity last applied
-  postgres.log   the server's log
+Per database, under `<state>/databases/<namespace>/<name>/` (the operator's own directory, mode 0711):
+  pgdata/           the data directory (the volume): the server's alone, mode 0700, kept by pause, park,
+                    restart and, by default, delete
+  postgresql.conf,  the server's whole configuration, written before every start and read-only to it
+  pg_hba.conf
+  server.json       the operator's record of the server (its port, how far initdb got)
+  password          the operator's superuser password; app-password the application role's;
+  superuser-password  the clients' superuser's, when spec.superuserAccess (all 0600, never logged)
+  runtime.json      the endpoint port, the capacity last applied
+  postgres.log      the server's log, 0600
 The endpoint (127.0.0.1:<endpoint port>) never changes: the activator always listens there, and an
-in-kernel redirect sends new connections straight to Postgres while the database is active.
+in-kernel redirect sends new connections straight to Postgres while the database is active. As root,
+each database's server runs as an account of its own (`accounts`).
 """
 
 from __future__ import annotations
@@ -28,11 +34,11 @@ from controller.activator.proxy import Activator, Upstream
 from controller.api import types, units
 from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, Route
-from controller.postgres import settings
+from controller.postgres import roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
 from controller.postgres.usage import Usage
 from controller.runtime.base import PermanentError, TransientError, settings_step
-from controller.runtime.local import server
+from controller.runtime.local import accounts, files, server
 from controller.runtime.local.cgroups import Cgroups
 from controller.runtime.local.redirect import KernelRedirect
 
@@ -55,6 +61,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """A database's passwords, as files only the operator (and the user who runs it) can read."""
+
+    directory: Path
+
+    @property
+    def operator(self) -> Path:
+        return self.directory / "password"
+
+    @property
+    def app(self) -> Path:
+        return self.directory / "app-password"
+
+    @property
+    def superuser(self) -> Path:
+        return self.directory / "superuser-password"
+
+    def read(self, path: Path) -> str:
+        return path.read_text().strip()
+
+    def ensure(self, path: Path) -> str:
+        """The password in `path`, made once (a fresh random one) and never rewritten."""
+        if not path.exists():
+            files.write_private(path, secrets.token_urlsafe(24) + "\n")
+        return self.read(path)
+
+
 @dataclass
 class _Database:
     """What the runtime knows of one database's files and routes."""
@@ -64,8 +98,8 @@ class _Database:
     cluster: server.Cluster
 
     @property
-    def password_file(self) -> Path:
-        return self.directory / "password"
+    def credentials(self) -> Credentials:
+        return Credentials(self.directory)
 
     @property
     def state_file(self) -> Path:
@@ -84,13 +118,7 @@ class _Database:
         return loaded if isinstance(loaded, dict) else {}
 
     def write_state(self, **changes: Any) -> None:
-        state = {**self.read_state(), **changes}
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.state_file)
-
-    def password(self) -> str:
-        return self.password_file.read_text().strip()
+        files.write_private(self.state_file, json.dumps({**self.read_state(), **changes}))
 
 
 class LocalRuntime:
@@ -109,7 +137,6 @@ class LocalRuntime:
         self.sessions = sessions or OperatorSessions()
         self.cgroups = Cgroups(cgroup_group(state_dir))
         self.redirect = KernelRedirect(operator_id(state_dir), enabled=kernel_redirect)
-        self.user: server.ServerUser | None = None
         self._databases: dict[str, _Database] = {}
         self._routes: dict[str, Route] = {}
         self._installs: dict[str, server.Install] = {}
@@ -118,14 +145,8 @@ class LocalRuntime:
 
     async def open(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.user = await asyncio.to_thread(server.ServerUser.for_this_process)
-        changed = await asyncio.to_thread(server.grant_traverse, self.state_dir, self.user)
-        for directory in changed:
-            log.info(
-                "granted the server user traversal of a directory",
-                directory=str(directory),
-                user=self.user.name,
-            )
+        for directory in await asyncio.to_thread(accounts.grant_traverse, self.state_dir):
+            log.info("granted the servers' group traversal of a directory", directory=str(directory))
         await asyncio.to_thread(self.cgroups.detect)
         await asyncio.to_thread(self.redirect.open)
         log.info(
@@ -133,13 +154,13 @@ class LocalRuntime:
             state_dir=str(self.state_dir),
             limits=self.cgroups.message,
             endpoints=self.redirect.message,
-            server_user=self.user.name,
+            servers="one account per database" if accounts.isolating() else "this process's account",
         )
 
     async def close(self) -> None:
         """Stop every server cleanly and drop the redirect table; data stays for the next start."""
         for database in list(self._databases.values()):
-            if database.cluster.pid_file() is not None:
+            if database.cluster.postmaster() is not None:
                 log.info("stopping Postgres", database=database.key)
                 with contextlib.suppress(TransientError):
                     await database.cluster.stop()
@@ -156,7 +177,7 @@ class LocalRuntime:
             directory=directory,
             cluster=server.Cluster(
                 install=self._install(db, directory / "pgdata"),
-                user=self._user(),
+                user=accounts.for_database(self.state_dir, db.key),
                 pgdata=directory / "pgdata",
                 log=directory / "postgres.log",
             ),
@@ -164,15 +185,9 @@ class LocalRuntime:
         self._databases[db.key] = database
         return database
 
-    def _user(self) -> server.ServerUser:
-        if self.user is None:
-            raise RuntimeError("LocalRuntime.open() was not called")
-        return self.user
-
     def _install(self, db: types.ServerlessDatabase, pgdata: Path) -> server.Install:
         # An existing data directory decides the version: its files need the binaries that made them.
-        existing = pgdata / "PG_VERSION"
-        version = existing.read_text().strip() if existing.exists() else db.spec.postgres.version
+        version = (files.read_untrusted(pgdata / "PG_VERSION") or "").strip() or db.spec.postgres.version
         if version not in self._installs:
             self._installs[version] = server.Install.find(version)
         return self._installs[version]
@@ -190,12 +205,13 @@ class LocalRuntime:
             compute = Compute.ABSENT
         elif cluster.ready():
             compute = Compute.RUNNING
-        elif cluster.pid_file() is not None:
+        elif cluster.postmaster() is not None:
             compute = Compute.STARTING
         else:
             compute = Compute.STOPPED if state.get("provisioned", False) else Compute.ABSENT
         return ComputeState(
-            storage=cluster.initialized,
+            # Storage is whole with its endpoint: a database whose record went missing gets one again.
+            storage=cluster.initialized and endpoint_port is not None,
             compute=compute,
             route=self._routes.get(db.key, Route.ACTIVATOR),
             capacity=state.get("capacity") if compute is Compute.RUNNING else None,
@@ -226,12 +242,7 @@ class LocalRuntime:
         database = self._database(db)
         database.directory.mkdir(parents=True, exist_ok=True)
         database.directory.chmod(0o711)
-        if not database.password_file.exists():
-            tmp = database.password_file.with_suffix(".tmp")
-            tmp.write_text(secrets.token_urlsafe(24) + "\n")
-            tmp.chmod(0o600)
-            tmp.replace(database.password_file)
-        await database.cluster.initdb(database.password())
+        await database.cluster.initdb(database.credentials.ensure(database.credentials.operator))
         state = database.read_state()
         if "endpointPort" not in state:
             database.write_state(endpointPort=await self.activator.listen(db.key, HOST, 0))
@@ -248,7 +259,6 @@ class LocalRuntime:
     async def start(self, db: types.ServerlessDatabase, capacity: float) -> None:
         database = self._database(db)
         cluster = database.cluster
-        user = self._user()
         if (
             cluster.data_version
             and db.spec.postgres.version
@@ -260,7 +270,8 @@ class LocalRuntime:
                 f"{db.spec.postgres.version} needs an upgrade, which this runtime does not do",
             )
         procs: list[Path] = []
-        if cluster.pid_file() is None:
+        if cluster.postmaster() is None:
+            await asyncio.to_thread(cluster.adopt)
             fixed = sizing.restart_settings(db.spec)
             cluster.write_settings(
                 server.Settings(
@@ -271,6 +282,7 @@ class LocalRuntime:
                     parameters=db.spec.postgres.parameters,
                 )
             )
+            user = cluster.user
             procs = self.cgroups.ensure(
                 database.cgroup, owner=(user.uid, user.gid) if user.switches else None
             )
@@ -299,7 +311,8 @@ class LocalRuntime:
 
     def _address(self, database: _Database) -> Address | None:
         port = database.cluster.running_port()
-        return Address(HOST, port, database.password()) if port else None
+        credentials = database.credentials
+        return Address(HOST, port, credentials.read(credentials.operator)) if port else None
 
     async def _settings(self, database: _Database, capacity: float) -> None:
         address = self._address(database)
@@ -308,11 +321,29 @@ class LocalRuntime:
         async with settings_step():
             await settings.configure(self.sessions, database.key, address, capacity)
 
-    async def configure(self, db: types.ServerlessDatabase, capacity: float) -> None:
+    async def configure(self, db: types.ServerlessDatabase, capacity: float, *, access: bool) -> None:
         database = self._database(db)
         # A stop leaves the wake's settings in place: a wake at that size finds them and needs no session.
         if database.cluster.persisted_settings() != sizing.reloadable_settings(capacity):
             await self._settings(database, capacity)
+        if access:
+            await self._access(db, database)
+
+    async def _access(self, db: types.ServerlessDatabase, database: _Database) -> None:
+        address = self._address(database)
+        if address is None:
+            raise TransientError(types.Reason.SETTINGS_FAILED, "Postgres is not running")
+        credentials = database.credentials
+        desired = roles.Desired(
+            app_password=credentials.ensure(credentials.app),
+            superuser_password=credentials.ensure(credentials.superuser)
+            if db.spec.superuser_access
+            else None,
+        )
+        if not db.spec.superuser_access:
+            credentials.superuser.unlink(missing_ok=True)
+        async with settings_step():
+            await roles.apply(self.sessions, db.key, address, desired)
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         database = self._database(db)
@@ -373,6 +404,7 @@ class LocalRuntime:
         self._databases.pop(db.key, None)
         if not keep_storage:
             await asyncio.to_thread(shutil.rmtree, database.directory, True)
+            await asyncio.to_thread(accounts.remove, self.state_dir, db.key)
 
     def running(self, key: str) -> Upstream | None:
         """Postgres's own address while it accepts connections, however the endpoint routes them."""
@@ -395,12 +427,58 @@ def database_directory(state_dir: Path, key: str) -> Path:
     return state_dir / "databases" / namespace / name
 
 
-def read_endpoint(state_dir: Path, key: str) -> tuple[int | None, str | None]:
-    """(endpoint port, password) from a database's files, for the CLI (no operator needed)."""
+@dataclass(frozen=True)
+class Endpoint:
+    """What a client needs to reach a database, for the CLI (no operator needed): port, role, password."""
+
+    port: int
+    user: str
+    database: str
+    password: str
+
+
+def read_endpoint(state_dir: Path, key: str, *, superuser: bool = False) -> Endpoint | None:
+    """The application role's way in (or the clients' superuser's), from the database's files."""
     directory = database_directory(state_dir, key)
+    credentials = Credentials(directory)
     try:
         state = json.loads((directory / "runtime.json").read_text())
-        password = (directory / "password").read_text().strip()
+        password = credentials.read(credentials.superuser if superuser else credentials.app)
     except (FileNotFoundError, json.JSONDecodeError):
-        return None, None
-    return state.get("endpointPort"), password
+        return None
+    port = state.get("endpointPort")
+    if not isinstance(port, int):
+        return None
+    if superuser:
+        return Endpoint(port, roles.SUPERUSER_ROLE, "postgres", password)
+    return Endpoint(port, roles.APP_ROLE, roles.APP_DATABASE, password)
+
+
+def read_direct_port(state_dir: Path, key: str) -> int | None:
+    """Postgres's own port while its server runs, from the operator's record of it (for the CLI)."""
+    directory = database_directory(state_dir, key)
+    try:
+        port = json.loads((directory / "server.json").read_text()).get("port")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    running = files.read_untrusted(directory / "pgdata" / "postmaster.pid") is not None
+    return port if isinstance(port, int) and running else None
+
+
+PASSFILE = "pgpass"
+
+
+def remember_password(state_dir: Path, *, port: int, endpoint: Endpoint) -> Path:
+    """Keep an endpoint's password in the state directory's passfile (libpq's format, mode 0600)."""
+    path = state_dir / PASSFILE
+
+    def escaped(value: str) -> str:
+        return value.replace("\\", "\\\\").replace(":", "\\:")
+
+    entry = ":".join(escaped(v) for v in (HOST, str(port), endpoint.database, endpoint.user))
+    try:
+        kept = [line for line in path.read_text().splitlines() if not line.startswith(entry + ":")]
+    except FileNotFoundError:
+        kept = []
+    files.write_private(path, "\n".join([*kept, f"{entry}:{escaped(endpoint.password)}"]) + "\n")
+    return path

@@ -1,17 +1,19 @@
-"""One Postgres cluster on this host: initdb, configure, start, stop, and its live settings.
+"""One Postgres server on this host: its data directory, its configuration, and its process.
 
-Postgres refuses to run as root. When the operator is root, every server command runs as the
-unprivileged `postgres` system user (created if missing) through `setpriv`, and the files the
-server needs are owned by that user.
+The data directory is the server's (and, through a superuser, a tenant's): the operator reads from it
+only through `files.read_untrusted` and never writes there. The configuration lives beside it, in
+the operator's own directory (`postgresql.conf` and `pg_hba.conf`, read-only to the server), and
+the server runs with `config_file` pointing there. A process is the data directory's postmaster only
+when it runs in that directory (its working directory) as its account: the operator signals nothing
+else, whatever postmaster.pid says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
+import json
 import os
-import pwd
 import re
 import shutil
 import signal
@@ -27,12 +29,17 @@ from controller.api import types
 from controller.postgres import conf
 from controller.postgres.usage import Usage
 from controller.runtime.base import PermanentError, TransientError
+from controller.runtime.local import files
+from controller.runtime.local.accounts import ServerUser
 
 SERVER_USER = "postgres"
+"""The bootstrap superuser initdb makes: the operator's own role."""
 READY_POLL_SECONDS = 0.002
 """How often a starting server's pid file is read; pg_ctl's 100 ms would dominate a wake."""
 STOP_TIMEOUT_SECONDS = 120.0
 LOG_MAX_BYTES = 10 * 1024**2
+RESERVED_CONNECTIONS = 3
+"""Connection slots only a superuser may take: the operator's monitor, its settings, a pause's recheck."""
 
 
 class PostgresNotFoundError(PermanentError):
@@ -86,83 +93,8 @@ def _major_of(bindir: Path) -> str:
 
 
 @dataclass(frozen=True)
-class ServerUser:
-    """The account Postgres runs as: this process's own, or `postgres` when this process is root."""
-
-    uid: int
-    gid: int
-    name: str
-
-    @property
-    def switches(self) -> bool:
-        return self.uid != os.geteuid()
-
-    def command(self, argv: Sequence[str]) -> list[str]:
-        """`argv` run as this user."""
-        if not self.switches:
-            return list(argv)
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--", *argv]
-
-    def own(self, path: Path) -> None:
-        if self.switches:
-            os.chown(path, self.uid, self.gid)
-
-    @classmethod
-    def for_this_process(cls) -> ServerUser:
-        if os.geteuid() != 0:
-            entry = pwd.getpwuid(os.geteuid())
-            return cls(entry.pw_uid, entry.pw_gid, entry.pw_name)
-        try:
-            entry = pwd.getpwnam(SERVER_USER)
-        except KeyError:
-            _create_system_user(SERVER_USER)
-            entry = pwd.getpwnam(SERVER_USER)
-        return cls(entry.pw_uid, entry.pw_gid, entry.pw_name)
-
-
-def _create_system_user(name: str) -> None:
-    try:
-        grp.getgrnam(name)
-        group = ["--gid", name]
-    except KeyError:
-        group = ["--user-group"]
-    subprocess.run(
-        ["useradd", "--system", *group, "--home-dir", "/var/lib/postgresql", "--shell", "/bin/bash", name],
-        check=True,
-    )
-
-
-def grant_traverse(path: Path, user: ServerUser) -> list[Path]:
-    """Make every directory above `path` traversable by `user` (execute only); returns those changed.
-
-    A state directory under /root is otherwise out of the server's reach. An ACL entry for that one
-    user is preferred; without `setfacl`, the directory gets others' execute bit (no listing).
-    """
-    changed: list[Path] = []
-    if not user.switches:
-        return changed
-    for directory in reversed([path, *path.parents]):
-        info = directory.stat()
-        if info.st_mode & 0o001 or (info.st_uid == user.uid and info.st_mode & 0o100):
-            continue
-        if info.st_gid == user.gid and info.st_mode & 0o010:
-            continue
-        setfacl = shutil.which("setfacl")
-        if setfacl:
-            result = subprocess.run(
-                [setfacl, "-m", f"u:{user.name}:x", str(directory)], capture_output=True, check=False
-            )
-            if result.returncode == 0:
-                changed.append(directory)
-                continue
-        directory.chmod(info.st_mode | 0o001)
-        changed.append(directory)
-    return changed
-
-
-@dataclass(frozen=True)
 class Settings:
-    """Settings written to the cluster's managed configuration file, read at start."""
+    """The server's whole configuration file, written by the operator before every start."""
 
     port: int
     shared_buffers: str
@@ -170,13 +102,16 @@ class Settings:
     max_worker_processes: int
     parameters: Mapping[str, str]
 
-    def render(self) -> str:
+    def render(self, *, hba_file: Path) -> str:
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
             "unix_socket_directories": "",
+            "hba_file": str(hba_file),
+            "ident_file": str(hba_file.with_name("pg_ident.conf")),
             "shared_buffers": self.shared_buffers,
             "max_connections": str(self.max_connections),
+            "superuser_reserved_connections": str(RESERVED_CONNECTIONS),
             "max_worker_processes": str(self.max_worker_processes),
             "password_encryption": "scram-sha-256",
             "logging_collector": "off",
@@ -189,41 +124,67 @@ class Settings:
         )
 
 
-class Cluster:
-    """A data directory and the server that runs on it."""
+HBA = """# Managed by the serverless-db operator: TCP on loopback only, passwords by SCRAM.
+host all all 127.0.0.1/32 scram-sha-256
+"""
 
-    MANAGED_CONF = "sdb.conf"
+
+class Cluster:
+    """A data directory, the configuration beside it, and the server that runs on it."""
 
     def __init__(self, *, install: Install, user: ServerUser, pgdata: Path, log: Path) -> None:
         self.install = install
         self.user = user
         self.pgdata = pgdata
         self.log = log
+        self.config = pgdata.parent / "postgresql.conf"
+        self.hba = pgdata.parent / "pg_hba.conf"
+        self.record = pgdata.parent / "server.json"
+        """The operator's record of the server: the port it was configured on, how far initdb got."""
         self._process: subprocess.Popen[bytes] | None = None
 
     # -- storage ---------------------------------------------------------------------------------
 
     @property
     def initialized(self) -> bool:
-        return (self.pgdata / "PG_VERSION").exists() and (self.pgdata / self.MANAGED_CONF).exists()
+        """Whether storage exists: any data directory with PG_VERSION is the database's, and stays."""
+        return files.read_untrusted(self.pgdata / "PG_VERSION") is not None
 
     @property
     def data_version(self) -> str:
-        version = self.pgdata / "PG_VERSION"
-        return version.read_text().strip() if version.exists() else ""
+        return (files.read_untrusted(self.pgdata / "PG_VERSION") or "").strip()
+
+    def _read_record(self) -> dict[str, object]:
+        try:
+            loaded = json.loads(self.record.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return loaded if isinstance(loaded, dict) else {}
+
+    def _write_record(self, **changes: object) -> None:
+        files.write_private(self.record, json.dumps({**self._read_record(), **changes}))
 
     async def initdb(self, password: str) -> None:
-        """Create the cluster; a directory left half-made by an earlier attempt is made again."""
+        """Create the data directory; one left half-made by this operator's earlier attempt is made again.
+
+        A data directory is never removed when it holds PG_VERSION (it is a database, whatever else is
+        true), nor when the operator did not start making it: a missing record means look again.
+        """
+        if self.initialized:
+            return
         if self.pgdata.exists():
-            if self.initialized:
-                return
-            # No managed config means initdb never finished: nothing of a user's is in there.
-            shutil.rmtree(self.pgdata)
+            if self._read_record().get("initdb") != "started":
+                raise PermanentError(
+                    types.Reason.CREATING,
+                    f"{self.pgdata} exists, is not a database and was not made by this operator; "
+                    "it is left as it is (remove it to let the operator make the database)",
+                )
+            shutil.rmtree(self.pgdata)  # our own interrupted initdb: nothing of anyone's is in there
+        self._write_record(initdb="started")
         self.pgdata.mkdir(mode=0o700, parents=True)
         self.user.own(self.pgdata)
         pwfile = self.pgdata.parent / ".initdb-password"
-        pwfile.write_text(password + "\n")
-        pwfile.chmod(0o600)
+        files.write_private(pwfile, password + "\n")
         self.user.own(pwfile)
         try:
             await _run(
@@ -243,45 +204,68 @@ class Cluster:
             )
         finally:
             pwfile.unlink(missing_ok=True)
-        with (self.pgdata / "postgresql.conf").open("a") as conf:
-            conf.write(f"\ninclude = '{self.MANAGED_CONF}'\n")
-        self.write_settings(
-            Settings(
-                port=0, shared_buffers="128MB", max_connections=100, max_worker_processes=8, parameters={}
-            )
-        )
+        self._write_record(initdb="done")
 
-    def write_settings(self, settings: Settings) -> None:
-        path = self.pgdata / self.MANAGED_CONF
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(settings.render())
-        tmp.chmod(0o600)
-        self.user.own(tmp)
-        tmp.replace(path)
+    def adopt(self) -> None:
+        """A data directory of another account (made by an older release) becomes its server's."""
+        if self.user.switches and self.pgdata.stat().st_uid != self.user.uid:
+            files.adopt_tree(self.pgdata, self.user.uid, self.user.gid)
+
+    def write_settings(self, settings: Settings, *, hba: str = HBA) -> None:
+        files.write_private(self.config, settings.render(hba_file=self.hba), mode=0o644)
+        files.write_private(self.hba, hba, mode=0o644)
+        files.write_private(self.hba.with_name("pg_ident.conf"), "", mode=0o644)
+        self._write_record(port=settings.port)
 
     # -- process ---------------------------------------------------------------------------------
 
-    def pid_file(self) -> list[str] | None:
-        return live_pid_file(self.pgdata)
+    def postmaster(self) -> int | None:
+        """The pid of this data directory's running server, as the operator started it.
+
+        Not postmaster.pid's: a tenant's superuser can write that file. The pid is the one the operator
+        spawned (recorded, so a restarted operator knows it too), and it counts only while that process
+        still runs in this data directory as its account.
+        """
+        pid = self._process.pid if self._process is not None else self._read_record().get("pid")
+        return pid if isinstance(pid, int) and _alive(pid) and self._owns(pid) else None
+
+    def _status(self) -> str:
+        """The server's own word on where it is (postmaster.pid's last line: starting, ready, ...)."""
+        lines = (files.read_untrusted(self.pgdata / "postmaster.pid") or "").split("\n")
+        return lines[7].strip() if len(lines) > 7 else ""
+
+    def _owns(self, pid: int) -> bool:
+        """Whether `pid` runs in this data directory as its account: postmaster.pid alone is not proof."""
+        try:
+            process = psutil.Process(pid)
+            in_directory = os.path.realpath(process.cwd()) == os.path.realpath(self.pgdata)
+            return in_directory and process.uids().real == self.user.uid
+        except (psutil.Error, OSError):
+            return False
 
     def running_port(self) -> int | None:
-        return running_port(self.pgdata)
+        """The port the operator configured, while this data directory's server runs."""
+        port = self._read_record().get("port")
+        return port if isinstance(port, int) and port > 0 and self.postmaster() is not None else None
 
     def incarnation(self) -> str:
-        """The running server's pid and start time (postmaster.pid's first and third lines): a new
-        value for every start, so what was done to one server is not taken as done to the next."""
-        lines = self.pid_file()
-        return f"{lines[0].strip()}@{lines[2].strip()}" if lines else ""
+        """The running server's pid and start time: a new value for every start, so what was done to
+        one server is not taken as done to the next."""
+        pid = self.postmaster()
+        if pid is None:
+            return ""
+        with contextlib.suppress(psutil.Error):
+            return f"{pid}@{psutil.Process(pid).create_time():.2f}"
+        return ""
 
     def ready(self) -> bool:
-        lines = self.pid_file()
-        return lines is not None and len(lines) > 7 and lines[7].strip() == "ready"
+        return self.postmaster() is not None and self._status() == "ready"
 
     async def start(self, *, cgroup_procs: Sequence[Path] = (), timeout: float = 60.0) -> None:
         """Start the server and return once it accepts connections; raise with the log's tail if it cannot."""
         if self.ready():
             return
-        if self.pid_file() is None:
+        if self.postmaster() is None:
             self._spawn(cgroup_procs)
         deadline = time.monotonic() + timeout
         while not self.ready():
@@ -299,13 +283,17 @@ class Cluster:
     def _spawn(self, cgroup_procs: Sequence[Path]) -> None:
         if self.log.exists() and self.log.stat().st_size > LOG_MAX_BYTES:
             self.log.replace(self.log.with_suffix(".log.1"))
-        argv = self.user.command([self.install.tool("postgres"), "-D", str(self.pgdata)])
+        argv = self.user.command(
+            [self.install.tool("postgres"), "-D", str(self.pgdata), "-c", f"config_file={self.config}"]
+        )
         if cgroup_procs:
             # Join the database's cgroups before exec, so every server process is born inside them.
             joins = " && ".join(f'echo $$ > "{p}"' for p in cgroup_procs)
             argv = ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        with self.log.open("ab") as log:
+        # The log is the operator's file, readable by nobody else; the server writes it through this fd.
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "ab") as log:
             self._process = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
@@ -315,14 +303,15 @@ class Cluster:
                 env=env,
                 start_new_session=True,  # a Ctrl-C to the operator must not reach the server
             )
+        # setpriv and the shell exec the server in place: the child's pid is the postmaster's.
+        self._write_record(pid=self._process.pid)
 
     async def stop(self, *, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """Fast shutdown: sessions end, a checkpoint is written, the next start needs no recovery."""
-        lines = self.pid_file()
-        if lines is None:
+        pid = self.postmaster()
+        if pid is None:
             self._reap()
             return
-        pid = int(lines[0])
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)
         deadline = time.monotonic() + timeout
@@ -340,22 +329,18 @@ class Cluster:
             self._process = None
 
     def persisted_settings(self) -> dict[str, str]:
-        """What ALTER SYSTEM left in postgresql.auto.conf (read only; Postgres owns the file)."""
+        """What ALTER SYSTEM left in postgresql.auto.conf (read as a tenant's file: no link, bounded)."""
         settings: dict[str, str] = {}
-        try:
-            text = (self.pgdata / "postgresql.auto.conf").read_text()
-        except FileNotFoundError:
-            return settings
-        for line in text.splitlines():
-            match = re.match(r"^\s*([a-z_.]+)\s*=\s*'((?:[^']|'')*)'\s*$", line)
+        for line in (files.read_untrusted(self.pgdata / "postgresql.auto.conf") or "").splitlines():
+            match = re.fullmatch(r"\s*([a-z_.]+)\s*=\s*'((?:[^']|'')*)'\s*", line)
             if match:
                 settings[match.group(1)] = match.group(2).replace("''", "'")
         return settings
 
     def process_usage(self) -> Usage | None:
         """CPU and memory of the server's process tree, where it has no cgroup to read; None when stopped."""
-        lines = self.pid_file()
-        tree = process_tree(int(lines[0])) if lines else None
+        pid = self.postmaster()
+        tree = process_tree(pid) if pid is not None else None
         return Usage(tree.cpu_seconds, tree.private_bytes + tree.shared_bytes) if tree else None
 
     def log_tail(self, lines: int = 5) -> str:
@@ -402,25 +387,6 @@ def process_tree(pid: int) -> ProcessTree | None:
     except psutil.Error:
         return None
     return ProcessTree(cpu, private, shared)
-
-
-def live_pid_file(pgdata: Path) -> list[str] | None:
-    """postmaster.pid's lines when a live server owns the data directory (not one left by a crash)."""
-    try:
-        lines = (pgdata / "postmaster.pid").read_text().split("\n")
-    except (FileNotFoundError, PermissionError):
-        return None
-    if len(lines) < 4 or not lines[0].strip().isdigit():
-        return None
-    if not _alive(int(lines[0])):
-        return None
-    return lines
-
-
-def running_port(pgdata: Path) -> int | None:
-    """The port a live server on the data directory listens on."""
-    lines = live_pid_file(pgdata)
-    return int(lines[3]) if lines and lines[3].strip().isdigit() else None
 
 
 def _alive(pid: int) -> bool:

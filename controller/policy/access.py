@@ -1,0 +1,22 @@
+"""Who may connect, as far as the decisions need it: a digest of the spec's access, so the policy knows
+whether the roles in the data directory still follow the spec (status.compute.access)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from controller.api import types
+
+ACCESS_VERSION = 1
+"""Bumped when the roles the operator makes change shape, so every database gets them again."""
+
+
+def digest(spec: types.DatabaseSpec) -> str:
+    """The same for two specs exactly when they ask for the same roles and grants."""
+    wanted = {
+        "version": ACCESS_VERSION,
+        "superuserAccess": spec.superuser_access,
+        "allowedNamespaces": sorted(spec.access.allowed_namespaces),
+    }
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
