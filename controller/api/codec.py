@@ -82,6 +82,7 @@ def decode_spec(raw: Mapping[str, Any] | None) -> types.DatabaseSpec:
         access=types.AccessSpec(
             allowed_namespaces=tuple((raw.get("access") or {}).get("allowedNamespaces") or ()),
         ),
+        tls=types.TlsSpec(required=bool((raw.get("tls") or {}).get("required", d.tls.required))),
     )
 
 
@@ -120,6 +121,7 @@ def encode_spec(spec: types.DatabaseSpec) -> dict[str, Any]:
         "state": spec.state.value,
         "superuserAccess": spec.superuser_access,
         "access": {"allowedNamespaces": list(spec.access.allowed_namespaces)},
+        "tls": {"required": spec.tls.required},
     }
 
 

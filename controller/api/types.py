@@ -179,6 +179,12 @@ class AutoParkSpec:
 
 
 @dataclass(frozen=True)
+class TlsSpec:
+    required: bool = False
+    """Refuse clients that do not use TLS (every endpoint serves it either way)."""
+
+
+@dataclass(frozen=True)
 class AccessSpec:
     allowed_namespaces: tuple[str, ...] = ()
     """Namespaces whose pods may connect (in a cluster); empty: the database's own namespace only."""
@@ -196,6 +202,7 @@ class DatabaseSpec:
     superuser_access: bool = False
     """Whether a client may have the superuser (from its own Secret, or `sdb dsn --superuser`)."""
     access: AccessSpec = field(default_factory=AccessSpec)
+    tls: TlsSpec = field(default_factory=TlsSpec)
 
 
 def split_key(key: str) -> tuple[str, str]:

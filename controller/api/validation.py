@@ -80,8 +80,10 @@ _FIELDS: dict[str, frozenset[str]] = {
             "state",
             "superuserAccess",
             "access",
+            "tls",
         }
     ),
+    "spec.tls": frozenset({"required"}),
     "spec.access": frozenset({"allowedNamespaces"}),
     "spec.postgres": frozenset({"version", "image", "parameters"}),
     "spec.storage": frozenset({"size", "storageClassName", "retainOnDelete"}),
@@ -183,6 +185,9 @@ def validate(obj: Any) -> list[FieldError]:
     if "superuserAccess" in spec:
         check.boolean(spec["superuserAccess"], "spec.superuserAccess")
     _validate_access(check, check.mapping(spec.get("access"), "spec.access", "spec.access"))
+    tls = check.mapping(spec.get("tls"), "spec.tls", "spec.tls")
+    if "required" in tls:
+        check.boolean(tls["required"], "spec.tls.required")
     if "state" in spec and spec["state"] not in {s.value for s in types.State}:
         allowed = ", ".join(s.value for s in types.State)
         check.fail("spec.state", f"must be one of {allowed} (got {_show(spec['state'])})")

@@ -170,6 +170,11 @@ def _database_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
     dsn.add_argument(
         "--superuser", action="store_true", help="the clients' superuser (only with spec.superuserAccess)"
     )
+    dsn.add_argument(
+        "--verify",
+        action="store_true",
+        help="TLS with the server's certificate checked against the operator's CA (sslmode=verify-full)",
+    )
     dsn.set_defaults(func=_cmd_dsn)
 
     delete = sub.add_parser(
@@ -485,11 +490,17 @@ def _cmd_dsn(args: argparse.Namespace) -> int:
             raise CliError(f"{db.key} is not running, so it has no direct port")
         port = direct
     where = f"{runtime.HOST}:{port}/{endpoint.database}"
+    options = []
+    if args.verify:
+        ca = _state_dir(args) / runtime.CA_CERTIFICATE
+        options += ["sslmode=verify-full", f"sslrootcert={quote(str(ca), safe='/')}"]
     if args.show_password:
-        print(f"postgresql://{endpoint.user}:{quote(endpoint.password, safe='')}@{where}")
-        return 0
-    passfile = runtime.remember_password(_state_dir(args), port=port, endpoint=endpoint)
-    print(f"postgresql://{endpoint.user}@{where}?passfile={quote(str(passfile), safe='/')}")
+        user = f"{endpoint.user}:{quote(endpoint.password, safe='')}"
+    else:
+        user = endpoint.user
+        passfile = runtime.remember_password(_state_dir(args), port=port, endpoint=endpoint)
+        options.append(f"passfile={quote(str(passfile), safe='/')}")
+    print(f"postgresql://{user}@{where}" + (f"?{'&'.join(options)}" if options else ""))
     return 0
 
 

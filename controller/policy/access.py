@@ -18,5 +18,6 @@ def digest(spec: types.DatabaseSpec) -> str:
         "version": ACCESS_VERSION,
         "superuserAccess": spec.superuser_access,
         "allowedNamespaces": sorted(spec.access.allowed_namespaces),
+        "tlsRequired": spec.tls.required,
     }
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]

@@ -96,6 +96,7 @@ BAD_SPECS = [
     pytest.param(
         {"postgres": {"version": "sixteen"}}, "spec.postgres.version", "major version", id="bad-version"
     ),
+    pytest.param({"tls": {"required": "yes"}}, "spec.tls.required", "true or false", id="tls-required-word"),
     # Each of these ran a command, loaded a library, wrote outside the database or re-set how the
     # server is reached, when a spec could set them (the tenant-boundary review).
     *[

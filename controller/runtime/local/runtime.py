@@ -9,7 +9,10 @@ Per database, under `<state>/databases/<namespace>/<name>/` (the operator's own 
   password          the operator's superuser password; app-password the application role's;
   superuser-password  the clients' superuser's, when spec.superuserAccess (all 0600, never logged)
   runtime.json      the endpoint port, the capacity last applied
+  server.crt, .key  the server's certificate from the operator's CA (<state>/ca/), the key 0640 to
+                    the server's group
   postgres.log      the server's log, 0600
+The CA's certificate is published as <state>/ca.crt, for clients (`sdb dsn NAME --verify`).
 The endpoint (127.0.0.1:<endpoint port>) never changes: the activator always listens there, and an
 in-kernel redirect sends new connections straight to Postgres while the database is active. As root,
 each database's server runs as an account of its own (`accounts`).
@@ -21,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -30,6 +34,7 @@ from typing import Any
 
 import structlog
 
+from controller import pki
 from controller.activator.proxy import Activator, Upstream
 from controller.api import types, units
 from controller.policy import sizing
@@ -140,11 +145,13 @@ class LocalRuntime:
         self._databases: dict[str, _Database] = {}
         self._routes: dict[str, Route] = {}
         self._installs: dict[str, server.Install] = {}
+        self.authority: pki.KeyPair | None = None
 
     # -- life of the runtime ---------------------------------------------------------------------
 
     async def open(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.authority = await asyncio.to_thread(load_authority, self.state_dir)
         for directory in await asyncio.to_thread(accounts.grant_traverse, self.state_dir):
             log.info("granted the servers' group traversal of a directory", directory=str(directory))
         await asyncio.to_thread(self.cgroups.detect)
@@ -280,7 +287,9 @@ class LocalRuntime:
                     max_connections=int(fixed["max_connections"]),
                     max_worker_processes=int(fixed["max_worker_processes"]),
                     parameters=db.spec.postgres.parameters,
-                )
+                    tls=await asyncio.to_thread(self._server_certificate, db, database),
+                ),
+                hba=server.hba_rules(tls_required=db.spec.tls.required),
             )
             user = cluster.user
             procs = self.cgroups.ensure(
@@ -304,6 +313,27 @@ class LocalRuntime:
             raise TransientError(
                 types.Reason.RESIZE_FAILED, f"the kernel refused limits of {capacity:g} CU: {error}"
             ) from error
+
+    def _server_certificate(self, db: types.ServerlessDatabase, database: _Database) -> tuple[Path, Path]:
+        """The server's certificate for its endpoint's names, issued (again) when missing or ending soon."""
+        if self.authority is None:
+            raise RuntimeError("LocalRuntime.open() was not called")
+        certificate, key = database.directory / "server.crt", database.directory / "server.key"
+        names = [HOST, "localhost", f"{db.metadata.name}.{db.metadata.namespace}"]
+        now = units.now_utc()
+        try:
+            current = pki.KeyPair(certificate.read_text(), key.read_text())
+        except FileNotFoundError:
+            current = None
+        if pki.needs_renewal(current, names, now=now):
+            issued = pki.issue(self.authority, common_name=names[-1], names=names, now=now)
+            files.write_private(key, issued.key, mode=0o640)
+            files.write_private(certificate, issued.certificate, mode=0o644)
+        # Postgres takes a root-owned key readable by its group; no other account can read it.
+        user = database.cluster.user
+        if user.switches:
+            os.chown(key, 0, user.gid, follow_symlinks=False)
+        return certificate, key
 
     def address(self, db: types.ServerlessDatabase) -> Address | None:
         """Where the operator reaches the server while it runs, and with which password."""
@@ -344,6 +374,9 @@ class LocalRuntime:
             credentials.superuser.unlink(missing_ok=True)
         async with settings_step():
             await roles.apply(self.sessions, db.key, address, desired)
+            # Whether plaintext is refused is in pg_hba.conf, which a reload reads again.
+            if database.cluster.write_hba(server.hba_rules(tls_required=db.spec.tls.required)):
+                await self.sessions.reload(db.key, address)
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         database = self._database(db)
@@ -420,6 +453,25 @@ class LocalRuntime:
         """CPU and memory from the database's cgroup, or from its process tree where it has none."""
         database = self._database(db)
         return self.cgroups.usage(database.cgroup) or database.cluster.process_usage()
+
+
+CA_DIRECTORY = "ca"
+CA_CERTIFICATE = "ca.crt"
+"""Published at the state directory's top: what clients trust (`sslrootcert`)."""
+
+
+def load_authority(state_dir: Path) -> pki.KeyPair:
+    """The state directory's CA, made on first use; its key never leaves <state>/ca/ (0600)."""
+    directory = state_dir / CA_DIRECTORY
+    try:
+        authority = pki.KeyPair((directory / "ca.crt").read_text(), (directory / "ca.key").read_text())
+    except FileNotFoundError:
+        authority = pki.new_authority(f"serverless-db {operator_id(state_dir)}", now=units.now_utc())
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        files.write_private(directory / "ca.key", authority.key)
+        files.write_private(directory / "ca.crt", authority.certificate, mode=0o644)
+    files.write_private(state_dir / CA_CERTIFICATE, authority.certificate, mode=0o644)
+    return authority
 
 
 def database_directory(state_dir: Path, key: str) -> Path:

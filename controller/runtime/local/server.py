@@ -101,8 +101,20 @@ class Settings:
     max_connections: int
     max_worker_processes: int
     parameters: Mapping[str, str]
+    tls: tuple[Path, Path] | None = None
+    """The server's certificate and key files, for TLS; None: plaintext only."""
 
     def render(self, *, hba_file: Path) -> str:
+        tls = (
+            {
+                "ssl": "on",
+                "ssl_cert_file": str(self.tls[0]),
+                "ssl_key_file": str(self.tls[1]),
+                "ssl_min_protocol_version": "TLSv1.2",
+            }
+            if self.tls
+            else {}
+        )
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
@@ -117,6 +129,7 @@ class Settings:
             "logging_collector": "off",
             "log_destination": "stderr",
             "log_line_prefix": "%m [%p] %q%u@%d ",
+            **tls,
             **dict(sorted(self.parameters.items())),
         }
         return conf.render(
@@ -124,9 +137,13 @@ class Settings:
         )
 
 
-HBA = """# Managed by the serverless-db operator: TCP on loopback only, passwords by SCRAM.
-host all all 127.0.0.1/32 scram-sha-256
-"""
+def hba_rules(*, tls_required: bool = False) -> str:
+    """Who may connect how: TCP on loopback only, passwords by SCRAM, and only over TLS if required."""
+    kind = "hostssl" if tls_required else "host"
+    return f"# Managed by the serverless-db operator.\n{kind} all all 127.0.0.1/32 scram-sha-256\n"
+
+
+HBA = hba_rules()
 
 
 class Cluster:
@@ -213,9 +230,17 @@ class Cluster:
 
     def write_settings(self, settings: Settings, *, hba: str = HBA) -> None:
         files.write_private(self.config, settings.render(hba_file=self.hba), mode=0o644)
-        files.write_private(self.hba, hba, mode=0o644)
+        self.write_hba(hba)
         files.write_private(self.hba.with_name("pg_ident.conf"), "", mode=0o644)
         self._write_record(port=settings.port)
+
+    def write_hba(self, rules: str) -> bool:
+        """Write pg_hba.conf when it differs; returns whether it changed (a reload then reads it)."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.hba.read_text() == rules:
+                return False
+        files.write_private(self.hba, rules, mode=0o644)
+        return True
 
     # -- process ---------------------------------------------------------------------------------
 
