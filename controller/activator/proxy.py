@@ -18,7 +18,7 @@ from typing import Protocol
 
 import structlog
 
-from controller.activator import protocol
+from controller.activator import negotiation, protocol
 
 log = structlog.get_logger("activator")
 
@@ -138,20 +138,19 @@ class Activator:
 
 async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, code: str, message: str) -> None:
     """Answer as Postgres does when it cannot take a connection: decline encryption, then an error."""
-    parser = protocol.StartupParser()
+    startup = negotiation.Negotiation()
     try:
-        while not parser.done:
-            data = await asyncio.wait_for(reader.read(protocol.MAX_STARTUP_LENGTH), STARTUP_READ_TIMEOUT)
-            if not data:
-                return
-            for message_ in parser.feed(data):
-                if isinstance(message_, protocol.SSLRequest | protocol.GSSENCRequest):
-                    writer.write(protocol.DECLINE_ENCRYPTION)
-                elif isinstance(message_, protocol.StartupMessage):
+        while startup.decision is None:
+            data = await asyncio.wait_for(reader.read(startup.wanted), STARTUP_READ_TIMEOUT)
+            actions = startup.receive(data) if data else startup.receive_eof()
+            for action in actions:
+                if isinstance(action, negotiation.Reply):
+                    writer.write(action.data)
+                elif isinstance(action, negotiation.Wake):
                     writer.write(protocol.error_response(code, message))
-                elif isinstance(message_, protocol.ProtocolViolation):
-                    writer.write(protocol.error_response(protocol.PROTOCOL_VIOLATION, message_.message))
-                # A CancelRequest has nothing to cancel on a sleeping database: just close.
+                elif isinstance(action, negotiation.Refuse):
+                    writer.write(protocol.error_response(action.code, action.message))
+                # Close: a CancelRequest, a bad length or nothing at all get no answer.
             await writer.drain()
     except (TimeoutError, ConnectionError, OSError):
         return

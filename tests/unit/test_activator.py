@@ -15,39 +15,7 @@ from controller.activator.proxy import Activator, Upstream, WakeError
 from controller.api.types import WAKE_ANNOTATION, DatabaseSpec, ObjectMeta, ServerlessDatabase, State
 from controller.app.local import LocalBackend
 
-# -- the parser -----------------------------------------------------------------------------------
-
-
-def test_parser_handles_encryption_requests_then_startup() -> None:
-    parser = protocol.StartupParser()
-    data = (
-        protocol.gssenc_request()
-        + protocol.ssl_request()
-        + protocol.startup_message({"user": "alice", "database": "orders", "application_name": "psql"})
-    )
-    messages = []
-    for index in range(len(data)):  # one byte at a time: "need more data" until a message is whole
-        messages += parser.feed(data[index : index + 1])
-    assert messages == [
-        protocol.GSSENCRequest(),
-        protocol.SSLRequest(),
-        protocol.StartupMessage(
-            protocol.PROTOCOL_3_0, {"user": "alice", "database": "orders", "application_name": "psql"}
-        ),
-    ]
-    assert parser.done
-
-
-def test_parser_cancel_and_violations() -> None:
-    cancel = struct.pack("!iiii", 16, protocol.CANCEL_REQUEST_CODE, 1234, 5678)
-    assert protocol.StartupParser().feed(cancel) == [protocol.CancelRequest(1234, 5678)]
-    huge = struct.pack("!ii", 1_000_000, protocol.PROTOCOL_3_0)
-    [violation] = protocol.StartupParser().feed(huge)
-    assert isinstance(violation, protocol.ProtocolViolation)
-    old = struct.pack("!ii", 8, 2 << 16)
-    assert protocol.StartupParser().feed(old) == [
-        protocol.ProtocolViolation("unsupported frontend protocol 2.0")
-    ]
+# -- wire formats -------------------------------------------------------------------------------
 
 
 def test_error_response_is_well_formed() -> None:
