@@ -8,8 +8,9 @@ cancel request or a startup Postgres would refuse never wakes anything. If the w
 longer than the wake timeout, each held client gets a Postgres ErrorResponse with SQLSTATE 57P03
 and the reason, never a bare close.
 
-What a client can make the activator keep is bounded: a startup has a deadline (`limits`) and
-reads no further than its packet; a held connection is not read from until its relay starts.
+What a client can make the activator keep is bounded (`limits`): a startup has a deadline and
+reads no further than its packet; a held connection is not read from until its relay starts; the
+connections negotiating and those held have caps sized to the descriptors the process may open.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Protocol
 import structlog
 
 from controller.activator import negotiation, protocol, relay
-from controller.activator.limits import Limits
+from controller.activator.limits import Limits, Occupancy, raise_descriptor_limit
 
 log = structlog.get_logger("activator")
 
@@ -143,7 +144,11 @@ class Activator:
         self.backend = backend
         self.wake_timeout = wake_timeout
         self.observer = observer or _NoObserver()
-        self.limits = limits or Limits()
+        self.configured = limits or Limits()
+        self.limits = self.configured
+        """The caps in force: the configured ones, sized to the descriptor limit once listening."""
+        self._occupancy: Occupancy[_Client] = Occupancy(self.limits)
+        self._sized = False
         self._servers: dict[str, asyncio.Server] = {}
         self._clients: set[_Client] = set()
         self._relays: set[relay.Relay] = set()
@@ -153,6 +158,7 @@ class Activator:
         """Accept connections for database `key` on host:port (0 picks a port); returns the port."""
         if key in self._servers:
             return int(self._servers[key].sockets[0].getsockname()[1])
+        self._size_to_descriptors()
         server = await asyncio.get_running_loop().create_server(
             lambda: _Client(self, key), host, port, reuse_address=True, backlog=BACKLOG
         )
@@ -184,16 +190,40 @@ class Activator:
         for server in servers:
             await server.wait_closed()
 
+    @property
+    def negotiating(self) -> int:
+        return self._occupancy.negotiating
+
+    def _size_to_descriptors(self) -> None:
+        if self._sized:
+            return
+        self._sized = True
+        descriptors = raise_descriptor_limit()
+        self.limits = self._occupancy.limits = self.configured.within(descriptors)
+        if self.limits != self.configured:
+            log.warning(
+                "activator caps lowered to fit the descriptor limit",
+                descriptors=descriptors,
+                negotiating=self.limits.negotiating,
+                held=self.limits.held,
+                held_per_database=self.limits.held_per_database,
+            )
+
     # -- one connection ----------------------------------------------------------------------------
 
     def _arrived(self, client: _Client) -> None:
         self._clients.add(client)
+        evicted = self._occupancy.arrive(client)
+        if evicted is not None:
+            evicted.end()
+            self._refused(evicted, "evicted: too many connections negotiating their startup")
         task = asyncio.ensure_future(self._serve(client))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _gone(self, client: _Client) -> None:
         self._clients.discard(client)
+        self._occupancy.leave(client)
 
     async def _serve(self, client: _Client) -> None:
         loop = asyncio.get_running_loop()
@@ -208,6 +238,8 @@ class Activator:
             client.end()
             self._refused(client, "startup not complete within the deadline")
             return
+        finally:
+            self._occupancy.leave(client)
         if upstream is not None:
             await self._relay(client, upstream, b"", parsed=False)
         elif isinstance(decision, negotiation.Wake):
@@ -221,9 +253,17 @@ class Activator:
             self._refused(client, decision.reason.value)
 
     async def _hold(self, client: _Client, startup: bytes) -> None:
-        upstream = await self._wake(client)
-        if upstream is not None:
-            await self._relay(client, upstream, startup, parsed=True)
+        refusal = self._occupancy.hold(client.key)
+        if refusal is not None:
+            client.refuse(protocol.TOO_MANY_CONNECTIONS, refusal)
+            self._refused(client, "too many held connections", message=refusal)
+            return
+        try:
+            upstream = await self._wake(client)
+            if upstream is not None:
+                await self._relay(client, upstream, startup, parsed=True)
+        finally:
+            self._occupancy.release(client.key)
 
     async def _wake(self, client: _Client) -> Upstream | None:
         self.observer.held(client.key, 1)

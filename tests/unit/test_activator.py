@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import resource
 import socket
 import struct
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +21,7 @@ from support.fakes import MemoryStore
 from support.operator import Operator, database
 from support.postgres import Server, running_server
 
-from controller.activator import protocol, relay
+from controller.activator import limits, protocol, relay
 from controller.activator.limits import Limits
 from controller.activator.proxy import Activator, Upstream, WakeError
 from controller.api.types import (
@@ -417,6 +418,75 @@ async def test_a_second_ssl_request_is_refused_as_postgres_refuses_it(echo: Upst
         "unsupported frontend protocol 1234.5679: server supports 3.0 to 3.0",
     )
     assert backend.wakes == 0
+
+
+# -- caps ------------------------------------------------------------------------------------------
+
+
+async def test_at_the_negotiating_cap_a_new_connection_evicts_the_oldest(postgres: Server) -> None:
+    backend = Backend(Upstream("127.0.0.1", postgres.port))
+    async with serving(backend, limits=Limits(negotiating=3)) as (activator, port):
+        silent = [await connect(port) for _ in range(3)]
+        newest = await connect(port)
+        assert await silent[0][0].read() == b""  # the oldest made room
+        assert activator.negotiating == 3
+        # a real client at the cap gets through: it evicts one more, and is done in milliseconds
+        assert await query(port, postgres) == (1,)
+        assert await silent[1][0].read() == b""
+        for _, writer in [*silent, newest]:
+            writer.close()
+
+
+async def test_held_connections_are_capped_per_database_and_in_all(echo: Upstream) -> None:
+    held = Held()
+    activator = Activator(
+        Backend(echo, never=True), limits=Limits(held=2, held_per_database=1), observer=held
+    )
+    ports = [await activator.listen(key, "127.0.0.1", 0) for key in ("shop/a", "shop/b", "shop/c")]
+    holding: list[asyncio.StreamWriter] = []
+    try:
+        # one held on a: a second for a is over its cap; one held on b: c is over the cap in all
+        for hold_on, refused_on, message in (
+            (ports[0], ports[0], "sorry, too many clients already: 1 are waiting for this database to wake"),
+            (ports[1], ports[2], "sorry, too many clients already: 2 are waiting for a wake here"),
+        ):
+            _, writer = await connect(hold_on)
+            writer.write(STARTUP)
+            holding.append(writer)
+            await held.reach(len(holding))
+            fields = await refusal(refused_on)
+            assert (fields[b"C"], fields[b"M"]) == (protocol.TOO_MANY_CONNECTIONS, message)
+        for writer in holding:
+            writer.close()
+    finally:
+        await activator.close()
+
+
+@pytest.mark.parametrize(
+    ("descriptors", "negotiating", "held", "per_database"),
+    [
+        (1_048_576, 4096, 4096, 1000),  # plenty: as configured
+        (20_000, 4096, 4096, 1000),  # 4096 + 2 * 4096 = 12288 <= 20000 - 1000
+        (10_000, 3000, 3000, 1000),  # budget 9000: 4096 * 9000 // 12288 = 3000, (9000 - 3000) // 2
+        (1_024, 170, 171, 171),  # half kept back: 512; 4096 * 512 // 12288 = 170, (512 - 170) // 2
+    ],
+)
+def test_caps_never_reach_the_last_descriptors(
+    descriptors: int, negotiating: int, held: int, per_database: int
+) -> None:
+    sized = Limits().within(descriptors)
+    assert (sized.negotiating, sized.held, sized.held_per_database) == (negotiating, held, per_database)
+    assert sized.negotiating + 2 * sized.held <= descriptors - min(1000, descriptors // 2)
+
+
+def test_the_soft_descriptor_limit_is_raised_to_the_hard_one() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
+    try:
+        assert limits.raise_descriptor_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # -- memory: what a client can park in the process ---------------------------------------------------
