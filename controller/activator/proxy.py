@@ -23,6 +23,7 @@ import structlog
 
 from controller.activator import negotiation, protocol, relay
 from controller.activator.limits import Limits, Occupancy, raise_descriptor_limit
+from controller.activator.refusals import RefusalLog
 
 log = structlog.get_logger("activator")
 
@@ -147,6 +148,7 @@ class Activator:
         self.configured = limits or Limits()
         self.limits = self.configured
         """The caps in force: the configured ones, sized to the descriptor limit once listening."""
+        self.refusals = RefusalLog()
         self._occupancy: Occupancy[_Client] = Occupancy(self.limits)
         self._sized = False
         self._servers: dict[str, asyncio.Server] = {}
@@ -295,4 +297,4 @@ class Activator:
         spliced.closed.add_done_callback(lambda _: self._relays.discard(spliced))
 
     def _refused(self, client: _Client, reason: str, **fields: str) -> None:
-        log.warning("connection refused", reason=reason, database=client.key, peer=client.peer[0], **fields)
+        self.refusals.refused(reason, database=client.key, peer=client.peer[0], **fields)

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import structlog.testing
 from support.fakes import MemoryStore
 from support.operator import Operator, database
 from support.postgres import Server, running_server
@@ -577,6 +578,60 @@ async def test_a_relay_holds_little_however_slowly_postgres_reads() -> None:
         assert sent - in_kernel <= 2 * (relay.CHUNK + relay.HIGH_WATER)
         sock.close()
     server.close()
+
+
+# -- logs: rate-limited, and no traceback for anything a client does ------------------------------
+
+
+@pytest.mark.looptime
+async def test_refusals_are_logged_a_few_per_reason_then_counted(echo: Upstream) -> None:
+    with structlog.testing.capture_logs() as logs:
+        async with serving(Backend(echo)) as (_, port):
+            for _ in range(20):
+                reader, writer = await connect(port)
+                writer.write(b"GET / HTTP/1.1\r\n\r\n")
+                assert await until_closed(reader) == b""
+                writer.close()
+            await asyncio.sleep(11)  # the interval ends: the count of the rest
+    lines = [(e["event"], e["reason"], e.get("suppressed")) for e in logs if "reason" in e]
+    assert lines == [
+        *[("connection refused", "invalid length of startup packet", None)] * 3,
+        ("connections refused, lines suppressed", "invalid length of startup packet", 17),
+    ]
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with SO_LINGER 0: the peer gets a reset, not an orderly end."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def test_clients_that_reset_at_any_moment_leave_no_traceback(echo: Upstream) -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    held = Held()
+    backend = Backend(echo, delay=0.2)
+    with structlog.testing.capture_logs() as logs:
+        async with serving(backend, observer=held) as (_, port):
+            # negotiating (nothing yet, half a length word, after an SSLRequest), then held
+            moments = [b"", STARTUP[:3], protocol.ssl_request(), STARTUP]
+            clients = [raw_client(port) for _ in moments]
+            for sock, sent in zip(clients, moments, strict=True):
+                sock.send(sent)
+            await held.reach(1)
+            for sock in clients:
+                reset(sock)
+            await held.reach(0)  # the wake came: the held one's relay meets the reset
+            relayed = raw_client(port)  # awake now: relayed raw
+            relayed.send(b"hello")
+            for _ in range(50):
+                await asyncio.sleep(0)
+            reset(relayed)
+            for _ in range(50):
+                await asyncio.sleep(0)
+    assert errors == []
+    assert [e for e in logs if e["log_level"] in ("error", "critical") or "exc_info" in e] == []
 
 
 # -- the local operator's wake path ---------------------------------------------------------------
