@@ -16,6 +16,7 @@ connections negotiating and those held have caps sized to the descriptors the pr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +29,11 @@ from controller.activator.refusals import RefusalLog
 log = structlog.get_logger("activator")
 
 BACKLOG = 1024
+
+Admit = Callable[[str, tuple[str, int]], Awaitable[bool]]
+"""May this peer (host, port) connect to database `key`? Asked after a valid startup, before a wake."""
+
+NOT_ADMITTED = "not allowed to connect from this address"
 
 
 @dataclass(frozen=True)
@@ -141,10 +147,12 @@ class Activator:
         wake_timeout: float = 30.0,
         observer: Observer | None = None,
         limits: Limits | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.backend = backend
         self.wake_timeout = wake_timeout
         self.observer = observer or _NoObserver()
+        self.admit = admit
         self.configured = limits or Limits()
         self.limits = self.configured
         """The caps in force: the configured ones, sized to the descriptor limit once listening."""
@@ -261,11 +269,28 @@ class Activator:
             self._refused(client, "too many held connections", message=refusal)
             return
         try:
+            if not await self._admitted(client):
+                return
             upstream = await self._wake(client)
             if upstream is not None:
                 await self._relay(client, upstream, startup, parsed=True)
         finally:
             self._occupancy.release(client.key)
+
+    async def _admitted(self, client: _Client) -> bool:
+        if self.admit is None:
+            return True
+        try:  # a held slot is taken meanwhile: the check gets no longer than a startup does
+            async with asyncio.timeout(self.limits.startup_deadline):
+                admitted = await self.admit(client.key, client.peer)
+        except Exception as error:  # the check's fault, not the client's: refuse, and say so
+            client.refuse(protocol.CANNOT_CONNECT_NOW, "could not check this connection; try again")
+            self._refused(client, "admission check failed", error=repr(error))
+            return False
+        if not admitted:
+            client.refuse(protocol.INVALID_AUTHORIZATION_SPECIFICATION, NOT_ADMITTED)
+            self._refused(client, "not admitted")
+        return admitted
 
     async def _wake(self, client: _Client) -> Upstream | None:
         self.observer.held(client.key, 1)

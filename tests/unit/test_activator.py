@@ -634,6 +634,46 @@ async def test_clients_that_reset_at_any_moment_leave_no_traceback(echo: Upstrea
     assert [e for e in logs if e["log_level"] in ("error", "critical") or "exc_info" in e] == []
 
 
+# -- admission ---------------------------------------------------------------------------------------
+
+
+async def test_admission_is_asked_after_a_valid_startup_and_before_any_wake(postgres: Server) -> None:
+    asked: list[tuple[str, tuple[str, int]]] = []
+    allowed = True
+
+    async def admit(key: str, peer: tuple[str, int]) -> bool:
+        asked.append((key, peer))
+        return allowed
+
+    backend = Backend(Upstream("127.0.0.1", postgres.port))
+    async with serving(backend, admit=admit) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(b"GET / HTTP/1.1\r\n\r\n")  # junk is turned away before the question
+        assert await until_closed(reader) == b""
+        writer.close()
+        assert asked == []
+        allowed = False
+        fields = await refusal(port)
+        assert (fields[b"C"], fields[b"M"]) == ("28000", "not allowed to connect from this address")
+        assert backend.wakes == 0
+        allowed = True
+        assert await query(port, postgres) == (1,)
+    assert backend.wakes == 1
+    assert [key for key, _ in asked] == [KEY, KEY]
+    assert all(host == "127.0.0.1" and peer_port > 0 for _, (host, peer_port) in asked)
+
+
+async def test_a_failing_admission_check_refuses_without_waking(echo: Upstream) -> None:
+    async def admit(key: str, peer: tuple[str, int]) -> bool:
+        raise RuntimeError("the policy store is down")
+
+    backend = Backend(echo)
+    async with serving(backend, admit=admit) as (_, port):
+        fields = await refusal(port)
+    assert fields[b"C"] == protocol.CANNOT_CONNECT_NOW
+    assert backend.wakes == 0
+
+
 # -- the local operator's wake path ---------------------------------------------------------------
 
 
