@@ -48,7 +48,12 @@ def report(name: str, figures: dict[str, float], detail: dict[str, Any]) -> None
     for key, value in detail.items():
         if not isinstance(value, list | dict):
             print(f"{key}: {value}")
-    print(" ".join(f"{key}={value:.4g}" for key, value in figures.items()))
+    print(" ".join(f"{key}={_figure(value)}" for key, value in figures.items()))
+
+
+def _figure(value: float) -> str:
+    """Counts as they are (20000, not 2e+04); measures to four significant digits."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:.4g}"
 
 
 def _cpus() -> int:

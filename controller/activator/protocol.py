@@ -1,9 +1,8 @@
-"""The start of the Postgres wire protocol, without I/O: what a client sends first, and an ErrorResponse.
+"""The start of the Postgres wire protocol, without I/O or state: the packets a client sends first,
+what makes a StartupMessage valid, and the ErrorResponse that refuses one.
 
-The activator relays bytes untouched when a wake succeeds. It parses only when it must answer by
-itself (the wake failed or was refused): decline encryption requests, read the StartupMessage,
-answer with an ErrorResponse carrying a SQLSTATE. `StartupParser.feed` takes whatever bytes
-arrived and returns the messages they complete; an empty list means "need more data".
+Codes, limits, messages and SQLSTATEs are Postgres's own (`ProcessStartupPacket` in the postmaster),
+so a client reads the same answer from a resting database as from a running one.
 """
 
 from __future__ import annotations
@@ -15,96 +14,75 @@ PROTOCOL_3_0 = 196608
 SSL_REQUEST_CODE = 80877103
 GSSENC_REQUEST_CODE = 80877104
 CANCEL_REQUEST_CODE = 80877102
-MAX_STARTUP_LENGTH = 10_000
-"""Postgres's own bound on a startup packet (MAX_STARTUP_PACKET_LENGTH)."""
+
+LENGTH_SIZE = 4
+"""The length word that starts every startup packet; it counts itself."""
+HEADER_SIZE = 8
+"""The length word and the request code or protocol version."""
+MAX_STARTUP_PACKET_LENGTH = 10_000
+"""Postgres's bound on a startup packet, not counting its length word (MAX_STARTUP_PACKET_LENGTH)."""
+MAX_PACKET_SIZE = LENGTH_SIZE + MAX_STARTUP_PACKET_LENGTH
+CANCEL_REQUEST_SIZE = 16
 
 DECLINE_ENCRYPTION = b"N"
 """The one-byte answer to SSLRequest or GSSENCRequest: not here; the client goes on in plain text."""
 
+# SQLSTATEs, as Postgres names them in errcodes.txt.
 CANNOT_CONNECT_NOW = "57P03"
+TOO_MANY_CONNECTIONS = "53300"
 PROTOCOL_VIOLATION = "08P01"
-
-
-@dataclass(frozen=True)
-class SSLRequest:
-    pass
-
-
-@dataclass(frozen=True)
-class GSSENCRequest:
-    pass
-
-
-@dataclass(frozen=True)
-class CancelRequest:
-    process_id: int
-    secret_key: int
+FEATURE_NOT_SUPPORTED = "0A000"
+INVALID_AUTHORIZATION_SPECIFICATION = "28000"
+CHARACTER_NOT_IN_REPERTOIRE = "22021"
 
 
 @dataclass(frozen=True)
 class StartupMessage:
     protocol: int
     parameters: dict[str, str] = field(default_factory=dict)
+    """Name to value; a name given twice keeps its last value, as Postgres does."""
 
 
 @dataclass(frozen=True)
-class ProtocolViolation:
+class Invalid:
+    """Why a StartupMessage is refused: the SQLSTATE and message Postgres would send."""
+
+    code: str
     message: str
 
 
-Message = SSLRequest | GSSENCRequest | CancelRequest | StartupMessage | ProtocolViolation
+def valid_length(length: int) -> bool:
+    """Whether a startup packet's length word is one Postgres reads on (else it closes silently)."""
+    return HEADER_SIZE <= length <= MAX_PACKET_SIZE
 
 
-class StartupParser:
-    """Parses the untyped packets a client sends before the StartupMessage, and that message itself."""
+def parse_startup(version: int, body: bytes) -> StartupMessage | Invalid:
+    """The StartupMessage of protocol `version` whose parameters are `body`, or why Postgres refuses it.
 
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.done = False
-        """True after a StartupMessage, CancelRequest or violation: nothing more is parsed."""
-
-    def feed(self, data: bytes) -> list[Message]:
-        self._buffer += data
-        messages: list[Message] = []
-        while not self.done and len(self._buffer) >= 8:
-            length, code = struct.unpack("!ii", self._buffer[:8])
-            if length < 8 or length > MAX_STARTUP_LENGTH:
-                messages.append(self._violation(f"invalid length of startup packet ({length})"))
-                break
-            if len(self._buffer) < length:
-                break
-            body = bytes(self._buffer[8:length])
-            del self._buffer[:length]
-            messages.append(self._message(code, body))
-        return messages
-
-    def _message(self, code: int, body: bytes) -> Message:
-        if code == SSL_REQUEST_CODE:
-            return SSLRequest()
-        if code == GSSENC_REQUEST_CODE:
-            return GSSENCRequest()
-        self.done = True
-        if code == CANCEL_REQUEST_CODE and len(body) == 8:
-            process_id, secret = struct.unpack("!ii", body)
-            return CancelRequest(process_id, secret)
-        if code >> 16 != 3:
-            return ProtocolViolation(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
-        fields = body.split(b"\0")
-        if len(fields) < 2 or fields[-1] != b"" or len(fields) % 2 != 0:
-            return ProtocolViolation("malformed startup packet")
-        pairs = fields[:-2] if fields[-2] == b"" else fields[:-1]
-        names, values = pairs[0::2], pairs[1::2]
-        return StartupMessage(
-            code,
-            {
-                n.decode(errors="replace"): v.decode(errors="replace")
-                for n, v in zip(names, values, strict=True)
-            },
+    Postgres 3.x takes any minor version and answers a newer one with NegotiateProtocolVersion, so
+    only the major version is checked here; the relay leaves that negotiation to Postgres.
+    """
+    major, minor = version >> 16, version & 0xFFFF
+    if major != 3:
+        return Invalid(
+            FEATURE_NOT_SUPPORTED,
+            f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
         )
-
-    def _violation(self, message: str) -> ProtocolViolation:
-        self.done = True
-        return ProtocolViolation(message)
+    # name\0value\0 ... \0: an empty name ends the list, and must be the packet's last byte.
+    fields = body.split(b"\0")
+    if len(fields) < 2 or fields[-2:] != [b"", b""] or len(fields) % 2 != 0 or b"" in fields[:-2:2]:
+        return Invalid(PROTOCOL_VIOLATION, "invalid startup packet layout: expected terminator as last byte")
+    try:
+        texts = [each.decode() for each in fields[:-2]]
+    except UnicodeDecodeError as error:
+        bad = " ".join(f"0x{byte:02x}" for byte in error.object[error.start : error.end])
+        return Invalid(CHARACTER_NOT_IN_REPERTOIRE, f'invalid byte sequence for encoding "UTF8": {bad}')
+    parameters = dict(zip(texts[0::2], texts[1::2], strict=True))
+    if not parameters.get("user"):
+        return Invalid(
+            INVALID_AUTHORIZATION_SPECIFICATION, "no PostgreSQL user name specified in startup packet"
+        )
+    return StartupMessage(version, parameters)
 
 
 def error_response(code: str, message: str, *, severity: str = "FATAL", detail: str = "") -> bytes:
@@ -119,12 +97,16 @@ def error_response(code: str, message: str, *, severity: str = "FATAL", detail: 
 def startup_message(parameters: dict[str, str], protocol: int = PROTOCOL_3_0) -> bytes:
     """A StartupMessage as a client sends it (for tests and health checks)."""
     body = b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in parameters.items()) + b"\0"
-    return struct.pack("!ii", len(body) + 8, protocol) + body
+    return struct.pack("!ii", len(body) + HEADER_SIZE, protocol) + body
 
 
 def ssl_request() -> bytes:
-    return struct.pack("!ii", 8, SSL_REQUEST_CODE)
+    return struct.pack("!ii", HEADER_SIZE, SSL_REQUEST_CODE)
 
 
 def gssenc_request() -> bytes:
-    return struct.pack("!ii", 8, GSSENC_REQUEST_CODE)
+    return struct.pack("!ii", HEADER_SIZE, GSSENC_REQUEST_CODE)
+
+
+def cancel_request(process_id: int, secret_key: int) -> bytes:
+    return struct.pack("!iiii", CANCEL_REQUEST_SIZE, CANCEL_REQUEST_CODE, process_id, secret_key)

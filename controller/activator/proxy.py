@@ -1,29 +1,39 @@
 """The activator: an asyncio TCP proxy that holds connections to a sleeping database and wakes it.
 
-A connection to a database that is not ready is held (never refused) while the backend wakes it,
-one wake for any number of clients; then bytes are relayed both ways with back-pressure, starting
-with whatever the client already sent (an SSLRequest, a GSSENCRequest or a StartupMessage reach
-Postgres untouched). If the wake fails or takes longer than the wake timeout, each held client
-gets a Postgres ErrorResponse with SQLSTATE 57P03 and the reason, never a bare close.
+A connection to a database that is reachable is relayed as it is, unparsed. Any other goes through
+its startup first (`negotiation`: encryption requests answered 'N', then a StartupMessage) and
+only a complete, valid one is held while the backend wakes the database, one wake for any number
+of clients; the StartupMessage, byte for byte, is then the first thing Postgres reads. Junk, a
+cancel request or a startup Postgres would refuse never wakes anything. If the wake fails or takes
+longer than the wake timeout, each held client gets a Postgres ErrorResponse with SQLSTATE 57P03
+and the reason, never a bare close.
+
+What a client can make the activator keep is bounded (`limits`): a startup has a deadline and
+reads no further than its packet; a held connection is not read from until its relay starts; the
+connections negotiating and those held have caps sized to the descriptors the process may open.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
 
-from controller.activator import protocol
+from controller.activator import negotiation, protocol, relay
+from controller.activator.limits import Limits, Occupancy, raise_descriptor_limit
+from controller.activator.refusals import RefusalLog
 
 log = structlog.get_logger("activator")
 
-RELAY_CHUNK = 256 * 1024
-STARTUP_READ_TIMEOUT = 10.0
+BACKLOG = 1024
+
+Admit = Callable[[str, tuple[str, int]], Awaitable[bool]]
+"""May this peer (host, port) connect to database `key`? Asked after a valid startup, before a wake."""
+
+NOT_ADMITTED = "not allowed to connect from this address"
 
 
 @dataclass(frozen=True)
@@ -55,22 +65,112 @@ class _NoObserver:
         pass
 
 
+_scratch = memoryview(bytearray(protocol.MAX_PACKET_SIZE))
+"""Where every negotiating connection reads (never more than its negotiation wants) before the
+bytes are handed over; one for the process, since a read and its hand-over run in one callback."""
+
+
+class _Client(asyncio.BufferedProtocol):
+    """A client's connection until its startup is decided: reads for the negotiation, its replies."""
+
+    def __init__(self, activator: Activator, key: str) -> None:
+        self.activator = activator
+        self.key = key
+        self.negotiation = negotiation.Negotiation()
+        self.transport: asyncio.Transport
+        self.peer = ("", 0)
+        self.decided: asyncio.Future[negotiation.Decision | None]
+        """The negotiation's decision; None when the connection ended or was ended before one."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()  # nothing is read before the backend says whether to negotiate
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (str(peer[0]), int(peer[1]))
+        self.decided = asyncio.get_running_loop().create_future()
+        self.activator._arrived(self)
+
+    def negotiate(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _scratch[: max(1, self.negotiation.wanted)]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._act(self.negotiation.receive(bytes(_scratch[:nbytes])))
+
+    def eof_received(self) -> bool:
+        self._act(self.negotiation.receive_eof())
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._settle(None)
+        self.activator._gone(self)
+
+    def _act(self, actions: list[negotiation.Action]) -> None:
+        for action in actions:
+            if isinstance(action, negotiation.Reply):
+                self.transport.write(action.data)
+                continue
+            if isinstance(action, negotiation.Wake):
+                self.transport.pause_reading()  # held: the client's next bytes wait in the kernel
+            elif isinstance(action, negotiation.Refuse):
+                self.refuse(action.code, action.message)
+            else:
+                self.transport.close()
+            self._settle(action)
+
+    def _settle(self, decision: negotiation.Decision | None) -> None:
+        if not self.decided.done():
+            self.decided.set_result(decision)
+
+    def refuse(self, code: str, message: str) -> None:
+        if self.transport.is_closing():
+            return
+        self.transport.write(protocol.error_response(code, message))
+        self.transport.close()
+
+    def end(self) -> None:
+        """Close at once, without an answer: evicted or out of time, it has had its chance."""
+        self.transport.abort()
+        self._settle(None)
+
+
 class Activator:
     def __init__(
-        self, backend: Backend, *, wake_timeout: float = 30.0, observer: Observer | None = None
+        self,
+        backend: Backend,
+        *,
+        wake_timeout: float = 30.0,
+        observer: Observer | None = None,
+        limits: Limits | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.backend = backend
         self.wake_timeout = wake_timeout
         self.observer = observer or _NoObserver()
+        self.admit = admit
+        self.configured = limits or Limits()
+        self.limits = self.configured
+        """The caps in force: the configured ones, sized to the descriptor limit once listening."""
+        self.refusals = RefusalLog()
+        self._occupancy: Occupancy[_Client] = Occupancy(self.limits)
+        self._sized = False
         self._servers: dict[str, asyncio.Server] = {}
-        self._connections: set[asyncio.Task[None]] = set()
+        self._clients: set[_Client] = set()
+        self._relays: set[relay.Relay] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def listen(self, key: str, host: str, port: int) -> int:
         """Accept connections for database `key` on host:port (0 picks a port); returns the port."""
         if key in self._servers:
             return int(self._servers[key].sockets[0].getsockname()[1])
-        server = await asyncio.start_server(
-            self._handler(key), host, port, reuse_address=True, backlog=1024, limit=RELAY_CHUNK
+        self._size_to_descriptors()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: _Client(self, key), host, port, reuse_address=True, backlog=BACKLOG
         )
         self._servers[key] = server
         return int(server.sockets[0].getsockname()[1])
@@ -86,106 +186,140 @@ class Activator:
             await server.wait_closed()
 
     async def close(self) -> None:
-        for key in list(self._servers):
-            await self.unlisten(key)
-        for task in list(self._connections):
+        servers = list(self._servers.values())
+        self._servers.clear()
+        for server in servers:
+            server.close()
+        for client in list(self._clients):
+            client.end()
+        for spliced in list(self._relays):
+            spliced.abort()
+        for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for server in servers:
+            await server.wait_closed()
 
-    def _handler(
-        self, key: str
-    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], asyncio.Future[None]]:
-        def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> asyncio.Future[None]:
-            task = asyncio.ensure_future(self._serve(key, reader, writer))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
-            return task
+    @property
+    def negotiating(self) -> int:
+        return self._occupancy.negotiating
 
-        return handle
+    def _size_to_descriptors(self) -> None:
+        if self._sized:
+            return
+        self._sized = True
+        descriptors = raise_descriptor_limit()
+        self.limits = self._occupancy.limits = self.configured.within(descriptors)
+        if self.limits != self.configured:
+            log.warning(
+                "activator caps lowered to fit the descriptor limit",
+                descriptors=descriptors,
+                negotiating=self.limits.negotiating,
+                held=self.limits.held,
+                held_per_database=self.limits.held_per_database,
+            )
 
-    async def _serve(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _no_delay(writer)
+    # -- one connection ----------------------------------------------------------------------------
+
+    def _arrived(self, client: _Client) -> None:
+        self._clients.add(client)
+        evicted = self._occupancy.arrive(client)
+        if evicted is not None:
+            evicted.end()
+            self._refused(evicted, "evicted: too many connections negotiating their startup")
+        task = asyncio.ensure_future(self._serve(client))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _gone(self, client: _Client) -> None:
+        self._clients.discard(client)
+        self._occupancy.leave(client)
+
+    async def _serve(self, client: _Client) -> None:
+        loop = asyncio.get_running_loop()
+        decision: negotiation.Decision | None = None
         try:
-            upstream = await self.backend.upstream(key)
-            if upstream is None:
-                upstream = await self._hold(key, reader, writer)
+            async with asyncio.timeout_at(loop.time() + self.limits.startup_deadline):
+                upstream = await self.backend.upstream(client.key)
                 if upstream is None:
-                    return
-            await _relay(reader, writer, upstream)
-        except (ConnectionError, OSError) as error:
-            log.debug("connection ended", database=key, error=str(error))
+                    client.negotiate()
+                    decision = await asyncio.shield(client.decided)
+        except TimeoutError:
+            client.end()
+            self._refused(client, "startup not complete within the deadline")
+            return
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            self._occupancy.leave(client)
+        if upstream is not None:
+            await self._relay(client, upstream, b"", parsed=False)
+        elif isinstance(decision, negotiation.Wake):
+            await self._hold(client, decision.packet)
+        elif isinstance(decision, negotiation.Refuse):
+            self._refused(client, "invalid startup packet", code=decision.code, message=decision.message)
+        elif isinstance(decision, negotiation.Close) and decision.reason in (
+            negotiation.Silence.INCOMPLETE,
+            negotiation.Silence.INVALID_LENGTH,
+        ):
+            self._refused(client, decision.reason.value)
 
-    async def _hold(
-        self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> Upstream | None:
-        self.observer.held(key, 1)
+    async def _hold(self, client: _Client, startup: bytes) -> None:
+        refusal = self._occupancy.hold(client.key)
+        if refusal is not None:
+            client.refuse(protocol.TOO_MANY_CONNECTIONS, refusal)
+            self._refused(client, "too many held connections", message=refusal)
+            return
         try:
-            return await asyncio.wait_for(self.backend.wake(key), self.wake_timeout)
+            if not await self._admitted(client):
+                return
+            upstream = await self._wake(client)
+            if upstream is not None:
+                await self._relay(client, upstream, startup, parsed=True)
+        finally:
+            self._occupancy.release(client.key)
+
+    async def _admitted(self, client: _Client) -> bool:
+        if self.admit is None:
+            return True
+        try:  # a held slot is taken meanwhile: the check gets no longer than a startup does
+            async with asyncio.timeout(self.limits.startup_deadline):
+                admitted = await self.admit(client.key, client.peer)
+        except Exception as error:  # the check's fault, not the client's: refuse, and say so
+            client.refuse(protocol.CANNOT_CONNECT_NOW, "could not check this connection; try again")
+            self._refused(client, "admission check failed", error=repr(error))
+            return False
+        if not admitted:
+            client.refuse(protocol.INVALID_AUTHORIZATION_SPECIFICATION, NOT_ADMITTED)
+            self._refused(client, "not admitted")
+        return admitted
+
+    async def _wake(self, client: _Client) -> Upstream | None:
+        self.observer.held(client.key, 1)
+        try:
+            return await asyncio.wait_for(self.backend.wake(client.key), self.wake_timeout)
         except TimeoutError:
             reason = f"the database is starting and was not ready within {self.wake_timeout:g}s; try again"
         except WakeError as error:
             reason = str(error)
         finally:
-            self.observer.held(key, -1)
-        log.warning("refusing held connection", database=key, reason=reason)
-        await refuse(reader, writer, protocol.CANNOT_CONNECT_NOW, reason)
+            self.observer.held(client.key, -1)
+        client.refuse(protocol.CANNOT_CONNECT_NOW, reason)
+        self._refused(client, "wake failed", message=reason)
         return None
 
+    async def _relay(self, client: _Client, upstream: Upstream, first: bytes, *, parsed: bool) -> None:
+        """Splice the client to Postgres; `parsed`: its startup was read, so it can be told why not."""
+        try:
+            spliced = await relay.Relay.open(client.transport, upstream.host, upstream.port, first)
+        except OSError as error:
+            log.debug("upstream unreachable", database=client.key, error=str(error))
+            if parsed:
+                client.refuse(protocol.CANNOT_CONNECT_NOW, "the database is awake but cannot be reached")
+            else:
+                client.end()  # no answer fits a conversation this side never read
+            return
+        self._clients.discard(client)  # the relay owns the connection now
+        self._relays.add(spliced)
+        spliced.closed.add_done_callback(lambda _: self._relays.discard(spliced))
 
-async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, code: str, message: str) -> None:
-    """Answer as Postgres does when it cannot take a connection: decline encryption, then an error."""
-    parser = protocol.StartupParser()
-    try:
-        while not parser.done:
-            data = await asyncio.wait_for(reader.read(protocol.MAX_STARTUP_LENGTH), STARTUP_READ_TIMEOUT)
-            if not data:
-                return
-            for message_ in parser.feed(data):
-                if isinstance(message_, protocol.SSLRequest | protocol.GSSENCRequest):
-                    writer.write(protocol.DECLINE_ENCRYPTION)
-                elif isinstance(message_, protocol.StartupMessage):
-                    writer.write(protocol.error_response(code, message))
-                elif isinstance(message_, protocol.ProtocolViolation):
-                    writer.write(protocol.error_response(protocol.PROTOCOL_VIOLATION, message_.message))
-                # A CancelRequest has nothing to cancel on a sleeping database: just close.
-            await writer.drain()
-    except (TimeoutError, ConnectionError, OSError):
-        return
-
-
-async def _relay(
-    client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter, upstream: Upstream
-) -> None:
-    server_reader, server_writer = await asyncio.open_connection(
-        upstream.host, upstream.port, limit=RELAY_CHUNK
-    )
-    _no_delay(server_writer)
-    try:
-        await asyncio.gather(_pump(client_reader, server_writer), _pump(server_reader, client_writer))
-    finally:
-        server_writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await server_writer.wait_closed()
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until EOF; `drain` stops reading while the other side is slow (back-pressure)."""
-    try:
-        while data := await reader.read(RELAY_CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        writer.close()
-
-
-def _no_delay(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _refused(self, client: _Client, reason: str, **fields: str) -> None:
+        self.refusals.refused(reason, database=client.key, peer=client.peer[0], **fields)

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from controller.activator.proxy import Activator, Upstream, WakeError
+from controller.activator.proxy import Activator, Admit, Upstream, WakeError
 from controller.api import codec, types
 from controller.app import process
 from controller.app.wakes import Wakes
@@ -57,6 +57,7 @@ class ClusterBackend:
         listen_host: str = "0.0.0.0",
         port_range: tuple[int, int] = builders.ACTIVATOR_PORTS,
         wake_timeout: float = 30.0,
+        admit: Admit | None = None,
     ) -> None:
         self.kube = kube
         self.address = address
@@ -64,7 +65,7 @@ class ClusterBackend:
         self.port_range = port_range
         self.databases = Informer(kube, kc.DATABASES, namespace=namespace, on_change=self._changed)
         self.store = KubeStore(kube, self.databases)
-        self.activator = Activator(self, wake_timeout=wake_timeout)
+        self.activator = Activator(self, wake_timeout=wake_timeout, admit=admit)
         self._wakes: Wakes[Upstream] = Wakes()
         self._tokens: dict[str, str] = {}
         """Per database, the wake request in flight: only a status that answers it settles the wake."""

@@ -23,6 +23,7 @@ from support.cluster import (
 )
 from support.postgres import Server
 
+from controller.activator import protocol
 from controller.api import types
 from controller.app.activator import ClusterBackend
 from controller.runtime.kubernetes import client as kc
@@ -98,10 +99,11 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble, pods: Server) -
         assert kube.get("persistentvolumeclaims", "data-orders-0", "shop") is not None
         del running.readings["shop/orders"]
 
-        # -- a connection to the activator wakes it ----------------------------------------------
+        # -- a connection to the activator wakes it (a client's startup; junk would not) ----------
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"hello")
-        assert await asyncio.wait_for(reader.readexactly(9), 15) == b"pod:hello"
+        startup = protocol.startup_message({"user": "app"})
+        writer.write(startup)
+        assert await asyncio.wait_for(reader.readexactly(4 + len(startup)), 15) == b"pod:" + startup
         writer.close()
         assert phase(kube) == "Active"
         pod = kube.get("pods", "orders-0", "shop")
