@@ -214,8 +214,9 @@ def main() -> None:
         operator.apply(database("flood", autoPause={"idleAfter": "1s"}, autoPark={"enabled": False}))
         operator.wait_phase("flood", types.Phase.ACTIVE)
         operator.wait_phase("flood", types.Phase.PAUSED, timeout=60)
-        port, _ = read_endpoint(operator.state_dir, "default/flood")
-        assert port is not None
+        endpoint = read_endpoint(operator.state_dir, "default/flood")
+        assert endpoint is not None
+        port = endpoint.port
         baseline_active_s = time_to_active(operator, "calm")  # the same, with no flood
         raise_own_descriptor_limit(args.idle + args.slow + 1_000)
         rss_before = status_kib(peaks.pid, "VmRSS:")

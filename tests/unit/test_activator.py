@@ -361,8 +361,9 @@ def test_junk_against_a_paused_database_of_sdb_up_leaves_it_paused(operator: Ope
     operator.apply(database("quiet", autoPause={"idleAfter": "1s"}))
     operator.wait_phase("quiet", Phase.ACTIVE)
     operator.wait_phase("quiet", Phase.PAUSED)
-    port, _ = read_endpoint(operator.state_dir, "default/quiet")
-    assert port is not None
+    endpoint = read_endpoint(operator.state_dir, "default/quiet")
+    assert endpoint is not None
+    port = endpoint.port
     for junk in (
         b"",
         b"GET / HTTP/1.1\r\n\r\n",
