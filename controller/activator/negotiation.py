@@ -8,9 +8,11 @@ close) or `Close` (close without a word, as Postgres does for these cases). `wan
 bytes complete the packet under way, so the caller reads no further than the startup and keeps at
 most one packet (10,004 bytes) per client.
 
-The answer to an encryption request is 'N' for now. Taking TLS means answering SSLRequest with 'S'
-and adding one state after it that requires a TLS ClientHello record before it decides `Wake`
-(the hello and what follows being relayed to Postgres, which would get its own SSLRequest first).
+With `tls`, an SSLRequest is answered 'S' and what must follow is a TLS ClientHello: its record
+header and handshake header (`protocol.TLS_HELLO_PREFIX` bytes) decide `Wake`, encrypted. The
+StartupMessage is then inside TLS, which only Postgres can read: the relay asks Postgres for TLS
+itself and hands it the hello, so the session is encrypted to the server, not to the activator.
+GSSENCRequest is always declined.
 """
 
 from __future__ import annotations
@@ -29,9 +31,15 @@ class Reply:
 
 @dataclass(frozen=True)
 class Wake:
-    startup: protocol.StartupMessage
+    startup: protocol.StartupMessage | None
+    """None when encrypted: the StartupMessage is inside TLS."""
     packet: bytes
-    """What Postgres gets first once awake: the StartupMessage as the client sent it, byte for byte."""
+    """What Postgres gets first once awake: the StartupMessage as the client sent it, byte for byte,
+    or, encrypted, the start of its ClientHello (after the relay's own SSLRequest)."""
+
+    @property
+    def encrypted(self) -> bool:
+        return self.startup is None
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class Silence(enum.StrEnum):
     INVALID_LENGTH = "invalid length of startup packet"
     CANCEL_REQUEST = "cancel request for a database at rest"
     """Nothing runs that it could cancel."""
+    NOT_TLS = "not a TLS ClientHello after SSLRequest"
+    """Postgres fails the handshake and closes; its log says "could not accept SSL connection"."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,11 @@ Action = Reply | Decision
 class Negotiation:
     """The startup of one connection; `decision` is set once, and nothing is read after it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
+        self.tls = tls
+        """Whether SSLRequest is accepted (the server behind serves TLS), rather than declined."""
+        self.encrypted = False
+        """'S' was answered: from here the client speaks TLS, and may only be closed or relayed."""
         self._packet = bytearray()
         self._ssl_done = False
         self._gssenc_done = False
@@ -76,6 +90,8 @@ class Negotiation:
         """Bytes that complete the packet under way (0 once decided): read no more than this."""
         if self.decision is not None:
             return 0
+        if self.encrypted:
+            return protocol.TLS_HELLO_PREFIX - len(self._packet)
         if len(self._packet) < protocol.LENGTH_SIZE:
             return protocol.LENGTH_SIZE - len(self._packet)
         return self._length() - len(self._packet)
@@ -108,6 +124,8 @@ class Negotiation:
 
     def _step(self) -> list[Action]:
         """Act on the packet so far: a bad length at once, the rest once the packet is whole."""
+        if self.encrypted:
+            return self._hello()
         if len(self._packet) < protocol.LENGTH_SIZE:
             return []
         if not protocol.valid_length(self._length()):
@@ -119,6 +137,9 @@ class Negotiation:
         (code,) = struct.unpack_from("!i", packet, protocol.LENGTH_SIZE)
         if code == protocol.SSL_REQUEST_CODE and not self._ssl_done:
             self._ssl_done = True
+            if self.tls:
+                self.encrypted = True
+                return [Reply(protocol.ACCEPT_TLS)]
             return [Reply(protocol.DECLINE_ENCRYPTION)]
         if code == protocol.GSSENC_REQUEST_CODE and not self._gssenc_done:
             self._gssenc_done = True
@@ -134,6 +155,15 @@ class Negotiation:
         if isinstance(parsed, protocol.Invalid):
             return [self._decide(Refuse(parsed.code, parsed.message))]
         return [self._decide(Wake(parsed, packet))]
+
+    def _hello(self) -> list[Action]:
+        if self.wanted:
+            return []
+        packet = bytes(self._packet)
+        self._packet.clear()
+        if not protocol.is_client_hello(packet):
+            return [self._decide(Close(Silence.NOT_TLS))]
+        return [self._decide(Wake(None, packet))]
 
     def _decide(self, decision: Decision) -> Decision:
         self.decision = decision

@@ -26,6 +26,19 @@ CANCEL_REQUEST_SIZE = 16
 
 DECLINE_ENCRYPTION = b"N"
 """The one-byte answer to SSLRequest or GSSENCRequest: not here; the client goes on in plain text."""
+ACCEPT_TLS = b"S"
+"""The answer to SSLRequest that starts TLS: the client's next bytes are its ClientHello."""
+
+TLS_HELLO_PREFIX = 9
+"""A TLS record header (type, version, length: 5 bytes) and the handshake header in it (type and a
+3-byte length): enough to tell a ClientHello from anything else, without reading the hello itself."""
+_TLS_HANDSHAKE_RECORD = 22
+_TLS_CLIENT_HELLO = 1
+_TLS_MAX_RECORD = 2**14
+_TLS_ALERT_RECORD = 21
+_TLS_FATAL = 2
+TLS_INTERNAL_ERROR = 80
+TLS_ACCESS_DENIED = 49
 
 # SQLSTATEs, as Postgres names them in errcodes.txt.
 CANNOT_CONNECT_NOW = "57P03"
@@ -85,6 +98,25 @@ def parse_startup(version: int, body: bytes) -> StartupMessage | Invalid:
     return StartupMessage(version, parameters)
 
 
+def is_client_hello(prefix: bytes) -> bool:
+    """Whether the first TLS_HELLO_PREFIX bytes after 'S' start a ClientHello (RFC 8446, 5.1 and 4)."""
+    if len(prefix) < TLS_HELLO_PREFIX:
+        return False
+    kind, major, minor, length = struct.unpack_from("!BBBH", prefix)
+    return (
+        kind == _TLS_HANDSHAKE_RECORD
+        and major == 3
+        and minor <= 4
+        and 4 <= length <= _TLS_MAX_RECORD
+        and prefix[5] == _TLS_CLIENT_HELLO
+    )
+
+
+def tls_alert(description: int) -> bytes:
+    """A fatal TLS alert record in the clear: the only answer a client mid-handshake can read."""
+    return struct.pack("!BBBHBB", _TLS_ALERT_RECORD, 3, 3, 2, _TLS_FATAL, description)
+
+
 def error_response(code: str, message: str, *, severity: str = "FATAL", detail: str = "") -> bytes:
     """An ErrorResponse ('E') message, as Postgres sends it before closing a connection it refuses."""
     fields = [(b"S", severity), (b"V", severity), (b"C", code), (b"M", message)]
@@ -101,6 +133,7 @@ def startup_message(parameters: dict[str, str], protocol: int = PROTOCOL_3_0) ->
 
 
 def ssl_request() -> bytes:
+    """The 8 bytes that ask a server for TLS (the relay sends them for an encrypted client)."""
     return struct.pack("!ii", HEADER_SIZE, SSL_REQUEST_CODE)
 
 

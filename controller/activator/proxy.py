@@ -1,12 +1,13 @@
 """The activator: an asyncio TCP proxy that holds connections to a sleeping database and wakes it.
 
 A connection to a database that is reachable is relayed as it is, unparsed. Any other goes through
-its startup first (`negotiation`: encryption requests answered 'N', then a StartupMessage) and
-only a complete, valid one is held while the backend wakes the database, one wake for any number
-of clients; the StartupMessage, byte for byte, is then the first thing Postgres reads. Junk, a
-cancel request or a startup Postgres would refuse never wakes anything. If the wake fails or takes
-longer than the wake timeout, each held client gets a Postgres ErrorResponse with SQLSTATE 57P03
-and the reason, never a bare close.
+its startup first (`negotiation`) and only a valid one is held while the backend wakes the
+database, one wake for any number of clients: a StartupMessage, which is then, byte for byte, the
+first thing Postgres reads; or, with `tls`, an SSLRequest answered 'S' and the start of a
+ClientHello, which the relay hands to Postgres after its own SSLRequest, so TLS ends at the server.
+Junk, a cancel request or a startup Postgres would refuse never wakes anything. If the wake fails or
+takes longer than the wake timeout, each held client gets a Postgres ErrorResponse with SQLSTATE
+57P03 and the reason, never a bare close (mid-handshake, a TLS alert; the reason is logged).
 
 What a client can make the activator keep is bounded (`limits`): a startup has a deadline and
 reads no further than its packet; a held connection is not read from until its relay starts; the
@@ -76,7 +77,7 @@ class _Client(asyncio.BufferedProtocol):
     def __init__(self, activator: Activator, key: str) -> None:
         self.activator = activator
         self.key = key
-        self.negotiation = negotiation.Negotiation()
+        self.negotiation = negotiation.Negotiation(tls=activator.tls)
         self.transport: asyncio.Transport
         self.peer = ("", 0)
         self.decided: asyncio.Future[negotiation.Decision | None]
@@ -128,9 +129,16 @@ class _Client(asyncio.BufferedProtocol):
             self.decided.set_result(decision)
 
     def refuse(self, code: str, message: str) -> None:
+        """An ErrorResponse, or mid-handshake a TLS alert: the message is then only in the log."""
         if self.transport.is_closing():
             return
-        self.transport.write(protocol.error_response(code, message))
+        if self.negotiation.encrypted:
+            denied = code == protocol.INVALID_AUTHORIZATION_SPECIFICATION
+            self.transport.write(
+                protocol.tls_alert(protocol.TLS_ACCESS_DENIED if denied else protocol.TLS_INTERNAL_ERROR)
+            )
+        else:
+            self.transport.write(protocol.error_response(code, message))
         self.transport.close()
 
     def end(self) -> None:
@@ -148,8 +156,11 @@ class Activator:
         observer: Observer | None = None,
         limits: Limits | None = None,
         admit: Admit | None = None,
+        tls: bool = False,
     ) -> None:
         self.backend = backend
+        self.tls = tls
+        """Whether the servers behind serve TLS: SSLRequest is then accepted and passed through."""
         self.wake_timeout = wake_timeout
         self.observer = observer or _NoObserver()
         self.admit = admit
@@ -253,7 +264,7 @@ class Activator:
         if upstream is not None:
             await self._relay(client, upstream, b"", parsed=False)
         elif isinstance(decision, negotiation.Wake):
-            await self._hold(client, decision.packet)
+            await self._hold(client, decision)
         elif isinstance(decision, negotiation.Refuse):
             self._refused(client, "invalid startup packet", code=decision.code, message=decision.message)
         elif isinstance(decision, negotiation.Close) and decision.reason in (
@@ -262,7 +273,7 @@ class Activator:
         ):
             self._refused(client, decision.reason.value)
 
-    async def _hold(self, client: _Client, startup: bytes) -> None:
+    async def _hold(self, client: _Client, wake: negotiation.Wake) -> None:
         refusal = self._occupancy.hold(client.key)
         if refusal is not None:
             client.refuse(protocol.TOO_MANY_CONNECTIONS, refusal)
@@ -273,7 +284,7 @@ class Activator:
                 return
             upstream = await self._wake(client)
             if upstream is not None:
-                await self._relay(client, upstream, startup, parsed=True)
+                await self._relay(client, upstream, wake.packet, parsed=True, tls=wake.encrypted)
         finally:
             self._occupancy.release(client.key)
 
@@ -306,10 +317,12 @@ class Activator:
         self._refused(client, "wake failed", message=reason)
         return None
 
-    async def _relay(self, client: _Client, upstream: Upstream, first: bytes, *, parsed: bool) -> None:
+    async def _relay(
+        self, client: _Client, upstream: Upstream, first: bytes, *, parsed: bool, tls: bool = False
+    ) -> None:
         """Splice the client to Postgres; `parsed`: its startup was read, so it can be told why not."""
         try:
-            spliced = await relay.Relay.open(client.transport, upstream.host, upstream.port, first)
+            spliced = await relay.Relay.open(client.transport, upstream.host, upstream.port, first, tls=tls)
         except OSError as error:
             log.debug("upstream unreachable", database=client.key, error=str(error))
             if parsed:

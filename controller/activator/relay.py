@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+from controller.activator import protocol
+
 CHUNK = 64 * 1024
 HIGH_WATER = 64 * 1024
 
@@ -65,6 +67,26 @@ class _Side(asyncio.BufferedProtocol):
         self.relay.lost(self)
 
 
+TLS_ANSWER_TIMEOUT = 10.0
+"""Postgres answers SSLRequest at once; one that does not is as good as unreachable."""
+
+
+class _TlsAnswer(asyncio.Protocol):
+    """The server's one-byte answer to SSLRequest, read before the relay takes the connection over
+    (it sends nothing more until the client's hello, so nothing is read past the answer)."""
+
+    def __init__(self) -> None:
+        self.accepted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.accepted.done():
+            self.accepted.set_result(data == protocol.ACCEPT_TLS)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.accepted.done():
+            self.accepted.set_exception(ConnectionResetError("the server closed before answering"))
+
+
 class Relay:
     """A client's connection spliced to an upstream one; `closed` resolves when both have ended."""
 
@@ -77,14 +99,33 @@ class Relay:
         self._open = {self.client, self.upstream}
 
     @classmethod
-    async def open(cls, client: asyncio.Transport, host: str, port: int, first: bytes) -> Relay:
+    async def open(
+        cls, client: asyncio.Transport, host: str, port: int, first: bytes, *, tls: bool = False
+    ) -> Relay:
         """Connect to host:port, send `first`, then relay; `client` must be paused, and is resumed.
+        With `tls`, Postgres is asked for TLS first (the client was told 'S' already, and `first`
+        is the start of its ClientHello), so the handshake is the client's with the server.
 
         Raises OSError when the upstream cannot be reached; the client is then left as it was.
         """
         relay = cls(client)
         loop = asyncio.get_running_loop()
-        await loop.create_connection(lambda: relay.upstream, host, port)
+        if tls:
+            upstream, answer = await loop.create_connection(_TlsAnswer, host, port)
+            upstream.write(protocol.ssl_request())
+            try:
+                async with asyncio.timeout(TLS_ANSWER_TIMEOUT):
+                    accepted = await answer.accepted
+            except BaseException:
+                upstream.abort()
+                raise
+            if not accepted:
+                upstream.abort()
+                raise ConnectionRefusedError("the server does not serve TLS")
+            upstream.set_protocol(relay.upstream)
+            relay.upstream.connection_made(upstream)
+        else:
+            await loop.create_connection(lambda: relay.upstream, host, port)
         assert relay.upstream.transport is not None
         if client.is_closing():
             relay.upstream.transport.close()

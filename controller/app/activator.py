@@ -1,13 +1,17 @@
 """The activator as its own Deployment in a cluster: `sdb activator`.
 
 How it knows which database a connection is for: each ServerlessDatabase gets a port on the
-activator (annotation `dbscale.io/activator-port`, assigned once by the operator). The activator
-listens on every such port; while a database rests, the operator points its client Service's
-EndpointSlice at the activator's pods on that port, so a connection's local port names the database.
+activator (`status.activatorPort`, assigned once by the operator). The activator listens on every
+such port; while a database rests, the operator points its client Service's EndpointSlice at the
+activator's pods on that port, so a connection's local port names the database.
 
-How it wakes one: it sets the `dbscale.io/wake-request` annotation (an API write, so it needs no
-port into the operator) and waits, on its watch of ServerlessDatabases, for the status to answer
-that request: Active and Ready, or a failure whose message each held client then reads.
+Who may wake one: a client whose pod is in a namespace the database allows (the same namespaces as
+its NetworkPolicy). Anyone else is refused (28000) before any wake is asked for.
+
+How it wakes one: it creates a WakeRequest (an API write, so it needs no port into the operator)
+and waits, on its watch of ServerlessDatabases, for the status to answer that request: Active and
+Ready, or a failure whose message each held client then reads. A TLS client's handshake passes
+through to Postgres, which holds the certificate: the activator holds no key.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from controller.activator.proxy import Activator, Admit, Upstream, WakeError
+from controller.activator.proxy import Activator, Upstream, WakeError
 from controller.api import codec, types
 from controller.app import process
 from controller.app.wakes import Wakes
@@ -46,7 +50,7 @@ def pod_address(db: types.ServerlessDatabase) -> Upstream:
 
 
 class ClusterBackend:
-    """Ports from annotations, wakes by annotation, readiness from status; one wake per database at a time."""
+    """Ports and readiness from status, wakes by WakeRequest; one wake per database at a time."""
 
     def __init__(
         self,
@@ -57,7 +61,6 @@ class ClusterBackend:
         listen_host: str = "0.0.0.0",
         port_range: tuple[int, int] = builders.ACTIVATOR_PORTS,
         wake_timeout: float = 30.0,
-        admit: Admit | None = None,
     ) -> None:
         self.kube = kube
         self.address = address
@@ -65,7 +68,7 @@ class ClusterBackend:
         self.port_range = port_range
         self.databases = Informer(kube, kc.DATABASES, namespace=namespace, on_change=self._changed)
         self.store = KubeStore(kube, self.databases)
-        self.activator = Activator(self, wake_timeout=wake_timeout, admit=admit)
+        self.activator = Activator(self, wake_timeout=wake_timeout, admit=self.admits, tls=True)
         self._wakes: Wakes[Upstream] = Wakes()
         self._tokens: dict[str, str] = {}
         """Per database, the wake request in flight: only a status that answers it settles the wake."""

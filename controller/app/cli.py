@@ -121,6 +121,14 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
     )
     cluster.add_argument("--prometheus-url", default="", help="read CPU and memory from this Prometheus")
     cluster.add_argument(
+        "--cert-manager-issuer",
+        type=_issuer,
+        default=None,
+        metavar="KIND/NAME",
+        help="servers' certificates from cert-manager (Issuer/NAME or ClusterIssuer/NAME); "
+        "default: the operator's own CA",
+    )
+    cluster.add_argument(
         "--health-port", type=int, default=None, help="/healthz and /readyz (default: 8081); -1 to disable"
     )
     _logging_flags(up)
@@ -196,6 +204,15 @@ def _database_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
                 "--pin", action="store_true", help="keep it active, never auto-pause (Active)"
             )
         command.set_defaults(func=_cmd_state, verb=verb)
+
+
+def _issuer(text: str) -> Any:
+    from controller.runtime.kubernetes.builders import IssuerRef
+
+    try:
+        return IssuerRef.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def _logging_flags(parser: argparse.ArgumentParser) -> None:

@@ -27,6 +27,7 @@ from controller.postgres.sessions import OperatorSessions
 from controller.reconciler.loop import Reconciler
 from controller.runtime.kubernetes import builders, permissions
 from controller.runtime.kubernetes import client as kc
+from controller.runtime.kubernetes.certificates import Certificates
 from controller.runtime.kubernetes.informer import Informer
 from controller.runtime.kubernetes.leader import LeaderElector, Timing
 from controller.runtime.kubernetes.runtime import Informers, KubernetesRuntime, Locate, pod_address
@@ -51,6 +52,8 @@ class Options:
     tuning: Tuning = field(default_factory=Tuning)
     timing: Timing = field(default_factory=Timing)
     watch_timeout: int = 240
+    cert_manager_issuer: builders.IssuerRef | None = None
+    """Who issues the servers' certificates: cert-manager with this issuer, or (None) the operator."""
 
 
 class ClusterOperator:
@@ -118,6 +121,9 @@ class ClusterOperator:
             sessions=self.sessions,
             locate=locate,
             system_namespace=options.pod_namespace,
+            certificates=Certificates(
+                kube, system_namespace=options.pod_namespace, issuer=options.cert_manager_issuer
+            ),
         )
         self.store = KubeStore(
             kube, self.informers.databases, wakes=self.informers.wakes, instance=options.identity
@@ -236,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
         identity=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
         prometheus_url=args.prometheus_url or "",
         tuning=Tuning(tick=timedelta(seconds=args.tick)),
+        cert_manager_issuer=args.cert_manager_issuer,
     )
 
     async def main() -> bool:

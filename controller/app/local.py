@@ -116,7 +116,7 @@ def build(
     store = FileStore(state_dir)
     exposition = OperatorMetrics()
     backend = LocalBackend(store)
-    activator = Activator(backend, wake_timeout=wake_timeout, observer=exposition)
+    activator = Activator(backend, wake_timeout=wake_timeout, observer=exposition, tls=True)
     sessions = OperatorSessions()
     runtime = LocalRuntime(state_dir, activator, sessions=sessions, kernel_redirect=kernel_redirect)
     source = PostgresSource(runtime.address, sessions=sessions, usage=runtime.usage)

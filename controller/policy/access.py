@@ -8,7 +8,7 @@ import json
 
 from controller.api import types
 
-ACCESS_VERSION = 1
+ACCESS_VERSION = 2
 """Bumped when the roles the operator makes change shape, so every database gets them again."""
 
 

@@ -66,10 +66,12 @@ wait_for() {
 
 phase() { wait_for "sdb/$DB" '{.status.phase}' "$1"; }
 
-# Run SQL from the client pod through the database's Service (its stable endpoint).
+# Run SQL from the client pod through the database's Service (its stable endpoint), as the application
+# role, over TLS with the server's certificate checked against the operator's CA.
 sql() {
     kubectl exec -n "$NS" psql -- env PGPASSWORD="$PASSWORD" PGCONNECT_TIMEOUT=120 \
-        psql -h "$DB.$NS.svc" -U postgres -d postgres -v ON_ERROR_STOP=1 -tAc "$1"
+        PGSSLMODE=verify-full PGSSLROOTCERT=/tmp/ca.crt \
+        psql -h "$DB.$NS.svc" -U app -d app -v ON_ERROR_STOP=1 -tAc "$1"
 }
 
 if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
@@ -112,8 +114,11 @@ kubectl run psql -n "$NS" --image=postgres:16 --restart=Never --command -- sleep
 kubectl wait -n "$NS" pod/psql --for=condition=Ready --timeout="${TIMEOUT}s"
 
 phase Active
-PASSWORD=$(kubectl get secret -n "$NS" "$DB-credentials" -o jsonpath='{.data.password}' | base64 -d)
-[ -n "$PASSWORD" ] || fail "the Secret $DB-credentials holds no password"
+PASSWORD=$(kubectl get secret -n "$NS" "$DB-app" -o jsonpath='{.data.password}' | base64 -d)
+[ -n "$PASSWORD" ] || fail "the Secret $DB-app holds no password"
+kubectl get configmap -n "$NS" serverless-db-ca -o jsonpath='{.data.ca\.crt}' |
+    kubectl exec -i -n "$NS" psql -- sh -c 'cat > /tmp/ca.crt'
+[ "$(sql 'select ssl from pg_stat_ssl where pid = pg_backend_pid()')" = t ] || fail "the session is not encrypted"
 [ "$(sql 'select 1')" = 1 ] || fail "select 1 on the active database"
 sql "create table e2e_marker (note text); insert into e2e_marker values ('kept')" >/dev/null
 say "Active, and it answers queries"

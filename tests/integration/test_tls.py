@@ -85,3 +85,39 @@ def test_psycopg_over_tls_and_plaintext_refused_when_the_spec_requires_tls(opera
     for log in [operator.log, *operator.state_dir.rglob("*.log")]:
         assert body not in log.read_text(errors="replace")
     assert body not in repr(operator.get("strict").status)
+
+
+def test_a_paused_database_wakes_for_a_verifying_tls_client_encrypted_to_postgres_itself(
+    operator: Operator,
+) -> None:
+    operator.apply(database("sleepy", autoPause={"idleAfter": "1s"}))
+    operator.wait_phase("sleepy", types.Phase.ACTIVE)
+    operator.wait_phase("sleepy", types.Phase.PAUSED)
+    dsn = verified_dsn(operator, "sleepy")
+    # psql: its session's encryption is Postgres's own (pg_stat_ssl is the server's view of it).
+    result = psql(dsn, ENCRYPTED)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().split("|")[0] == "t"
+    operator.wait_phase("sleepy", types.Phase.PAUSED)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.info.pgconn.ssl_in_use
+        assert conn.execute(ENCRYPTED).fetchone()[0] is True  # type: ignore[index]
+
+
+def test_a_tls_client_whose_wake_fails_is_refused_and_a_plaintext_retry_reads_why(operator: Operator) -> None:
+    broken = database(
+        "broken", autoPause={"idleAfter": "1s"}, postgres={"parameters": {"lock_timeout": "nonsense"}}
+    )
+    operator.apply(database("broken", autoPause={"idleAfter": "1s"}))
+    operator.wait_phase("broken", types.Phase.ACTIVE)
+    operator.wait_phase("broken", types.Phase.PAUSED)
+    operator.apply(broken)  # a setting Postgres cannot start with: the next wake fails
+    # Mid-handshake there is no Postgres error to send: a TLS alert ends it ...
+    required = psql(verified_dsn(operator, "broken"), "select 1")
+    assert required.returncode != 0
+    assert "alert internal error" in required.stderr, required.stderr
+    # ... and libpq's default (sslmode=prefer) tries again in plaintext, where the reason is told.
+    with pytest.raises(psycopg.OperationalError) as refused:
+        psycopg.connect(operator.dsn("broken"), sslmode="prefer").close()
+    assert "could not be woken" in str(refused.value)
+    assert "nonsense" in str(refused.value)

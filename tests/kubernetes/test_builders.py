@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from contextlib import redirect_stdout
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from controller import pki
 from controller.api import codec, types
 from controller.app import cli
 from controller.runtime.kubernetes import builders
@@ -32,11 +34,19 @@ def database(path: Path) -> types.ServerlessDatabase:
     )
 
 
+AUTHORITY = pki.new_authority("test CA", now=datetime(2026, 1, 1, tzinfo=UTC))
+
+
 def rendered(db: types.ServerlessDatabase, phase: types.Phase) -> list[dict[str, Any]]:
+    leaf = pki.issue(
+        AUTHORITY, common_name="orders", names=builders.server_names(db), now=datetime(2026, 1, 1, tzinfo=UTC)
+    )
     return builders.render(
         db,
         phase,
         password="s3cret",
+        tls=leaf,
+        ca=AUTHORITY.certificate,
         endpoints=[builders.Endpoint("10.1.2.3", 5432)],
         capacity=2.0,
     )
@@ -53,10 +63,12 @@ def test_objects_per_phase() -> None:
     db = database(ROOT / "manifests/samples/full.yaml")
     kinds = {p: sorted((o["kind"], o["metadata"]["name"]) for o in rendered(db, p)) for p in PHASES}
     assert kinds[types.Phase.PARKED] == [
+        ("ConfigMap", builders.CA_NAME),
         ("EndpointSlice", "orders-sdb"),
         ("NetworkPolicy", "orders"),
         ("Secret", "orders-app"),
         ("Secret", "orders-credentials"),
+        ("Secret", "orders-tls"),
         ("Service", "orders"),
     ]
     assert ("StatefulSet", "orders") in kinds[types.Phase.PAUSED]
@@ -120,6 +132,8 @@ def test_sdb_render_prints_a_valid_yaml_stream() -> None:
         "NetworkPolicy",
         "Secret",
         "Secret",
+        "Secret",
+        "ConfigMap",
         "Service",
         "EndpointSlice",
         "ConfigMap",
@@ -127,8 +141,49 @@ def test_sdb_render_prints_a_valid_yaml_stream() -> None:
         "StatefulSet",
     ]
     assert objects[1]["stringData"]["password"] == PASSWORD_PLACEHOLDER
-    exporter_queries = objects[5]["data"]["exporter-queries.yaml"]
+    exporter_queries = objects[7]["data"]["exporter-queries.yaml"]
     assert "pgbouncer" in exporter_queries
     assert "sdb-monitor" in exporter_queries
     for obj in objects:
         kubernetes_validate.validate(obj, "1.33.0", strict=True)
+
+
+def test_postgres_serves_tls_from_the_mounted_secret_and_hba_takes_plaintext_only_by_membership() -> None:
+    db = database(ROOT / "manifests/samples/full.yaml")
+    config = builders.configmap(db)["data"]
+    assert "ssl = 'on'" in config["postgresql.conf"]
+    assert f"ssl_key_file = '{builders.TLS_MOUNT}/tls.key'" in config["postgresql.conf"]
+    assert f"hba_file = '{builders.CONFIG_MOUNT}/pg_hba.conf'" in config["postgresql.conf"]
+    assert config["pg_hba.conf"].splitlines()[1:] == [
+        "local   all all peer",
+        "hostssl all all all scram-sha-256",
+        "host    all +sdb_plaintext all scram-sha-256",
+    ]
+    pod = builders.statefulset(db, replicas=1, capacity=1)["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+    assert volume["secret"]["secretName"] == "orders-tls"
+    assert volume["secret"]["defaultMode"] == 0o640  # root's, group-readable: what Postgres accepts
+    exporter = next(c for c in pod["containers"] if c["name"] == "exporter")
+    assert "sslmode=require" in exporter["env"][0]["value"]
+
+
+def test_the_server_certificate_is_for_every_name_clients_use() -> None:
+    db = database(ROOT / "manifests/samples/full.yaml")
+    assert builders.server_names(db) == [
+        "orders.shop.svc.cluster.local",
+        "orders.shop.svc",
+        "orders.shop",
+        "orders",
+        "orders-0.orders-headless.shop.svc",
+    ]
+    issuer = builders.IssuerRef.parse("ClusterIssuer/internal-ca")
+    certificate = builders.certificate(db, issuer)
+    assert certificate["spec"]["secretName"] == "orders-tls"
+    assert certificate["spec"]["dnsNames"] == builders.server_names(db)
+    assert certificate["spec"]["issuerRef"] == {
+        "group": "cert-manager.io",
+        "kind": "ClusterIssuer",
+        "name": "internal-ca",
+    }
+    with pytest.raises(ValueError, match="Issuer/NAME or ClusterIssuer/NAME"):
+        builders.IssuerRef.parse("internal-ca")

@@ -172,6 +172,7 @@ async def test_an_operator_restarted_mid_pause_converges_without_duplicates(
     assert sorted(s["metadata"]["name"] for s in kube.list("secrets", "shop")) == [
         "orders-app",
         "orders-credentials",
+        "orders-tls",
     ]
     assert len(kube.list("persistentvolumeclaims", "shop")) == 1
     assert kube.get("statefulsets", "orders", "shop")["spec"]["replicas"] == 0  # type: ignore[index]

@@ -12,6 +12,7 @@ from kubeapi import KubeApiDouble
 from kubernetes import client
 from support.cluster import (
     activator_slice,
+    client_pod,
     create,
     echo_server,
     eventually,
@@ -42,6 +43,7 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble, pods: Server) -
     )
     activator_stop = asyncio.Event()
     activator_task = asyncio.create_task(backend.run(activator_stop))
+    neighbour = await client_pod(kube, "shop")
     async with operator(kube, pods) as running:
         # -- create: every object exists and the status reaches Active ----------------------------
         create(
@@ -58,7 +60,9 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble, pods: Server) -
             ("services", "orders-headless"),
             ("endpointslices", "orders-sdb"),
             ("secrets", "orders-credentials"),
+            ("secrets", "orders-tls"),
             ("configmaps", "orders-config"),
+            ("configmaps", "serverless-db-ca"),
             ("persistentvolumeclaims", "data-orders-0"),
         ):
             assert kube.get(resource, name, "shop") is not None, (resource, name)
@@ -99,9 +103,20 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble, pods: Server) -
         assert kube.get("persistentvolumeclaims", "data-orders-0", "shop") is not None
         del running.readings["shop/orders"]
 
-        # -- a connection to the activator wakes it (a client's startup; junk would not) ----------
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # -- a client from a namespace the database does not allow is refused, and wakes nothing --
         startup = protocol.startup_message({"user": "app"})
+        stranger = await client_pod(kube, "other")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(stranger, 0))
+        writer.write(startup)
+        refusal = await asyncio.wait_for(reader.read(), 15)
+        writer.close()
+        assert refusal[:1] == b"E", refusal
+        assert b"\x00C28000\x00" in refusal, refusal
+        assert kube.list("wakerequests", "shop") == []
+        assert phase(kube) == "Paused"
+
+        # -- a connection from its own namespace wakes it (a client's startup; junk would not) ----
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(neighbour, 0))
         writer.write(startup)
         assert await asyncio.wait_for(reader.readexactly(4 + len(startup)), 15) == b"pod:" + startup
         writer.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from kubeapi import KubeApiDouble
-from support.cluster import activator_slice, condition, create, eventually, operator, phase, sdb
+from support.cluster import activator_slice, client_pod, condition, create, eventually, operator, phase, sdb
 from support.postgres import Server
 
 from controller.api import types
@@ -94,23 +94,9 @@ async def test_an_object_of_the_same_name_is_never_taken_over(
 
 
 async def test_the_activator_admits_only_the_namespaces_the_database_allows(kube: KubeApiDouble) -> None:
-    for namespace in ("other", "friends"):
-        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     create(kube, "private")
     create(kube, "shared", access={"allowedNamespaces": ["friends"]})
-    client_pods = {}
-    for namespace in ("shop", "other", "friends"):
-        kube.create(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": "client", "namespace": namespace},
-                "spec": {"containers": [{"name": "app", "image": "psql"}]},
-            }
-        )
-    kube.wait_for(lambda: all(kube.pod_ready("client", n) for n in ("shop", "other", "friends")))
-    for namespace in ("shop", "other", "friends"):
-        client_pods[namespace] = kube.get("pods", "client", namespace)["status"]["podIP"]  # type: ignore[index]
+    client_pods = {n: await client_pod(kube, n) for n in ("shop", "other", "friends")}
     backend = ClusterBackend(kc.Kube(kube.api_client(), permissions.ACTIVATOR), listen_host="127.0.0.1")
     task = asyncio.create_task(backend.databases.run())
     await backend.databases.synced.wait()

@@ -37,7 +37,7 @@ def cluster(version: str = "v1.33.1") -> Iterator[KubeApiDouble]:
     with KubeApiDouble(version=version) as double:
         for crd in CRDS:
             double.install_crd(crd)
-        for namespace in (SYSTEM, "shop"):
+        for namespace in (SYSTEM, "shop", "other", "friends"):
             double.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         yield double
         assert double.internal_errors == []
@@ -180,3 +180,17 @@ async def echo_server() -> tuple[asyncio.Server, Upstream]:
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     return server, Upstream("127.0.0.1", server.sockets[0].getsockname()[1])
+
+
+async def client_pod(kube: KubeApiDouble, namespace: str, name: str = "client") -> str:
+    """A running pod in `namespace`, and its address: where a client inside the cluster dials from."""
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"containers": [{"name": "app", "image": "psql"}]},
+        }
+    )
+    await eventually(lambda: kube.pod_ready(name, namespace), what=f"{namespace}/{name} to run")
+    return str(kube.get("pods", name, namespace)["status"]["podIP"])  # type: ignore[index]

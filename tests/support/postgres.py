@@ -29,6 +29,8 @@ from support.requirements import require_postgres
 TEST_SERVERS = "tests/servers"
 """The account (when root) the tests' own servers run as: one for them all, made once."""
 TRUST_LOOPBACK = "host all all 127.0.0.1/32 trust\n"
+PASSWORD_LOOPBACK = "host all all 127.0.0.1/32 scram-sha-256\n"
+"""A test's server has no certificate: its clients use plaintext, by password."""
 CLIENT_APPLICATION = "psql"
 """The application_name of a test's client sessions: neither the operator's own nor an ignored one."""
 
@@ -103,7 +105,7 @@ async def _start(
             max_worker_processes=8,
             parameters=parameters,
         ),
-        hba=TRUST_LOOPBACK if any_password else server.HBA,
+        hba=TRUST_LOOPBACK if any_password else PASSWORD_LOOPBACK,
     )
     await cluster.start()
 

@@ -6,8 +6,10 @@ junk a security review found waking paused databases, each with the answer Postg
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
+import ssl
 import struct
 from dataclasses import dataclass
 
@@ -27,9 +29,9 @@ class Outcome:
     decision: negotiation.Decision | None
 
 
-def run(chunks: list[bytes], *, eof: bool = True) -> Outcome:
+def run(chunks: list[bytes], *, eof: bool = True, tls: bool = False) -> Outcome:
     """Feed the chunks (then EOF), checking the machine's promises on the way."""
-    machine = negotiation.Negotiation()
+    machine = negotiation.Negotiation(tls=tls)
     replies = b""
     decisions: list[negotiation.Decision] = []
     for chunk in chunks:
@@ -312,3 +314,87 @@ def test_a_bad_length_is_refused_on_its_length_word_alone() -> None:
     assert machine.wanted == 4
     assert machine.receive(struct.pack("!i", 1 << 20)) == [Close(Silence.INVALID_LENGTH)]
     assert machine.wanted == 0
+
+
+# -- with TLS: 'S', then only a ClientHello wakes, and it goes to Postgres as it came ----------------
+
+
+def client_hello(server_hostname: str = "orders.shop.svc") -> bytes:
+    """The first flight of a real TLS client (Python's OpenSSL), as it would follow our 'S'."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+def starts_a_client_hello(data: bytes) -> bool:
+    """A TLS handshake record (RFC 8446 5.1) of a legal size whose first message is a ClientHello."""
+    return (
+        len(data) >= 9
+        and data[0] == 22
+        and data[1] == 3
+        and data[2] <= 4
+        and 4 <= int.from_bytes(data[3:5], "big") <= 2**14
+        and data[5] == 1
+    )
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(
+        st.binary(max_size=120).map(lambda junk: protocol.ssl_request() + junk),
+        st.binary(max_size=120).map(lambda junk: protocol.gssenc_request() + protocol.ssl_request() + junk),
+        mutated_sessions(),
+        st.binary(max_size=120),
+    ),
+    cut_points,
+)
+@example(protocol.ssl_request() + bytes.fromhex("160301020001000000"), [9])
+def test_with_tls_only_a_client_hello_after_s_wakes_encrypted(data: bytes, cuts: list[int]) -> None:
+    whole = run([data], tls=True)
+    assert run(split(data, cuts), tls=True) == whole
+    if not isinstance(whole.decision, Wake):
+        return
+    if whole.decision.encrypted:
+        assert whole.replies.endswith(protocol.ACCEPT_TLS)
+        before = data[: len(data) - len(whole.decision.packet)]
+        assert before in (protocol.ssl_request(), protocol.gssenc_request() + protocol.ssl_request())
+        assert starts_a_client_hello(whole.decision.packet)
+    else:  # no SSLRequest was made: a plain startup, as without TLS
+        assert protocol.ssl_request() not in data[: len(data) - len(whole.decision.packet)]
+
+
+def test_a_real_client_hello_wakes_with_the_hello_passed_on_whole() -> None:
+    hello = client_hello()
+    for chunks in ([protocol.ssl_request() + hello], [protocol.ssl_request(), hello[:3], hello[3:]]):
+        outcome = run(chunks, eof=False, tls=True)
+        assert outcome.replies == protocol.ACCEPT_TLS
+        assert isinstance(outcome.decision, Wake)
+        assert outcome.decision.encrypted
+        assert outcome.decision.startup is None
+        # What the decision did not need is not lost: everything given is handed on, in order.
+        assert outcome.decision.packet == hello
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        pytest.param(STARTUP, id="a plaintext startup after S"),
+        pytest.param(protocol.ssl_request() + b"\0", id="a second SSLRequest"),
+        pytest.param(bytes.fromhex("150303000202280000"), id="an alert record"),
+        pytest.param(bytes.fromhex("160303400102000000"), id="a record over 2^14"),
+        pytest.param(bytes.fromhex("160303010002000000"), id="a ServerHello"),
+        pytest.param(b"GET / HTTP/1.1\r\n", id="HTTP"),
+    ],
+)
+def test_with_tls_anything_but_a_hello_after_s_is_closed_unanswered(after: bytes) -> None:
+    outcome = run([protocol.ssl_request() + after], tls=True)
+    assert outcome == Outcome(protocol.ACCEPT_TLS, Close(Silence.NOT_TLS))
+
+
+def test_with_tls_a_gssenc_request_is_still_declined() -> None:
+    outcome = run([protocol.gssenc_request() + protocol.ssl_request() + client_hello()], eof=False, tls=True)
+    assert outcome.replies == protocol.DECLINE_ENCRYPTION + protocol.ACCEPT_TLS
+    assert isinstance(outcome.decision, Wake)
+    assert outcome.decision.encrypted

@@ -8,20 +8,25 @@ Objects per database `<name>` in its namespace:
   EndpointSlice <name>-sdb         its only endpoints, owned by the operator: the pod when active,
                                    the activator (on this database's activator port) at rest
   Secret        <name>-credentials the generated password, made once and never rewritten
-  ConfigMap     <name>-config      postgresql.conf and the exporter's queries
+  Secret        <name>-tls         the server's certificate and key (kubernetes.io/tls), from the
+                                   operator's CA or, with cert-manager, a Certificate <name>
+  ConfigMap     <name>-config      postgresql.conf, pg_hba.conf and the exporter's queries
+And per namespace with databases, the ConfigMap serverless-db-ca: the CA's certificate, for clients.
 Compute objects are owned by the ServerlessDatabase, so deleting it removes them; the Secret and the
 PVC are not, and the operator's finalizer deletes them only when storage.retainOnDelete is false.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller import pki
 from controller.api import types, units
 from controller.policy import sizing
-from controller.postgres import conf, exporter
+from controller.postgres import conf, encryption, exporter
 
 MANAGED_BY = "serverless-db-operator"
 FIELD_MANAGER = "serverless-db-operator"
@@ -36,6 +41,12 @@ DATA_MOUNT = "/var/lib/postgresql/data"
 PGDATA = f"{DATA_MOUNT}/pgdata"
 """A directory below the mount point: a fresh volume's root holds lost+found, which initdb refuses."""
 CONFIG_MOUNT = "/etc/sdb"
+TLS_MOUNT = "/etc/sdb-tls"
+CA_NAME = "serverless-db-ca"
+"""The CA's Secret in the operator's namespace, and the ConfigMap of its certificate in every
+namespace that has databases (what clients mount as their sslrootcert)."""
+CA_KEY = "ca.crt"
+CERT_MANAGER_GROUP = "cert-manager.io"
 ACTIVATOR_PORTS = (20000, 29999)
 """The range the operator assigns activator ports from; the activator listens on each (the chart's
 `--port-range`)."""
@@ -60,6 +71,8 @@ class Names:
     configmap: str
     pvc: str
     networkpolicy: str
+    tls_secret: str
+    certificate: str
 
     @classmethod
     def of(cls, name: str) -> Names:
@@ -75,6 +88,8 @@ class Names:
             configmap=f"{name}-config",
             pvc=f"data-{name}-0",
             networkpolicy=name,
+            tls_secret=f"{name}-tls",
+            certificate=name,
         )
 
 
@@ -134,13 +149,33 @@ def capacity_of(resources_: dict[str, Any] | None) -> float | None:
     return round(cores / units.CPU_PER_CU / units.CU_STEP) * units.CU_STEP
 
 
+def server_names(db: types.ServerlessDatabase) -> list[str]:
+    """What clients call the database by (its Service, in each form) and the pod's own name."""
+    names, namespace = Names.of(db.metadata.name), db.metadata.namespace
+    service = [f"{names.service}.{namespace}.svc.cluster.local", f"{names.service}.{namespace}.svc"]
+    return [
+        *service,
+        f"{names.service}.{namespace}",
+        names.service,
+        f"{names.pod}.{names.headless}.{namespace}.svc",
+    ]
+
+
+HBA = encryption.hba_rules("all", local_peer=True)
+"""The image's init scripts use the Unix socket (peer); TCP is SCRAM, plaintext as `encryption` allows."""
+
+
 def postgresql_conf(db: types.ServerlessDatabase) -> str:
     settings = {
         "listen_addresses": "*",
         "port": str(POSTGRES_PORT),
         "unix_socket_directories": "/var/run/postgresql",
         "password_encryption": "scram-sha-256",
-        "hba_file": f"{PGDATA}/pg_hba.conf",
+        "hba_file": f"{CONFIG_MOUNT}/pg_hba.conf",
+        "ssl": "on",
+        "ssl_cert_file": f"{TLS_MOUNT}/tls.crt",
+        "ssl_key_file": f"{TLS_MOUNT}/tls.key",
+        "ssl_min_protocol_version": "TLSv1.2",
         **sizing.restart_settings(db.spec),
         **sizing.reloadable_settings(db.spec.capacity.min),
         **db.spec.postgres.parameters,
@@ -157,7 +192,79 @@ def configmap(db: types.ServerlessDatabase) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(db, names.configmap),
-        "data": {"postgresql.conf": postgresql_conf(db), "exporter-queries.yaml": queries},
+        "data": {
+            "postgresql.conf": postgresql_conf(db),
+            "pg_hba.conf": HBA,
+            "exporter-queries.yaml": queries,
+        },
+    }
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def tls_secret(db: types.ServerlessDatabase, *, certificate: str, key: str, ca: str) -> dict[str, Any]:
+    """The server's certificate, owned by the database: re-issued at will, so deleted with it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(db, Names.of(db.metadata.name).tls_secret),
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": _b64(certificate),
+            "tls.key": _b64(key),
+            CA_KEY: _b64(ca),
+        },
+    }
+
+
+def certificate(db: types.ServerlessDatabase, issuer: IssuerRef) -> dict[str, Any]:
+    """A cert-manager Certificate whose Secret is the one the pod mounts."""
+    names = Names.of(db.metadata.name)
+    return {
+        "apiVersion": f"{CERT_MANAGER_GROUP}/v1",
+        "kind": "Certificate",
+        "metadata": _metadata(db, names.certificate),
+        "spec": {
+            "secretName": names.tls_secret,
+            "commonName": server_names(db)[1],
+            "dnsNames": server_names(db),
+            "usages": ["server auth", "digital signature", "key encipherment"],
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "issuerRef": {"group": CERT_MANAGER_GROUP, "kind": issuer.kind, "name": issuer.name},
+            "secretTemplate": {"labels": labels(db)},
+        },
+    }
+
+
+@dataclass(frozen=True)
+class IssuerRef:
+    """A cert-manager issuer: `Issuer` (in each database's namespace) or `ClusterIssuer`."""
+
+    kind: str
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> IssuerRef:
+        """KIND/NAME, as the operator's --cert-manager-issuer takes it."""
+        kind, _, name = text.partition("/")
+        if kind not in ("Issuer", "ClusterIssuer") or not name:
+            raise ValueError(f"a cert-manager issuer is Issuer/NAME or ClusterIssuer/NAME (got {text!r})")
+        return cls(kind, name)
+
+
+def ca_configmap(namespace: str, ca: str) -> dict[str, Any]:
+    """The CA's certificate for the clients of one namespace; no database owns it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": CA_NAME,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY},
+        },
+        "data": {CA_KEY: ca},
     }
 
 
@@ -328,6 +435,7 @@ def statefulset(db: types.ServerlessDatabase, *, replicas: int, capacity: float)
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_MOUNT},
             {"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True},
             {"name": "run", "mountPath": "/var/run/postgresql"},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
@@ -340,7 +448,7 @@ def statefulset(db: types.ServerlessDatabase, *, replicas: int, capacity: float)
             # Tagged as the operator's own, so the sidecar's session never counts as a client.
             {
                 "name": "DATA_SOURCE_URI",
-                "value": f"127.0.0.1:{POSTGRES_PORT}/postgres?sslmode=disable"
+                "value": f"127.0.0.1:{POSTGRES_PORT}/postgres?sslmode=require"
                 f"&application_name={exporter.APPLICATION}",
             },
             {"name": "DATA_SOURCE_USER", "value": "postgres"},
@@ -387,6 +495,18 @@ def statefulset(db: types.ServerlessDatabase, *, replicas: int, capacity: float)
                     "containers": [postgres, sidecar],
                     "volumes": [
                         {"name": "config", "configMap": {"name": names.configmap}},
+                        # Root's with the pod's group (fsGroup), 0640: as Postgres takes a key file.
+                        {
+                            "name": "tls",
+                            "secret": {
+                                "secretName": names.tls_secret,
+                                "defaultMode": 0o640,
+                                "items": [
+                                    {"key": "tls.crt", "path": "tls.crt"},
+                                    {"key": "tls.key", "path": "tls.key"},
+                                ],
+                            },
+                        },
                         {"name": "run", "emptyDir": {}},
                         {"name": "tmp", "emptyDir": {}},
                     ],
@@ -402,6 +522,8 @@ def render(
     phase: types.Phase,
     *,
     password: str,
+    tls: pki.KeyPair,
+    ca: str,
     system_namespace: str = "sdb-system",
     endpoints: Sequence[Endpoint] = (),
     capacity: float | None = None,
@@ -412,6 +534,8 @@ def render(
         network_policy(db, system_namespace=system_namespace),
         secret(db, names.secret, username="postgres", password=password),
         secret(db, names.app_secret, username="app", password=password),
+        tls_secret(db, certificate=tls.certificate, key=tls.key, ca=ca),
+        ca_configmap(db.metadata.namespace, ca),
         client_service(db),
         endpoint_slice(db, endpoints),
     ]

@@ -65,6 +65,7 @@ CONFIGMAPS = Kind("", "v1", "configmaps", "ConfigMap")
 NETWORK_POLICIES = Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 EVENTS = Kind("", "v1", "events", "Event")
 LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease")
+CERTIFICATES = Kind("cert-manager.io", "v1", "certificates", "Certificate")
 KINDS = {
     k.kind: k
     for k in (

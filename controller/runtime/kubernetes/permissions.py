@@ -32,13 +32,15 @@ OPERATOR: tuple[Rule, ...] = (
     _rule("", "pods", "get", "list", "watch"),
     _rule("", "pods/resize", "patch"),
     _rule("", "persistentvolumeclaims", "get", "list", "watch", "delete"),
-    _rule("", "secrets", "get", "create", "delete"),
+    _rule("", "secrets", "get", "create", "patch", "delete"),
     _rule("", "configmaps", "get", "list", "watch", "create", "patch", "delete"),
+    _rule("cert-manager.io", "certificates", "patch"),
     _rule("networking.k8s.io", "networkpolicies", "get", "create", "patch", "delete"),
     _rule("", "events", "create", "patch"),
     _rule("coordination.k8s.io", "leases", "get", "create", "update"),
 )
-"""The operator: a ClusterRole, since ServerlessDatabases live in any namespace."""
+"""The operator: a ClusterRole, since ServerlessDatabases live in any namespace. The cert-manager rule
+is inert where cert-manager is not installed, or not chosen (`--cert-manager-issuer`)."""
 
 ACTIVATOR: tuple[Rule, ...] = (
     _rule("dbscale.io", "serverlessdatabases", "get", "list", "watch"),

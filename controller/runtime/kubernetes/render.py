@@ -1,8 +1,9 @@
 """`sdb render`: the objects the Kubernetes runtime would keep for a database in a phase, without a cluster.
 
-Values only the cluster knows are shown as such: the password is generated at creation (rendered as
-a placeholder), and the EndpointSlice's addresses (the pod's, or the activator's) are filled in by
-the operator, so it renders without endpoints.
+Values only the cluster knows are shown as such: the password is generated at creation and the
+certificates are issued by the operator (both rendered as placeholders), and the EndpointSlice's
+addresses (the pod's, or the activator's) are filled in by the operator, so it renders without
+endpoints.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from controller import pki
 from controller.api import types
 from controller.runtime.kubernetes import builders
 
 PASSWORD_PLACEHOLDER = "<generated-at-creation>"
+CERTIFICATE_PLACEHOLDER = "<issued-by-the-operator>"
 UID_PLACEHOLDER = "<assigned-by-the-api-server>"
 
 
@@ -24,4 +27,6 @@ def objects(db: types.ServerlessDatabase, phase: types.Phase) -> list[dict[str, 
         db,
         phase,
         password=PASSWORD_PLACEHOLDER,
+        tls=pki.KeyPair(CERTIFICATE_PLACEHOLDER, CERTIFICATE_PLACEHOLDER),
+        ca=CERTIFICATE_PLACEHOLDER,
     )

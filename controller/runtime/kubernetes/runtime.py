@@ -22,12 +22,13 @@ import structlog
 
 from controller.api import types, units
 from controller.policy.inputs import Compute, ComputeState, ResizeState, Route
-from controller.postgres import roles, settings
+from controller.postgres import encryption, roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
 from controller.runtime.base import PermanentError, TransientError, settings_step
 from controller.runtime.kubernetes import builders
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes.builders import Endpoint, Names
+from controller.runtime.kubernetes.certificates import Certificates
 from controller.runtime.kubernetes.informer import Informer
 
 log = structlog.get_logger("runtime.kubernetes")
@@ -82,9 +83,12 @@ class KubernetesRuntime:
         port_range: tuple[int, int] = builders.ACTIVATOR_PORTS,
         locate: Locate = pod_address,
         system_namespace: str = "sdb-system",
+        certificates: Certificates | None = None,
     ) -> None:
-        """`system_namespace`: where the operator and the activator run (their pods may reach Postgres)."""
+        """`system_namespace`: where the operator and the activator run (their pods may reach Postgres);
+        `certificates`: who issues the servers' certificates (default: the operator's own CA)."""
         self.kube = kube
+        self.certificates = certificates or Certificates(kube, system_namespace=system_namespace)
         self.informers = informers
         self.sessions = sessions or OperatorSessions()
         self.port_range = port_range
@@ -104,6 +108,7 @@ class KubernetesRuntime:
         }
 
     async def open(self) -> None:
+        await self.certificates.open()
         major, minor = await asyncio.to_thread(self.kube.server_version)
         has_resize = await asyncio.to_thread(self.kube.has_subresource, kc.PODS, "resize")
         self.in_place_resize = (major, minor) >= (1, 33) and has_resize
@@ -320,6 +325,7 @@ class KubernetesRuntime:
 
     async def _compute_objects(self, db: types.ServerlessDatabase, *, replicas: int, capacity: float) -> None:
         names = Names.of(db.metadata.name)
+        await self.certificates.ensure(db)  # the pod mounts it
         for kind, desired, name in (
             (kc.CONFIGMAPS, builders.configmap(db), names.configmap),
             (kc.SERVICES, builders.headless_service(db), names.headless),
@@ -431,6 +437,7 @@ class KubernetesRuntime:
             raise _transient(error, types.Reason.SETTINGS_FAILED) from error
         async with settings_step():
             await roles.apply(self.sessions, db.key, address, roles.Desired(app, superuser))
+            await encryption.apply(self.sessions, db.key, address, required=db.spec.tls.required)
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         pod = self._pod(db)

@@ -39,7 +39,7 @@ from controller.activator.proxy import Activator, Upstream
 from controller.api import types, units
 from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, Route
-from controller.postgres import roles, settings
+from controller.postgres import encryption, roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
 from controller.postgres.usage import Usage
 from controller.runtime.base import PermanentError, TransientError, settings_step
@@ -289,7 +289,6 @@ class LocalRuntime:
                     parameters=db.spec.postgres.parameters,
                     tls=await asyncio.to_thread(self._server_certificate, db, database),
                 ),
-                hba=server.hba_rules(tls_required=db.spec.tls.required),
             )
             user = cluster.user
             procs = self.cgroups.ensure(
@@ -374,9 +373,7 @@ class LocalRuntime:
             credentials.superuser.unlink(missing_ok=True)
         async with settings_step():
             await roles.apply(self.sessions, db.key, address, desired)
-            # Whether plaintext is refused is in pg_hba.conf, which a reload reads again.
-            if database.cluster.write_hba(server.hba_rules(tls_required=db.spec.tls.required)):
-                await self.sessions.reload(db.key, address)
+            await encryption.apply(self.sessions, db.key, address, required=db.spec.tls.required)
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         database = self._database(db)

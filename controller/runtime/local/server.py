@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from controller.api import types
-from controller.postgres import conf
+from controller.postgres import conf, encryption
 from controller.postgres.usage import Usage
 from controller.runtime.base import PermanentError, TransientError
 from controller.runtime.local import files
@@ -137,13 +137,8 @@ class Settings:
         )
 
 
-def hba_rules(*, tls_required: bool = False) -> str:
-    """Who may connect how: TCP on loopback only, passwords by SCRAM, and only over TLS if required."""
-    kind = "hostssl" if tls_required else "host"
-    return f"# Managed by the serverless-db operator.\n{kind} all all 127.0.0.1/32 scram-sha-256\n"
-
-
-HBA = hba_rules()
+HBA = encryption.hba_rules("127.0.0.1/32")
+"""TCP on loopback only, passwords by SCRAM; plaintext as `encryption` allows."""
 
 
 class Cluster:
@@ -230,17 +225,9 @@ class Cluster:
 
     def write_settings(self, settings: Settings, *, hba: str = HBA) -> None:
         files.write_private(self.config, settings.render(hba_file=self.hba), mode=0o644)
-        self.write_hba(hba)
+        files.write_private(self.hba, hba, mode=0o644)
         files.write_private(self.hba.with_name("pg_ident.conf"), "", mode=0o644)
         self._write_record(port=settings.port)
-
-    def write_hba(self, rules: str) -> bool:
-        """Write pg_hba.conf when it differs; returns whether it changed (a reload then reads it)."""
-        with contextlib.suppress(FileNotFoundError):
-            if self.hba.read_text() == rules:
-                return False
-        files.write_private(self.hba, rules, mode=0o644)
-        return True
 
     # -- process ---------------------------------------------------------------------------------
 
