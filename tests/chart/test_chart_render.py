@@ -246,9 +246,11 @@ def test_all_features_reach_the_pods() -> None:
     assert operator["spec"]["replicas"] == 2
     assert activator["spec"]["replicas"] == 3
     op = container(operator)
-    assert op["args"][-4:] == [
+    assert op["args"][-6:] == [
         "--prometheus-url",
         "http://prometheus-operated.monitoring:9090",
+        "--cert-manager-issuer",
+        "ClusterIssuer/internal-ca",
         "--tick",
         "10",
     ]

@@ -38,6 +38,8 @@ VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
         ({"podMonitor": {"relabelings": [{"action": "rename"}]}}, "podMonitor/relabelings"),
         ({"dashboards": {"labelValue": 1}}, "dashboards/labelValue"),
         ({"fullnameOverride": "Not_A_Name"}, "fullnameOverride"),
+        ({"tls": {"certManager": {"enabled": True}}}, "tls/certManager/issuerRef/name"),  # no issuer named
+        ({"tls": {"certManager": {"issuerRef": {"kind": "Vault"}}}}, "tls/certManager/issuerRef/kind"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else "",
 )
