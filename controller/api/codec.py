@@ -156,6 +156,57 @@ def encode_metadata(meta: types.ObjectMeta) -> dict[str, Any]:
     return out
 
 
+def _decode_span(raw: Any) -> types.UsageSpan | None:
+    start = _time(raw.get("start")) if isinstance(raw, Mapping) else None
+    if start is None:
+        return None
+    seconds = raw.get("phaseSeconds") or {}
+    return types.UsageSpan(
+        start=start,
+        compute_unit_hours=_number(raw.get("computeUnitHours")) or 0.0,
+        # a phase from another version of the operator is not ours to count
+        phase_seconds={
+            p: float(seconds[p.value]) for p in types.Phase if _number(seconds.get(p.value)) is not None
+        },
+        unmetered_compute_unit_hours=_number(raw.get("unmeteredComputeUnitHours")) or 0.0,
+    )
+
+
+def _decode_usage(raw: Any) -> types.UsageStatus | None:
+    if not isinstance(raw, Mapping):
+        return None
+    until = _time(raw.get("accountedUntil"))
+    period, total = _decode_span(raw.get("period")), _decode_span(raw.get("total"))
+    if until is None or period is None or total is None:
+        return None
+    return types.UsageStatus(
+        accounted_until=until,
+        period=period,
+        total=total,
+        previous_period=_decode_span(raw.get("previousPeriod")),
+    )
+
+
+def _encode_span(span: types.UsageSpan) -> dict[str, Any]:
+    return {
+        "start": _time_text(span.start),
+        "computeUnitHours": span.compute_unit_hours,
+        "phaseSeconds": {p.value: span.phase_seconds[p] for p in types.Phase if p in span.phase_seconds},
+        "unmeteredComputeUnitHours": span.unmetered_compute_unit_hours,
+    }
+
+
+def _encode_usage(usage: types.UsageStatus) -> dict[str, Any]:
+    out = {
+        "accountedUntil": _time_text(usage.accounted_until),
+        "period": _encode_span(usage.period),
+        "total": _encode_span(usage.total),
+    }
+    if usage.previous_period is not None:
+        out["previousPeriod"] = _encode_span(usage.previous_period)
+    return out
+
+
 def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
     """Status is written by the operator; anything unreadable falls back to the default."""
     raw = raw or {}
@@ -205,6 +256,7 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
         wake_request=str(raw.get("wakeRequest") or ""),
         activator_port=raw.get("activatorPort") if isinstance(raw.get("activatorPort"), int) else None,
         failures=int(raw.get("failures") or 0),
+        usage=_decode_usage(raw.get("usage")),
     )
 
 
@@ -255,6 +307,8 @@ def encode_status(status: types.DatabaseStatus) -> dict[str, Any]:
         out["wakeRequest"] = status.wake_request
     if status.activator_port is not None:
         out["activatorPort"] = status.activator_port
+    if status.usage is not None:
+        out["usage"] = _encode_usage(status.usage)
     return out
 
 

@@ -275,6 +275,34 @@ class ComputeStatus:
 
 
 @dataclass(frozen=True)
+class UsageSpan:
+    """What a database used from `start` to its usage's `accounted_until`."""
+
+    start: datetime
+    compute_unit_hours: float = 0.0
+    """The capacity in force (status.capacity.current; nothing while at zero) integrated over time."""
+    phase_seconds: dict[Phase, float] = field(default_factory=dict)
+    """Seconds spent in each phase, as status recorded it; together they cover the whole span."""
+    unmetered_compute_unit_hours: float = 0.0
+    """What the last recorded capacity would have added over operator absences beyond the gap limit:
+    left out of `compute_unit_hours`, since nobody saw whether the compute ran on (Tuning.usage_gap_limit)."""
+
+
+@dataclass(frozen=True)
+class UsageStatus:
+    """Usage you can bill, accounted in status so it outlives the operator (policy.metering)."""
+
+    accounted_until: datetime
+    """Usage is accounted up to this moment; from it on, the status's phase and capacity apply."""
+    period: UsageSpan
+    """The current billing period: a calendar month in UTC, from its first instant."""
+    total: UsageSpan
+    """Since accounting began (the database's first reconcile)."""
+    previous_period: UsageSpan | None = None
+    """The month before `period`, kept whole for billing after the month turns."""
+
+
+@dataclass(frozen=True)
 class DatabaseStatus:
     phase: Phase = Phase.PENDING
     phase_since: datetime | None = None
@@ -293,6 +321,8 @@ class DatabaseStatus:
     writes status, so no spec author can claim another database's port)."""
     failures: int = 0
     """Consecutive failed attempts at the current step, for back-off."""
+    usage: UsageStatus | None = None
+    """Compute-unit hours and time in each phase; None until the first reconcile starts accounting."""
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)

@@ -376,7 +376,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
     rows = [_row(db, wide=args.output == "wide", namespace=args.all_namespaces) for db in dbs]
     header = ["NAME", "PHASE", "CAPACITY", "MIN", "MAX", "CONNECTIONS", "AGE"]
     if args.output == "wide":
-        header += ["DESIRED", "READY", "ENDPOINT", "LAST-ACTIVITY"]
+        header += ["DESIRED", "READY", "ENDPOINT", "LAST-ACTIVITY", "CU-HOURS", "PERIOD"]
     if args.all_namespaces:
         header = ["NAMESPACE", *header]
     _table([header, *rows])
@@ -401,6 +401,8 @@ def _row(db: types.ServerlessDatabase, *, wide: bool, namespace: bool) -> list[s
             ready.status.value if ready else "Unknown",
             status.endpoint or "<none>",
             _age(status.last_activity_time) + " ago" if status.last_activity_time else "<none>",
+            f"{status.usage.period.compute_unit_hours:.3f}" if status.usage else "<none>",
+            status.usage.period.start.strftime("%Y-%m") if status.usage else "<none>",
         ]
     return [db.metadata.namespace, *row] if namespace else row
 

@@ -11,6 +11,7 @@ import contextlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from controller.api import types
+from controller.metrics.status_counter import StatusCounter
 
 DB_LABELS = ("namespace", "database")
 
@@ -59,8 +60,12 @@ class OperatorMetrics:
         self.transactions = Gauge(
             "sdb_transactions_per_second", "Client transactions per second.", DB_LABELS, registry=r
         )
-        self.cu_seconds = Counter(
-            "sdb_compute_unit_seconds", "Compute-unit seconds consumed: the cost.", DB_LABELS, registry=r
+        self.cu_seconds = StatusCounter(
+            "sdb_compute_unit_seconds",
+            "Compute-unit seconds consumed since the database was created: status.usage's total "
+            "(accounted to the last reconcile), so it survives restarts of the operator.",
+            DB_LABELS,
+            registry=r,
         )
         self.max_cu_seconds = Counter(
             "sdb_compute_unit_seconds_at_max",
@@ -110,11 +115,17 @@ class OperatorMetrics:
 
     def start_counting(self, namespace: str, name: str) -> None:
         """Make a database's counters exist at 0: increase() and rate() never see a counter's first value."""
-        for counter in (self.pauses, self.parks, self.wakes, self.cu_seconds, self.max_cu_seconds):
+        for counter in (self.pauses, self.parks, self.wakes, self.max_cu_seconds):
             counter.labels(namespace, name)
         for direction in ("up", "down"):
             self.resizes.labels(namespace, name, direction)
         self.wake_duration.labels(namespace, name)
+
+    def used(self, namespace: str, name: str, usage: types.UsageStatus) -> None:
+        """What status.usage says the database used."""
+        self.cu_seconds.set(
+            (namespace, name), usage.total.compute_unit_hours * 3600, created=usage.total.start.timestamp()
+        )
 
     def observe_phase(self, namespace: str, name: str, phase: types.Phase) -> None:
         for each in types.Phase:

@@ -23,6 +23,7 @@ from controller.api import types, units
 from controller.api.validation import InvalidSpecError
 from controller.metrics.exposition import OperatorMetrics
 from controller.metrics.source import MetricsSource
+from controller.policy import metering
 from controller.policy import plan as policy
 from controller.policy.inputs import DEFAULT_TUNING, Compute, ComputeState, Observation, Tuning
 from controller.policy.lifecycle import Action
@@ -44,10 +45,9 @@ class WakeListener(Protocol):
 
 @dataclass
 class _Cost:
-    """What a database costs now, for the per-tick cost counters."""
+    """What a database would cost at its ceiling now, for the per-tick always-at-max counter."""
 
     phase: types.Phase
-    capacity: float
     ceiling: float
 
 
@@ -162,13 +162,12 @@ class Reconciler:
             await asyncio.sleep(max(tick - (time.monotonic() - started), 0.05))
 
     def _count_costs(self, elapsed: float) -> None:
-        """CU-seconds used and what always-at-max would have used; parked databases cost nothing."""
+        """What always-at-max would have used; parked databases cost nothing. (What was used comes
+        from status.usage, which outlives the process.)"""
         for key, cost in self._costs.items():
             if cost.phase is types.Phase.PARKED:
                 continue
-            labels = types.split_key(key)
-            self.exposition.cu_seconds.labels(*labels).inc(cost.capacity * elapsed)
-            self.exposition.max_cu_seconds.labels(*labels).inc(cost.ceiling * elapsed)
+            self.exposition.max_cu_seconds.labels(*types.split_key(key)).inc(cost.ceiling * elapsed)
 
     async def _resync(self) -> None:
         """A periodic full look at every database that is not parked, in case a change was missed."""
@@ -225,14 +224,14 @@ class Reconciler:
                 action=plan.action.value,
             )
             outcome = await self._act(db, plan, compute)
-            step = status_of.advance(db, outcome, now)
+            step = status_of.advance(db, outcome, now, self.tuning)
             notes += step.notes
             self._account(db, outcome, step.db.status)
             db = step.db
             if not step.more:
                 break
         assert outcome is not None
-        await self.store.write_status(stored, db.status)
+        await self.store.write_status(stored, metering.to_write(stored.status, db.status, self.tuning))
         for note in notes:
             await self.store.record_event(stored, note.type, note.reason, note.message)
             log.info(note.message, database=db.key, reason=note.reason, type=note.type.value)
@@ -384,7 +383,9 @@ class Reconciler:
             self._running.pop(db.key, None)
             if status.phase in (types.Phase.PAUSED, types.Phase.PARKED):
                 self.observations.pop(db.key, None)
-        self._costs[db.key] = _Cost(status.phase, status.capacity.current or 0.0, db.spec.capacity.max)
+        if status.usage is not None:
+            m.used(namespace, name, status.usage)
+        self._costs[db.key] = _Cost(status.phase, db.spec.capacity.max)
         m.databases.set(len(self._costs))
 
     async def mark_stopped(self) -> None:
@@ -411,6 +412,7 @@ class Reconciler:
                 conditions=conditions,
                 connections=0,
                 capacity=replace(db.status.capacity, current=None),
+                usage=metering.accrue_status(db.status, now, self.tuning),  # billed up to the stop
             )
             with contextlib.suppress(OSError):
                 await self.store.write_status(db, status)

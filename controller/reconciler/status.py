@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from controller.api import types
-from controller.policy.inputs import Compute, ComputeState, ResizeState
+from controller.policy import metering
+from controller.policy.inputs import DEFAULT_TUNING, Compute, ComputeState, ResizeState, Tuning
 from controller.policy.lifecycle import Action
 from controller.policy.plan import IMMEDIATELY, Plan
 from controller.runtime.base import EventType, StepError
@@ -52,14 +53,18 @@ class Advance:
     """Whether the next step follows at once, in the same pass."""
 
 
-def advance(db: types.ServerlessDatabase, outcome: Outcome, now: datetime) -> Advance:
+def advance(
+    db: types.ServerlessDatabase, outcome: Outcome, now: datetime, tuning: Tuning = DEFAULT_TUNING
+) -> Advance:
     """What one step leaves behind: the reconciler's pass, and the simulator, chain these."""
-    status = next_status(db, outcome, now)
+    status = next_status(db, outcome, now, tuning)
     more = outcome.failure is None and outcome.plan.requeue_after == IMMEDIATELY
     return Advance(replace(db, status=status), events(db, status, outcome), more)
 
 
-def next_status(db: types.ServerlessDatabase, outcome: Outcome, now: datetime) -> types.DatabaseStatus:
+def next_status(
+    db: types.ServerlessDatabase, outcome: Outcome, now: datetime, tuning: Tuning = DEFAULT_TUNING
+) -> types.DatabaseStatus:
     plan, compute, failure = outcome.plan, outcome.compute, outcome.failure
     old = db.status
     phase = plan.failure_phase if failure else plan.phase
@@ -91,6 +96,7 @@ def next_status(db: types.ServerlessDatabase, outcome: Outcome, now: datetime) -
         observed_generation=db.metadata.generation,
         wake_request=plan.wake_request,
         failures=old.failures + 1 if failure else old.failures if failed_earlier else 0,
+        usage=metering.accrue_status(old, now, tuning),  # up to now at the phase and size that held
     )
     conditions = _conditions(db, status, outcome, now)
     if failed_earlier:

@@ -16,7 +16,8 @@ from typing import Protocol
 import psycopg
 
 from controller.api import types
-from controller.policy.inputs import ComputeState, Route
+from controller.policy import metering
+from controller.policy.inputs import DEFAULT_TUNING, ComputeState, Route
 
 
 class StepError(Exception):
@@ -133,9 +134,13 @@ async def settings_step() -> AsyncIterator[None]:
 
 
 def invalid_status(status: types.DatabaseStatus, message: str, now: datetime) -> types.DatabaseStatus:
-    """The status of an object the operator refuses to act on: Failed, with the problems in Ready."""
+    """The status of an object the operator refuses to act on: Failed, with the problems in Ready.
+
+    Usage is accounted up to `now` first, as at every change of phase: what ran until now ran in the
+    phase before."""
     ready = types.Condition(
         types.ConditionType.READY, types.ConditionStatus.FALSE, types.Reason.INVALID_SPEC.value, message, now
     )
     conditions = tuple(c for c in status.conditions if c.type is not types.ConditionType.READY)
-    return replace(status, phase=types.Phase.FAILED, conditions=(ready, *conditions))
+    usage = metering.accrue_status(status, now, DEFAULT_TUNING)
+    return replace(status, phase=types.Phase.FAILED, conditions=(ready, *conditions), usage=usage)
