@@ -117,6 +117,16 @@ def test_each_dashboard_reads_its_prometheus_from_the_datasource_variable(name: 
     assert all(q.expr.strip() for q in queries(name))
 
 
+def test_the_fleet_cost_is_priced_by_a_variable_the_viewer_sets() -> None:
+    variables = {v["name"]: v for v in load("fleet-overview.json")["templating"]["list"]}
+    price = variables["cu_hour_price"]
+    assert price["type"] == "textbox"  # typed in, not picked from Prometheus
+    assert float(price["query"]) > 0
+    priced = [q for q in queries("fleet-overview.json") if "$cu_hour_price" in q.expr]
+    assert {q.panel for q in priced} == {"Cost over the time range"}
+    assert all("sdb_compute_unit_seconds_total" in q.expr for q in priced)
+
+
 # -- the queries, on real data -------------------------------------------------------------------
 
 
@@ -212,6 +222,7 @@ def test_every_panel_query_parses_and_shows_data(lived: Lived, name: str) -> Non
         "__interval": "1s",
         "__range": f"{math.ceil(span) + 1}s",
         "__range_s": str(math.ceil(span) + 1),
+        "cu_hour_price": "0.12",
     }
     empty: list[str] = []
     for query in queries(name):
