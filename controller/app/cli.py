@@ -427,6 +427,16 @@ def _table(rows: list[list[str]]) -> None:
         print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
+def _usage(usage: types.UsageStatus | None) -> str:
+    if usage is None:
+        return "<none>"
+    month = f"{usage.period.compute_unit_hours:.3f} CU-hours in {usage.period.start:%Y-%m}"
+    before = usage.previous_period
+    if before is not None:
+        month += f" ({before.compute_unit_hours:.3f} in {before.start:%Y-%m})"
+    return f"{month}, {usage.total.compute_unit_hours:.3f} since {_when(usage.total.start)}"
+
+
 def _cmd_describe(args: argparse.Namespace) -> int:
     store = _store(args)
     db = _require(store, _key(args))
@@ -445,6 +455,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     print(f"  Connections:      {status.connections}")
     print(f"  Endpoint:         {status.endpoint or '<none>'}")
     print(f"  Last Activity:    {_when(status.last_activity_time)}")
+    print(f"  Usage:            {_usage(status.usage)}")
     print("Conditions:")
     _table(
         [["  TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"]]
