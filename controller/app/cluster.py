@@ -53,6 +53,8 @@ class Options:
     timing: Timing = field(default_factory=Timing)
     watch_timeout: int = 240
     cert_manager_issuer: builders.IssuerRef | None = None
+    activator_ports: tuple[int, int] = builders.ACTIVATOR_PORTS
+    """The range the activator listens on (its --port-range)."""
     """Who issues the servers' certificates: cert-manager with this issuer, or (None) the operator."""
 
 
@@ -120,6 +122,7 @@ class ClusterOperator:
             self.informers,
             sessions=self.sessions,
             locate=locate,
+            port_range=options.activator_ports,
             system_namespace=options.pod_namespace,
             certificates=Certificates(
                 kube, system_namespace=options.pod_namespace, issuer=options.cert_manager_issuer

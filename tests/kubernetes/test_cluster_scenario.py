@@ -11,6 +11,7 @@ import pytest
 from kubeapi import KubeApiDouble
 from kubernetes import client
 from support.cluster import (
+    ACTIVATOR_PORTS,
     activator_slice,
     client_pod,
     create,
@@ -40,6 +41,7 @@ async def test_the_whole_life_of_a_database(kube: KubeApiDouble, pods: Server) -
         kc.Kube(kube.api_client(), permissions.ACTIVATOR),
         address=lambda db: pod_target,
         listen_host="127.0.0.1",
+        port_range=ACTIVATOR_PORTS,
     )
     activator_stop = asyncio.Event()
     activator_task = asyncio.create_task(backend.run(activator_stop))

@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 from kubeapi import KubeApiDouble
-from support.cluster import activator_slice, client_pod, condition, create, eventually, operator, phase, sdb
+from support.cluster import (
+    ACTIVATOR_PORTS,
+    activator_slice,
+    client_pod,
+    condition,
+    create,
+    eventually,
+    operator,
+    phase,
+    sdb,
+)
 from support.postgres import Server
 
 from controller.api import types
@@ -97,7 +107,9 @@ async def test_the_activator_admits_only_the_namespaces_the_database_allows(kube
     create(kube, "private")
     create(kube, "shared", access={"allowedNamespaces": ["friends"]})
     client_pods = {n: await client_pod(kube, n) for n in ("shop", "other", "friends")}
-    backend = ClusterBackend(kc.Kube(kube.api_client(), permissions.ACTIVATOR), listen_host="127.0.0.1")
+    backend = ClusterBackend(
+        kc.Kube(kube.api_client(), permissions.ACTIVATOR), listen_host="127.0.0.1", port_range=ACTIVATOR_PORTS
+    )
     task = asyncio.create_task(backend.databases.run())
     await backend.databases.synced.wait()
     try:

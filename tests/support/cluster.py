@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +30,23 @@ from support.postgres import Server
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = sorted((ROOT / "charts/serverless-db-operator/crds").glob("*.yaml"))
 SYSTEM = "sdb-system"
+
+
+def _free_window(size: int = 100) -> tuple[int, int]:
+    """A window of the activator's range with nothing listening at its start: other test runs on the
+    same machine use the range too, and a client must reach this run's activator, not theirs."""
+    for low in random.sample(range(20_000, 30_000, size), k=100):
+        with socket.socket() as probe:
+            try:
+                probe.bind((HOST, low))
+            except OSError:
+                continue
+        return (low, low + size - 1)
+    raise RuntimeError("no free window in the activator's port range")
+
+
+ACTIVATOR_PORTS = _free_window()
+"""This run's activator ports, for the operator and the activator alike."""
 FAST = Tuning(tick=timedelta(milliseconds=200))
 
 
@@ -114,6 +133,7 @@ async def operator(
             tuning=tuning,
             timing=Timing(lease_duration=2, renew_deadline=1.5, retry_period=0.2),
             watch_timeout=5,
+            activator_ports=ACTIVATOR_PORTS,
         ),
         locate=lambda pod: (HOST, postgres.port),
         usage=lambda db: postgres.cluster.process_usage(),
