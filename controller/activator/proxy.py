@@ -306,9 +306,7 @@ class Activator:
     async def _wake(self, client: _Client) -> Upstream | None:
         self.observer.held(client.key, 1)
         try:
-            return await asyncio.wait_for(self.backend.wake(client.key), self.wake_timeout)
-        except TimeoutError:
-            reason = f"the database is starting and was not ready within {self.wake_timeout:g}s; try again"
+            return await wake_within(self.backend, client.key, self.wake_timeout)
         except WakeError as error:
             reason = str(error)
         finally:
@@ -336,3 +334,11 @@ class Activator:
 
     def _refused(self, client: _Client, reason: str, **fields: str) -> None:
         self.refusals.refused(reason, database=client.key, peer=client.peer[0], **fields)
+
+
+async def wake_within(backend: Backend, key: str, timeout: float) -> Upstream:
+    """The backend's wake, given up after `timeout`: either way a failure is a WakeError saying why."""
+    try:
+        return await asyncio.wait_for(backend.wake(key), timeout)
+    except TimeoutError:
+        raise WakeError(f"the database is starting and was not ready within {timeout:g}s; try again") from None

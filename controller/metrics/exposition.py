@@ -110,6 +110,34 @@ class OperatorMetrics:
             DB_LABELS,
             registry=r,
         )
+        self.gateway_held_clients = Gauge(
+            "sdb_gateway_held",
+            "HTTP requests and WebSocket sessions the gateway holds while their database wakes.",
+            (*DB_LABELS, "door"),
+            registry=r,
+        )
+        self.gateway_served_clients = Counter(
+            "sdb_gateway_served",
+            "HTTP requests answered by the database (results or its error), and WebSocket sessions "
+            "relayed to it.",
+            (*DB_LABELS, "door"),
+            registry=r,
+        )
+        self.gateway_refused_clients = Counter(
+            "sdb_gateway_refused",
+            "HTTP requests and WebSocket sessions the gateway refused or could not serve, by reason "
+            "(no database labels: a refused client may name any).",
+            ("door", "reason"),
+            registry=r,
+        )
+        self.gateway_latency = Histogram(
+            "sdb_gateway_latency_seconds",
+            "HTTP: from the request to its answer; WebSocket: from the upgrade to the relay's start. "
+            "A wake is included.",
+            (*DB_LABELS, "door"),
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
         self.errors = Counter("sdb_errors", "Failed steps, by reason.", (*DB_LABELS, "reason"), registry=r)
         self.databases = Gauge("sdb_databases", "Databases the operator manages.", registry=r)
 
@@ -154,12 +182,27 @@ class OperatorMetrics:
         ):
             with contextlib.suppress(KeyError):
                 metric.remove(namespace, name)
+        for door in ("http", "websocket"):
+            for metric in (self.gateway_held_clients, self.gateway_served_clients, self.gateway_latency):
+                with contextlib.suppress(KeyError):
+                    metric.remove(namespace, name, door)
         for phase in types.Phase:
             with contextlib.suppress(KeyError):
                 self.phase.remove(namespace, name, phase.value)
 
     def held(self, key: str, delta: int) -> None:
         self.held_connections.labels(*types.split_key(key)).inc(delta)
+
+    def gateway_held(self, key: str, door: str, delta: int) -> None:
+        self.gateway_held_clients.labels(*types.split_key(key), door).inc(delta)
+
+    def gateway_served(self, key: str, door: str, seconds: float) -> None:
+        labels = (*types.split_key(key), door)
+        self.gateway_served_clients.labels(*labels).inc()
+        self.gateway_latency.labels(*labels).observe(seconds)
+
+    def gateway_refused(self, door: str, reason: str) -> None:
+        self.gateway_refused_clients.labels(door, reason).inc()
 
     def serve(self, port: int, address: str = "0.0.0.0") -> int:
         """Serve /metrics on a background thread; returns the port (0 picks one)."""

@@ -1,0 +1,110 @@
+"""The gateway's server: aiohttp, with `POST /sql` (and its CORS preflight), and a WebSocket upgrade on
+any other path (the driver asks for `/v2`) on the same port.
+
+Plain HTTP carries the connection string, password included, in the clear: the processes serve it
+on loopback only unless told otherwise, and pass an `ssl.SSLContext` to serve HTTPS and `wss://`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from controller.gateway.pool import Pool
+from controller.gateway.reach import Backend, Door, Limits, NoObserver, Observer, Reach
+from controller.gateway.sql import Sql
+from controller.gateway.websocket import Relay
+
+BUSY = 503
+
+
+class PlaintextError(ValueError):
+    """Plain HTTP asked for on an address other hosts can reach, without saying so explicitly."""
+
+
+def listen(host: str, port: int, *, tls: bool, plaintext: bool = False) -> socket.socket:
+    """A listening socket on host:port (0 picks a port). Plain HTTP (no `tls`) off loopback needs
+    `plaintext`: the connection string's password would cross the network unencrypted."""
+    if not tls and not plaintext and not loopback(host):
+        raise PlaintextError(
+            f"the gateway would serve plain HTTP on {host}, where passwords cross the network "
+            "unencrypted: serve it on loopback, give it TLS, or allow plain HTTP explicitly"
+        )
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Gateway:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        limits: Limits | None = None,
+        observer: Observer | None = None,
+        pool: Pool | None = None,
+    ) -> None:
+        self.reach = Reach(backend, limits or Limits(), observer or NoObserver())
+        self.pool = pool or Pool()
+        self.sql = Sql(self.reach, self.pool)
+        self.relay = Relay(self.reach)
+        self._in_flight = 0
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._bounded], handler_args={"max_field_size": 16384})
+        app.router.add_post("/sql", self.sql.handle)
+        app.router.add_route("OPTIONS", "/sql", self.sql.preflight)
+        app.router.add_get("/{path:.*}", self.relay.handle)
+        return app
+
+    @web.middleware
+    async def _bounded(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """At most `max_in_flight` requests and sessions at once; the rest are refused, not queued."""
+        if self._in_flight >= self.reach.limits.max_in_flight:
+            door = Door.HTTP if request.path == "/sql" else Door.WEBSOCKET
+            self.reach.observer.gateway_refused(door, "busy")
+            return web.json_response({"message": "the gateway is busy; try again"}, status=BUSY)
+        self._in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            self._in_flight -= 1
+
+    async def start(self, sock: socket.socket, *, ssl_context: ssl.SSLContext | None = None) -> int:
+        """Serve on a listening socket (from `listen`), with TLS when given a context; returns the port."""
+        runner = web.AppRunner(self.application(), handler_cancellation=True, access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+        self._runner = runner
+        self.port = int(sock.getsockname()[1])
+        return self.port
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.pool.close()
