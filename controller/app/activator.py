@@ -29,6 +29,8 @@ from controller.activator.proxy import Activator, Upstream, WakeError
 from controller.api import codec, types
 from controller.app import process
 from controller.app.wakes import Wakes
+from controller.gateway.reach import Limits
+from controller.gateway.server import Gateway
 from controller.metrics.exposition import OperatorMetrics
 from controller.runtime.kubernetes import builders, permissions
 from controller.runtime.kubernetes import client as kc
@@ -40,6 +42,7 @@ NAMESPACE_CACHE_SECONDS = 30.0
 """A pod address is reused only after its pod is gone, which takes longer than this."""
 NAMESPACE_CACHE_SIZE = 10_000
 METRICS_PORT = 9466
+GATEWAY_PORT = 9443
 HEALTH_PORT = 8082
 
 
@@ -113,6 +116,21 @@ class ClusterBackend:
             return codec.decode(raw)
         except ValueError:
             return None
+
+    async def exists(self, key: str) -> bool:
+        return self._db(key) is not None
+
+    def awake(self, key: str) -> bool:
+        """Active and Ready by the last status seen: the gateway's kept sessions may go on being used
+        (a new session still asks for a wake, as every connection does)."""
+        db = self._db(key)
+        ready = db.status.condition(types.ConditionType.READY) if db is not None else None
+        return (
+            db is not None
+            and db.status.phase is types.Phase.ACTIVE
+            and ready is not None
+            and ready.status is types.ConditionStatus.TRUE
+        )
 
     async def upstream(self, key: str) -> Upstream | None:
         """Never a shortcut: a connection only reaches the activator when the operator routed it here,
@@ -230,8 +248,15 @@ def run(args: argparse.Namespace, port_range: tuple[int, int]) -> int:
         exposition = OperatorMetrics()
         backend.activator.observer = exposition
         process.serve_metrics(exposition, args, default=METRICS_PORT)
-        with process.probes(args, default=HEALTH_PORT, ready=backend.ready):
-            await process.until_signalled(backend.run)
+        listening = process.gateway_socket(args, default=GATEWAY_PORT)
+        gateway = Gateway(backend, limits=Limits(wake_timeout=args.wake_timeout), observer=exposition)
+        if listening is not None:
+            await gateway.start(listening)
+        try:
+            with process.probes(args, default=HEALTH_PORT, ready=backend.ready):
+                await process.until_signalled(backend.run)
+        finally:
+            await gateway.close()
 
     asyncio.run(main())
     return 0

@@ -88,6 +88,7 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
         help="serve /metrics here (default: 9465, or a free port if that is taken); 0: any; -1: none",
     )
     up.add_argument("--metrics-address", default="127.0.0.1")
+    _gateway_flags(up, port="9443, or a free port if that is taken", address="127.0.0.1")
     up.add_argument(
         "--wake-timeout", type=float, default=30.0, help="seconds a held connection waits for a wake"
     )
@@ -137,6 +138,7 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
     activator = sub.add_parser("activator", help="run the activator (its own Deployment in a cluster)")
     activator.add_argument("--metrics-port", type=int, default=None, help="default: 9466; -1 to disable")
     activator.add_argument("--metrics-address", default="0.0.0.0")
+    _gateway_flags(activator, port="none", address="0.0.0.0")
     activator.add_argument("--health-port", type=int, default=None, help="default: 8082; -1 to disable")
     activator.add_argument("--wake-timeout", type=float, default=30.0)
     activator.add_argument("--port-range", default="20000-29999", help="the per-database ports (low-high)")
@@ -183,6 +185,17 @@ def _database_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
         action="store_true",
         help="TLS with the server's certificate checked against the operator's CA (sslmode=verify-full)",
     )
+    driver = dsn.add_mutually_exclusive_group()
+    driver.add_argument(
+        "--http",
+        action="store_true",
+        help="for @neondatabase/serverless over HTTP: its fetchEndpoint and connection string",
+    )
+    driver.add_argument(
+        "--ws",
+        action="store_true",
+        help="for @neondatabase/serverless's Pool and Client: its wsProxy and connection string",
+    )
     dsn.set_defaults(func=_cmd_dsn)
 
     delete = sub.add_parser(
@@ -213,6 +226,25 @@ def _issuer(text: str) -> Any:
         return IssuerRef.parse(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _gateway_flags(parser: argparse.ArgumentParser, *, port: str, address: str) -> None:
+    gateway = parser.add_argument_group(
+        "SQL over HTTP and Postgres over WebSocket (@neondatabase/serverless), on one port"
+    )
+    gateway.add_argument(
+        "--gateway-port",
+        type=int,
+        default=None if port != "none" else -1,
+        help=f"serve /sql and WebSockets here (default: {port}); 0: any free port; -1: none",
+    )
+    gateway.add_argument("--gateway-address", default=address, help="(default: %(default)s)")
+    gateway.add_argument(
+        "--gateway-plaintext",
+        action="store_true",
+        help="allow plain HTTP and ws:// on an address other hosts can reach; without it plain HTTP "
+        "is served on loopback only, since every request carries its password",
+    )
 
 
 def _logging_flags(parser: argparse.ArgumentParser) -> None:
@@ -251,6 +283,7 @@ def _require(store: FileStore, key: str) -> types.ServerlessDatabase:
 def _cmd_up(args: argparse.Namespace) -> int:
     _configure_logs(args)
     from controller.app import local, process
+    from controller.gateway import server
     from controller.policy.inputs import Tuning
 
     try:
@@ -269,7 +302,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 kernel_redirect=args.endpoints == "auto",
             )
             local.run(built, args)
-    except (local.AlreadyRunningError, process.PortInUseError) as error:
+    except (local.AlreadyRunningError, process.PortInUseError, server.PlaintextError) as error:
         raise CliError(str(error)) from error
     return 0
 
@@ -277,6 +310,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_activator(args: argparse.Namespace) -> int:
     _configure_logs(args)
     from controller.app import activator, process
+    from controller.gateway import server
 
     low, _, high = args.port_range.partition("-")
     try:
@@ -285,7 +319,7 @@ def _cmd_activator(args: argparse.Namespace) -> int:
         raise CliError(f"--port-range must be LOW-HIGH (got {args.port_range!r})") from error
     try:
         return activator.run(args, port_range)
-    except process.PortInUseError as error:
+    except (process.PortInUseError, server.PlaintextError) as error:
         raise CliError(str(error)) from error
 
 
@@ -513,6 +547,8 @@ def _cmd_dsn(args: argparse.Namespace) -> int:
     endpoint = runtime.read_endpoint(_state_dir(args), db.key, superuser=args.superuser)
     if endpoint is None:
         raise CliError(f"{db.key} has no endpoint yet (phase {db.status.phase.value}); is `sdb up` running?")
+    if args.http or args.ws:
+        return _driver_settings(args, db, endpoint)
     port = endpoint.port
     if args.direct:
         direct = runtime.read_direct_port(_state_dir(args), db.key)
@@ -531,6 +567,31 @@ def _cmd_dsn(args: argparse.Namespace) -> int:
         passfile = runtime.remember_password(_state_dir(args), port=port, endpoint=endpoint)
         options.append(f"passfile={quote(str(passfile), safe='/')}")
     print(f"postgresql://{user}@{where}" + (f"?{'&'.join(options)}" if options else ""))
+    return 0
+
+
+def _driver_settings(args: argparse.Namespace, db: types.ServerlessDatabase, endpoint: Any) -> int:
+    """What `@neondatabase/serverless` is configured with to reach this database through the gateway,
+    one `name: value` line each, named as the driver names them."""
+    from urllib.parse import quote
+
+    from controller.app import local
+
+    gateway = local.read_gateway(_state_dir(args))
+    if gateway is None:
+        raise CliError("no gateway is serving: is `sdb up` running (without --gateway-port -1)?")
+    secret = f":{quote(endpoint.password, safe='')}" if args.show_password else ""
+    host = f"{db.metadata.name}.{db.metadata.namespace}"
+    if args.http:
+        print(f"fetchEndpoint: {gateway.url('http', '/sql')}")
+    else:
+        print(f"wsProxy: {gateway.host}:{gateway.port}/v2")
+        print(f"useSecureWebSocket: {str(gateway.tls).lower()}")
+        print("pipelineConnect: false")
+    user = quote(endpoint.user, safe="")
+    print(f"connectionString: postgresql://{user}{secret}@{host}/{endpoint.database}")
+    if not args.show_password:
+        print("the driver needs the password in the connection string: add --show-password", file=sys.stderr)
     return 0
 
 

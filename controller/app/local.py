@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,12 +23,15 @@ from controller.activator.proxy import Activator, Upstream, WakeError
 from controller.api import types
 from controller.app import process
 from controller.app.wakes import Wakes
+from controller.gateway.reach import Limits
+from controller.gateway.server import Gateway
 from controller.metrics.exposition import OperatorMetrics
 from controller.metrics.postgres import PostgresSource
 from controller.policy.inputs import DEFAULT_TUNING, Tuning
 from controller.postgres.sessions import OperatorSessions
 from controller.reconciler.loop import Reconciler
 from controller.runtime.base import Store
+from controller.runtime.local import files
 from controller.runtime.local.runtime import LocalRuntime
 from controller.runtime.local.store import FileStore
 
@@ -87,6 +92,17 @@ class LocalBackend:
         await self.store.request_wake(key)
         self.reconciler.trigger(key)
 
+    async def exists(self, key: str) -> bool:
+        return await self.store.get(key) is not None
+
+    def awake(self, key: str) -> bool:
+        assert self.runtime is not None
+        return self.runtime.upstream(key) is not None
+
+    async def admits(self, key: str, peer: tuple[str, int]) -> bool:
+        """Every local client is on this host, where each database's endpoint is open to all."""
+        return True
+
     def ready(self, key: str) -> None:
         self._wakes.succeed(key, None)
 
@@ -102,6 +118,7 @@ class LocalOperator:
     source: PostgresSource
     reconciler: Reconciler
     exposition: OperatorMetrics
+    gateway: Gateway
     metrics_port: int | None = None
 
 
@@ -124,7 +141,8 @@ def build(
         store=store, runtime=runtime, metrics=source, exposition=exposition, tuning=tuning, listener=backend
     )
     backend.bind(runtime, reconciler)
-    return LocalOperator(store, runtime, activator, source, reconciler, exposition)
+    gateway = Gateway(backend, limits=Limits(wake_timeout=wake_timeout), observer=exposition)
+    return LocalOperator(store, runtime, activator, source, reconciler, exposition, gateway)
 
 
 class AlreadyRunningError(RuntimeError):
@@ -181,21 +199,55 @@ async def delete_offline(state_dir: Path, db: types.ServerlessDatabase, *, keep_
 
 
 METRICS_PORT = 9465
+GATEWAY_PORT = 9443
+GATEWAY_RECORD = "gateway.json"
+"""Where the running operator's gateway listens, for `sdb dsn --http` and `--ws`."""
+
+
+@dataclass(frozen=True)
+class GatewayAddress:
+    host: str
+    port: int
+    tls: bool
+
+    def url(self, scheme: str, path: str) -> str:
+        return f"{scheme}{'s' if self.tls else ''}://{self.host}:{self.port}{path}"
+
+
+def read_gateway(state_dir: Path) -> GatewayAddress | None:
+    """The gateway of the operator that runs for this state directory, if one runs with a gateway."""
+    if not running(state_dir):
+        return None
+    try:
+        record = json.loads((state_dir / GATEWAY_RECORD).read_text())
+        return GatewayAddress(str(record["host"]), int(record["port"]), bool(record["tls"]))
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def run(operator: LocalOperator, args: argparse.Namespace) -> None:
     """`sdb up`: serve /metrics, run until SIGINT or SIGTERM, then stop every server cleanly."""
+    record = operator.store.root / GATEWAY_RECORD
 
     async def serve(stop: asyncio.Event) -> None:
-        # The port first: a taken one is refused before anything on the host is touched.
+        # The ports first: a taken one is refused before anything on the host is touched.
         operator.metrics_port = process.serve_metrics(operator.exposition, args, default=METRICS_PORT)
+        gateway = process.gateway_socket(args, default=GATEWAY_PORT)
         await operator.runtime.open()
         try:
+            if gateway is not None:
+                port = await operator.gateway.start(gateway)
+                host = "127.0.0.1" if args.gateway_address in ("0.0.0.0", "::") else args.gateway_address
+                address = GatewayAddress(host, port, tls=False)
+                files.write_private(record, json.dumps(dataclasses.asdict(address)))
+                log.info("serving SQL over HTTP and WebSocket", address=address.url("http", "/sql"))
             await operator.reconciler.start()
             log.info("operator running", runtime="local", state_dir=str(operator.store.root))
             await stop.wait()
         finally:
             log.info("stopping: shutting Postgres servers down cleanly")
+            record.unlink(missing_ok=True)
+            await operator.gateway.close()
             await operator.reconciler.stop()
             await operator.activator.close()
             await operator.source.close()

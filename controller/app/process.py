@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import errno
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
@@ -15,6 +16,7 @@ import structlog
 from kubernetes import client, config
 
 from controller.app import health
+from controller.gateway import server
 from controller.metrics.exposition import OperatorMetrics
 
 log = structlog.get_logger("process")
@@ -69,6 +71,20 @@ def serve_metrics(exposition: OperatorMetrics, args: argparse.Namespace, *, defa
     )
     log.info("serving metrics", address=f"http://{args.metrics_address}:{port}/metrics")
     return port
+
+
+def gateway_socket(args: argparse.Namespace, *, default: int) -> socket.socket | None:
+    """The gateway's listening socket on `--gateway-port` (-1: none), plain HTTP only where
+    `--gateway-address` is loopback unless `--gateway-plaintext` says otherwise."""
+    if args.gateway_port is not None and args.gateway_port < 0:
+        return None
+    return bind(
+        lambda p: server.listen(args.gateway_address, p, tls=False, plaintext=args.gateway_plaintext),
+        port=args.gateway_port,
+        default=default,
+        flag="--gateway-port",
+        what="the SQL-over-HTTP gateway",
+    )
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.api import types
-from controller.app import cli
+from controller.app import cli, local
 from controller.runtime.local.runtime import read_endpoint
 from controller.runtime.local.store import FileStore
 
@@ -43,12 +43,19 @@ class Operator:
     """`sdb up` as a child process, and the CLI and store over the same state directory."""
 
     def __init__(
-        self, state_dir: Path, *, tick: float = 0.5, wake_timeout: float = 30.0, metrics_port: int = -1
+        self,
+        state_dir: Path,
+        *,
+        tick: float = 0.5,
+        wake_timeout: float = 30.0,
+        metrics_port: int = -1,
+        gateway_port: int = 0,
     ) -> None:
         self.state_dir = state_dir
         self.tick = tick
         self.wake_timeout = wake_timeout
         self.metrics_port = metrics_port
+        self.gateway_port = gateway_port
         self.store = FileStore(state_dir)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = state_dir.parent / f"{state_dir.name}-operator.log"
@@ -68,6 +75,8 @@ class Operator:
                     str(self.tick),
                     "--wake-timeout",
                     str(self.wake_timeout),
+                    "--gateway-port",
+                    str(self.gateway_port),
                     "--log-format",
                     "json",
                     *extra,
@@ -163,6 +172,13 @@ class Operator:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return float(sample.value)
         return 0.0
+
+    @property
+    def gateway(self) -> str:
+        """The gateway's `host:port`, from the running operator's record."""
+        address = local.read_gateway(self.state_dir)
+        assert address is not None, "the operator serves no gateway"
+        return f"{address.host}:{address.port}"
 
     def pgdata(self, name: str, namespace: str = "default") -> Path:
         return self.state_dir / "databases" / namespace / name / "pgdata"
