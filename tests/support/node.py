@@ -1,0 +1,40 @@
+"""The real `@neondatabase/serverless` driver, run by Node from tests/js (which `./dev` installs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from support.requirements import missing
+
+JS = Path(__file__).resolve().parents[1] / "js"
+
+
+def require_driver() -> str:
+    """The node binary, with tests/js's pinned packages installed (`npm ci` by `./dev test`)."""
+    node = shutil.which("node")
+    if node is None or shutil.which("npm") is None:
+        missing("Node.js and npm on PATH (Debian's nodejs and npm)")
+    if not (JS / "node_modules" / "@neondatabase" / "serverless").is_dir():
+        missing("tests/js/node_modules (`./dev setup` runs npm ci there)")
+    return node
+
+
+def run(scenario: str, *, gateway: str, url: str, timeout: float = 120) -> dict[str, Any]:
+    """One scenario of tests/js/driver.mjs; what it saw, as JSON."""
+    result = subprocess.run(
+        [require_driver(), "driver.mjs", scenario],
+        cwd=JS,
+        env={**os.environ, "GATEWAY": gateway, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, f"node driver.mjs {scenario} exited {result.returncode}:\n{result.stderr}"
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
