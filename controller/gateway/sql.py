@@ -132,7 +132,7 @@ class Sql:
 
     async def _session(self, role: Role, credentials: req.Credentials) -> Session:
         if self.reach.backend.awake(credentials.key):
-            kept = self.pool.take(role)
+            kept = await self.pool.take(role)
             if kept is not None:
                 return kept
         else:
