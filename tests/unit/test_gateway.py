@@ -1,0 +1,211 @@
+"""The gateway's sans-I/O parts: what a client sends to /sql, and the answer's shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from controller.gateway import request, results
+from controller.gateway.request import Batch, Query, RequestError
+
+# -- which database ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("orders.shop", "shop/orders"),  # locally
+        ("orders.shop.svc", "shop/orders"),  # the Service name in a cluster
+        ("orders.shop.svc.cluster.local", "shop/orders"),
+        ("Orders.Shop.", "shop/orders"),  # DNS is case-blind; a trailing dot is the root
+        ("orders", None),  # no namespace
+        ("orders.shop.example.com", None),  # not a Service name
+        ("127.0.0.1", None),
+        ("-orders.shop", None),
+        ("orders.sh_op", None),
+        ("", None),
+    ],
+)
+def test_the_host_names_the_database(host: str, key: str | None) -> None:
+    assert request.database_key(host) == key
+
+
+def test_a_connection_string_is_read_percent_decoded() -> None:
+    given = request.credentials(
+        "postgresql://app%40x:p%3Ass%2Fw0rd@orders.shop:5432/my%20db"
+        "?sslmode=require&application_name=pkg%3Anpm%2F%40neondatabase%2Fserverless%401.2.0"
+    )
+    assert given == request.Credentials(
+        key="shop/orders",
+        user="app@x",
+        database="my db",
+        password="p:ss/w0rd",
+        application_name="pkg:npm/@neondatabase/serverless@1.2.0",
+    )
+    assert "p:ss/w0rd" not in repr(given)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (None, "header is missing"),
+        ("mysql://app:s3cret@orders.shop/app", "postgres:// or postgresql://"),
+        ("postgresql://app:s3cret@127.0.0.1/app", "host must name a database"),
+        ("postgresql://:s3cret@orders.shop/app", "no user"),
+        ("postgresql://app:s3cret@orders.shop", "no database name"),
+        ("postgresql://app:s3cret@[orders.shop/app", "not a valid URL"),
+    ],
+)
+def test_a_bad_connection_string_is_refused_without_repeating_it(value: str | None, says: str) -> None:
+    with pytest.raises(RequestError) as refused:
+        request.credentials(value)
+    assert says in refused.value.message
+    assert refused.value.status == 400
+    assert "s3cret" not in refused.value.message
+
+
+# -- the body and headers ---------------------------------------------------------------------------
+
+
+def body(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+def test_a_single_query_and_a_batch_with_its_transaction_options() -> None:
+    assert request.work(body({"query": "SELECT $1", "params": ["x", None]}), {}) == Query(
+        "SELECT $1", ("x", None)
+    )
+    assert request.work(body({"query": "SELECT 1"}), {}) == Query("SELECT 1")  # params may be left out
+    batch = request.work(
+        body({"queries": [{"query": "SELECT 1", "params": []}, {"query": "SELECT 2", "arrayMode": False}]}),
+        {
+            request.BATCH_ISOLATION_LEVEL: "RepeatableRead",
+            request.BATCH_READ_ONLY: "true",
+            request.BATCH_DEFERRABLE: "True",  # only exactly "true" is on
+        },
+    )
+    assert batch == Batch(
+        (Query("SELECT 1"), Query("SELECT 2", array_mode=False)),
+        isolation_level="RepeatableRead",
+        read_only=True,
+    )
+    assert isinstance(batch, Batch)
+    assert batch.begin() == "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    assert Batch((Query("SELECT 1"),)).begin() == "BEGIN"
+
+
+@pytest.mark.parametrize(
+    ("raw", "headers", "says"),
+    [
+        (b"\xff", {}, "not JSON"),
+        (b"[1]", {}, "JSON object"),
+        (body({"query": 1}), {}, "`query` string"),
+        (body({"query": "SELECT 1", "params": "x"}), {}, "`params` must be an array"),
+        (body({"queries": []}), {}, "non-empty array"),
+        (
+            body({"queries": [{"query": "SELECT 1"}]}),
+            {request.BATCH_ISOLATION_LEVEL: "Chaos"},
+            "isolation level",
+        ),
+        (body({"queries": [{"query": "SELECT 1"}] * (request.MAX_QUERIES + 1)}), {}, "at most 1000"),
+    ],
+)
+def test_a_bad_body_is_refused(raw: bytes, headers: dict[str, str], says: str) -> None:
+    with pytest.raises(RequestError, match=says):
+        request.work(raw, headers)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("x", "x"),
+        (None, None),
+        (True, "true"),
+        (42, "42"),
+        (1.5, "1.5"),
+        ({"k": "v"}, '{"k":"v"}'),
+        (
+            [1, "a", None, [2, 3], 'say "hi"'],
+            '{"1","a",NULL,{"2","3"},"say \\"hi\\""}',
+        ),  # as the driver writes arrays
+    ],
+)
+def test_parameters_become_postgres_text(value: Any, text: str | None) -> None:
+    assert request.parameter(value) == text
+
+
+# -- the answer -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tag", "command"),
+    [
+        ("SELECT 2", ("SELECT", 2)),
+        ("INSERT 0 5", ("INSERT", 5)),
+        ("CREATE TABLE", ("CREATE", None)),
+        ("", ("", None)),
+    ],
+)
+def test_the_command_tag_gives_the_verb_and_the_count(tag: str, command: tuple[str, int | None]) -> None:
+    assert results.command(tag) == command
+
+
+FIELDS = [
+    results.Field("ok", 16, 0, 0, 1, -1),
+    results.Field("n", 23, 16385, 2, 4, -1),
+    results.Field("j", 3802, 0, 0, -1, -1),
+]
+RESULT = results.Result(FIELDS, [["t", "7", '{"a": 1}'], [None, None, None]], "SELECT 2")
+
+
+def test_a_result_in_raw_text_and_array_mode_is_what_the_driver_parses() -> None:
+    assert results.encode(RESULT, array_mode=True, raw_text=True) == {
+        "command": "SELECT",
+        "rowCount": 2,
+        "rows": [["t", "7", '{"a": 1}'], [None, None, None]],
+        "fields": [
+            {
+                "name": "ok",
+                "dataTypeID": 16,
+                "tableID": 0,
+                "columnID": 0,
+                "dataTypeSize": 1,
+                "dataTypeModifier": -1,
+                "format": "text",
+            },
+            {
+                "name": "n",
+                "dataTypeID": 23,
+                "tableID": 16385,
+                "columnID": 2,
+                "dataTypeSize": 4,
+                "dataTypeModifier": -1,
+                "format": "text",
+            },
+            {
+                "name": "j",
+                "dataTypeID": 3802,
+                "tableID": 0,
+                "columnID": 0,
+                "dataTypeSize": -1,
+                "dataTypeModifier": -1,
+                "format": "text",
+            },
+        ],
+        "rowAsArray": True,
+    }
+
+
+def test_without_raw_text_some_types_become_json_and_rows_objects() -> None:
+    encoded = results.encode(RESULT, array_mode=False, raw_text=False)
+    assert encoded["rows"] == [{"ok": True, "n": 7, "j": {"a": 1}}, {"ok": None, "n": None, "j": None}]
+    assert encoded["rowAsArray"] is False
+
+
+def test_an_error_carries_every_field_the_driver_copies() -> None:
+    document = results.error('relation "nope" does not exist', {"code": "42P01", "position": "15"})
+    assert document["message"] == 'relation "nope" does not exist'
+    assert (document["code"], document["position"], document["hint"]) == ("42P01", "15", None)
+    assert set(document) == {"message", *results.ERROR_FIELDS}
