@@ -341,4 +341,5 @@ async def wake_within(backend: Backend, key: str, timeout: float) -> Upstream:
     try:
         return await asyncio.wait_for(backend.wake(key), timeout)
     except TimeoutError:
-        raise WakeError(f"the database is starting and was not ready within {timeout:g}s; try again") from None
+        reason = f"the database is starting and was not ready within {timeout:g}s; try again"
+        raise WakeError(reason) from None

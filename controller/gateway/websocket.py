@@ -5,9 +5,10 @@ The database is named by the upgrade's `address` parameter (`<host>:<port>`, wha
 a whole StartupMessage has arrived nothing is woken or connected: the activator's own negotiation
 reads it, so an encryption request is declined here (TLS belongs to the `wss://` layer), a
 CancelRequest reaches only a database that is awake, and anything else (bad lengths, garbage) is
-answered or closed as Postgres would; a text frame ends the session. Then the bytes go on untouched, starting with the StartupMessage and whatever the client
-sent after it, so Postgres itself authenticates the client. Memory is bounded: one frame at a time
-in each direction, each written out before the next is read.
+answered or closed as Postgres would; a text frame ends the session. Then the bytes go on
+untouched, starting with the StartupMessage and whatever the client sent after it, so Postgres
+itself authenticates the client. Memory is bounded: one frame at a time in each direction, each
+written out before the next is read.
 """
 
 from __future__ import annotations
