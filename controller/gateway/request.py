@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+AUTHORIZATION = "Authorization"
 CONNECTION_STRING = "Neon-Connection-String"
 RAW_TEXT_OUTPUT = "Neon-Raw-Text-Output"
 ARRAY_MODE = "Neon-Array-Mode"
@@ -109,6 +110,18 @@ def database_key(host: str) -> str | None:
     if not (_LABEL.fullmatch(name) and _LABEL.fullmatch(namespace)):
         return None
     return f"{namespace}/{name}"
+
+
+def authenticate(headers: Mapping[str, str]) -> Credentials:
+    """Who a request says it is: the one place its credentials are read. The password is Postgres's to
+    check, when a session is opened with it (a kept session is only ever reused for the same one)."""
+    if AUTHORIZATION in headers:
+        raise RequestError(
+            "token authentication is not supported: give the role's password in the connection string",
+            code="28000",
+            reason="unsupported_authentication",
+        )
+    return credentials(headers.get(CONNECTION_STRING))
 
 
 def credentials(value: str | None) -> Credentials:

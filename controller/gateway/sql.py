@@ -61,7 +61,7 @@ class Sql:
         started = asyncio.get_running_loop().time()
         try:
             body = await self._body(request)
-            credentials = req.credentials(request.headers.get(req.CONNECTION_STRING))
+            credentials = req.authenticate(request.headers)
             work = req.work(body, request.headers)
             await self.reach.check(credentials.key, peer(request))
             payload, status = await self._serve(credentials, work, req.output(request.headers))
