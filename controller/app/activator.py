@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -29,6 +30,7 @@ from controller.activator.proxy import Activator, Upstream, WakeError
 from controller.api import codec, types
 from controller.app import process
 from controller.app.wakes import Wakes
+from controller.gateway import server
 from controller.gateway.reach import Limits
 from controller.gateway.server import Gateway
 from controller.metrics.exposition import OperatorMetrics
@@ -234,6 +236,18 @@ class ClusterBackend:
         return self.databases.synced.is_set()
 
 
+def gateway_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """HTTPS from the mounted certificate, or plain HTTP when asked for (loopback only)."""
+    if args.gateway_plaintext:
+        return None
+    if args.gateway_certificate is None or args.gateway_key is None:
+        raise server.PlaintextError(
+            "the gateway serves HTTPS: give it --gateway-certificate and --gateway-key "
+            "(or --gateway-plaintext, on loopback only)"
+        )
+    return server.tls_context(args.gateway_certificate, args.gateway_key)
+
+
 def run(args: argparse.Namespace, port_range: tuple[int, int]) -> int:
     """`sdb activator`: hold connections to resting databases and wake them through the API."""
 
@@ -251,7 +265,7 @@ def run(args: argparse.Namespace, port_range: tuple[int, int]) -> int:
         listening = process.gateway_socket(args, default=GATEWAY_PORT)
         gateway = Gateway(backend, limits=Limits(wake_timeout=args.wake_timeout), observer=exposition)
         if listening is not None:
-            await gateway.start(listening)
+            await gateway.start(listening, ssl_context=gateway_tls(args))
         try:
             with process.probes(args, default=HEALTH_PORT, ready=backend.ready):
                 await process.until_signalled(backend.run)

@@ -139,6 +139,12 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
     activator.add_argument("--metrics-port", type=int, default=None, help="default: 9466; -1 to disable")
     activator.add_argument("--metrics-address", default="0.0.0.0")
     _gateway_flags(activator, port="none", address="0.0.0.0")
+    activator.add_argument(
+        "--gateway-certificate",
+        type=Path,
+        help="the gateway's TLS certificate (PEM, from the operator's CA), with --gateway-key",
+    )
+    activator.add_argument("--gateway-key", type=Path, help="the key of --gateway-certificate (PEM)")
     activator.add_argument("--health-port", type=int, default=None, help="default: 8082; -1 to disable")
     activator.add_argument("--wake-timeout", type=float, default=30.0)
     activator.add_argument("--port-range", default="20000-29999", help="the per-database ports (low-high)")
@@ -242,8 +248,8 @@ def _gateway_flags(parser: argparse.ArgumentParser, *, port: str, address: str) 
     gateway.add_argument(
         "--gateway-plaintext",
         action="store_true",
-        help="allow plain HTTP and ws:// on an address other hosts can reach; without it plain HTTP "
-        "is served on loopback only, since every request carries its password",
+        help="plain HTTP and ws:// instead of HTTPS and wss://, on a loopback address only (every "
+        "request carries its password)",
     )
 
 
@@ -576,6 +582,7 @@ def _driver_settings(args: argparse.Namespace, db: types.ServerlessDatabase, end
     from urllib.parse import quote
 
     from controller.app import local
+    from controller.runtime.local import runtime
 
     gateway = local.read_gateway(_state_dir(args))
     if gateway is None:
@@ -590,6 +597,8 @@ def _driver_settings(args: argparse.Namespace, db: types.ServerlessDatabase, end
         print("pipelineConnect: false")
     user = quote(endpoint.user, safe="")
     print(f"connectionString: postgresql://{user}{secret}@{host}/{endpoint.database}")
+    if gateway.tls:  # Node trusts it when started with NODE_EXTRA_CA_CERTS set to this file
+        print(f"caCertificate: {_state_dir(args) / runtime.CA_CERTIFICATE}")
     if not args.show_password:
         print("the driver needs the password in the connection string: add --show-password", file=sys.stderr)
     return 0

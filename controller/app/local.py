@@ -23,7 +23,8 @@ from controller.activator.proxy import Activator, Upstream, WakeError
 from controller.api import types
 from controller.app import process
 from controller.app.wakes import Wakes
-from controller.gateway.reach import Limits
+from controller.gateway import server
+from controller.gateway.reach import Limits, PostgresTls
 from controller.gateway.server import Gateway
 from controller.metrics.exposition import OperatorMetrics
 from controller.metrics.postgres import PostgresSource
@@ -32,7 +33,7 @@ from controller.postgres.sessions import OperatorSessions
 from controller.reconciler.loop import Reconciler
 from controller.runtime.base import Store
 from controller.runtime.local import files
-from controller.runtime.local.runtime import LocalRuntime
+from controller.runtime.local.runtime import CA_CERTIFICATE, LocalRuntime
 from controller.runtime.local.store import FileStore
 
 log = structlog.get_logger("operator")
@@ -141,7 +142,12 @@ def build(
         store=store, runtime=runtime, metrics=source, exposition=exposition, tuning=tuning, listener=backend
     )
     backend.bind(runtime, reconciler)
-    gateway = Gateway(backend, limits=Limits(wake_timeout=wake_timeout), observer=exposition)
+    gateway = Gateway(
+        backend,
+        limits=Limits(wake_timeout=wake_timeout),
+        observer=exposition,
+        postgres_tls=PostgresTls(ca=state_dir / CA_CERTIFICATE),  # every local server has its certificate
+    )
     return LocalOperator(store, runtime, activator, source, reconciler, exposition, gateway)
 
 
@@ -236,9 +242,13 @@ def run(operator: LocalOperator, args: argparse.Namespace) -> None:
         await operator.runtime.open()
         try:
             if gateway is not None:
-                port = await operator.gateway.start(gateway)
                 host = "127.0.0.1" if args.gateway_address in ("0.0.0.0", "::") else args.gateway_address
-                address = GatewayAddress(host, port, tls=False)
+                context = None
+                if not args.gateway_plaintext:
+                    names = sorted({host, "127.0.0.1", "localhost"})
+                    context = server.tls_context(*operator.runtime.gateway_certificate(names))
+                port = await operator.gateway.start(gateway, ssl_context=context)
+                address = GatewayAddress(host, port, tls=context is not None)
                 files.write_private(record, json.dumps(dataclasses.asdict(address)))
                 log.info("serving SQL over HTTP and WebSocket", address=address.url("http", "/sql"))
             await operator.reconciler.start()

@@ -74,12 +74,12 @@ def serve_metrics(exposition: OperatorMetrics, args: argparse.Namespace, *, defa
 
 
 def gateway_socket(args: argparse.Namespace, *, default: int) -> socket.socket | None:
-    """The gateway's listening socket on `--gateway-port` (-1: none), plain HTTP only where
-    `--gateway-address` is loopback unless `--gateway-plaintext` says otherwise."""
+    """The gateway's listening socket on `--gateway-port` (-1: none); plain HTTP (`--gateway-plaintext`)
+    only where `--gateway-address` is loopback."""
     if args.gateway_port is not None and args.gateway_port < 0:
         return None
     return bind(
-        lambda p: server.listen(args.gateway_address, p, tls=False, plaintext=args.gateway_plaintext),
+        lambda p: server.listen(args.gateway_address, p, tls=not args.gateway_plaintext),
         port=args.gateway_port,
         default=default,
         flag="--gateway-port",

@@ -6,9 +6,15 @@ Nothing is woken for a database that does not exist, nor for a client its namesp
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import functools
+import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
+
+from psycopg.conninfo import make_conninfo
 
 from controller.activator import protocol, proxy
 from controller.activator.proxy import Upstream, WakeError
@@ -75,11 +81,51 @@ class Limits:
     """The largest WebSocket message taken from a client: a frame is buffered whole."""
 
 
+@dataclass(frozen=True)
+class PostgresTls:
+    """How the gateway's own connections to Postgres are encrypted: checked against the operator's CA
+    when it is given (libpq's verify-full), else encrypted whenever the server offers it (prefer)."""
+
+    ca: Path | None = None
+
+    def conninfo(self) -> str:
+        """For libpq (psycopg's connect)."""
+        if self.ca is None:
+            return make_conninfo(sslmode="prefer")
+        return make_conninfo(sslmode="verify-full", sslrootcert=str(self.ca))
+
+    @functools.cached_property
+    def context(self) -> ssl.SSLContext:
+        if self.ca is None:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    async def start(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> None:
+        """Ask for TLS on a new connection to Postgres (an SSLRequest), and take it when offered: what a
+        relayed client sends after this is encrypted to Postgres itself."""
+        writer.write(protocol.ssl_request())
+        await writer.drain()
+        try:
+            answer = await reader.readexactly(1)
+        except asyncio.IncompleteReadError:
+            raise ConnectionError("the database closed the connection before answering TLS") from None
+        if answer == b"S":
+            await writer.start_tls(self.context, server_hostname=host)
+        elif answer != protocol.DECLINE_ENCRYPTION or self.ca is not None:
+            raise ConnectionError("the database does not offer TLS")
+
+
 class Reach:
-    def __init__(self, backend: Backend, limits: Limits, observer: Observer) -> None:
+    def __init__(
+        self, backend: Backend, limits: Limits, observer: Observer, tls: PostgresTls | None = None
+    ) -> None:
         self.backend = backend
         self.limits = limits
         self.observer = observer
+        self.tls = tls or PostgresTls()
 
     async def check(self, key: str, peer: tuple[str, int]) -> None:
         """Refuse a database the client may not reach, or that does not exist (the same answer)."""

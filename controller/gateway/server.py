@@ -1,8 +1,9 @@
 """The gateway's server: aiohttp, with `POST /sql` (and its CORS preflight), and a WebSocket upgrade on
 any other path (the driver asks for `/v2`) on the same port.
 
-Plain HTTP carries the connection string, password included, in the clear: the processes serve it
-on loopback only unless told otherwise, and pass an `ssl.SSLContext` to serve HTTPS and `wss://`.
+It serves HTTPS and `wss://` with a certificate from the operator's CA (`tls_context`). Plain HTTP
+carries the connection string, password included, in the clear: it is served only when asked for,
+and only on loopback.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from controller.gateway.pool import Pool
-from controller.gateway.reach import Backend, Door, Limits, NoObserver, Observer, Reach
+from controller.gateway.reach import Backend, Door, Limits, NoObserver, Observer, PostgresTls, Reach
 from controller.gateway.sql import Sql
 from controller.gateway.websocket import Relay
 
@@ -23,16 +25,16 @@ BUSY = 503
 
 
 class PlaintextError(ValueError):
-    """Plain HTTP asked for on an address other hosts can reach, without saying so explicitly."""
+    """Plain HTTP asked for on an address other hosts can reach."""
 
 
-def listen(host: str, port: int, *, tls: bool, plaintext: bool = False) -> socket.socket:
-    """A listening socket on host:port (0 picks a port). Plain HTTP (no `tls`) off loopback needs
-    `plaintext`: the connection string's password would cross the network unencrypted."""
-    if not tls and not plaintext and not loopback(host):
+def listen(host: str, port: int, *, tls: bool) -> socket.socket:
+    """A listening socket on host:port (0 picks a port); plain HTTP (no `tls`) only on loopback, since
+    the connection string's password would cross the network unencrypted."""
+    if not tls and not loopback(host):
         raise PlaintextError(
-            f"the gateway would serve plain HTTP on {host}, where passwords cross the network "
-            "unencrypted: serve it on loopback, give it TLS, or allow plain HTTP explicitly"
+            f"the gateway serves plain HTTP on loopback only ({host} is not): every request carries "
+            "its password; serve it with TLS there"
         )
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -44,6 +46,14 @@ def listen(host: str, port: int, *, tls: bool, plaintext: bool = False) -> socke
         raise
     sock.setblocking(False)
     return sock
+
+
+def tls_context(certificate: Path, key: Path) -> ssl.SSLContext:
+    """The server side of HTTPS and `wss://`: this certificate (and its key), TLS 1.2 or later."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certificate, key)
+    return context
 
 
 def loopback(host: str) -> bool:
@@ -63,8 +73,9 @@ class Gateway:
         limits: Limits | None = None,
         observer: Observer | None = None,
         pool: Pool | None = None,
+        postgres_tls: PostgresTls | None = None,
     ) -> None:
-        self.reach = Reach(backend, limits or Limits(), observer or NoObserver())
+        self.reach = Reach(backend, limits or Limits(), observer or NoObserver(), postgres_tls)
         self.pool = pool or Pool()
         self.sql = Sql(self.reach, self.pool)
         self.relay = Relay(self.reach)

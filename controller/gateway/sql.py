@@ -138,7 +138,7 @@ class Sql:
         else:
             self.pool.forget(credentials.key)
         address = await self.reach.upstream(credentials.key, Door.HTTP)
-        return await Session.open(address, credentials)
+        return await Session.open(address, credentials, self.reach.tls)
 
     async def _run(self, session: Session, work: req.Query | req.Batch, output: req.Output) -> object:
         budget = Budget(self.limits.max_response_bytes)

@@ -20,6 +20,7 @@ from psycopg import pq
 
 from controller.activator.proxy import Upstream
 from controller.gateway import request, results
+from controller.gateway.reach import PostgresTls
 
 CHUNK_ROWS = 256
 """Rows libpq hands over at a time: the response cap is checked between chunks."""
@@ -92,9 +93,10 @@ class Session:
         """Interrupted mid-query or lost: never reused."""
 
     @classmethod
-    async def open(cls, upstream: Upstream, credentials: request.Credentials) -> Session:
+    async def open(cls, upstream: Upstream, credentials: request.Credentials, tls: PostgresTls) -> Session:
         try:
             connection = await psycopg.AsyncConnection.connect(
+                tls.conninfo(),
                 host=upstream.host,
                 port=upstream.port,
                 user=credentials.user,

@@ -99,6 +99,7 @@ class Relay:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            await self.reach.tls.start(reader, writer, upstream.host)
             writer.write(decision.packet)
             await writer.drain()
             self.observer.gateway_served(key, Door.WEBSOCKET, asyncio.get_running_loop().time() - started)

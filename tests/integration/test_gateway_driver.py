@@ -2,7 +2,8 @@
 
 Each scenario runs against a database that is always on and against one that has paused: that one
 is woken by the request itself, once, and answers it. The driver is configured exactly as
-`sdb dsn --http` and `--ws` say.
+`sdb dsn --http` and `--ws` say, over HTTPS and `wss://`, trusting the operator's CA (and refusing
+the gateway when it does not).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ EXPECTED: dict[str, Any] = {
 }
 
 
+DOORS = ("http", "websocket")
+
+
 @pytest.fixture(scope="module")
 def operator() -> Iterator[Operator]:
     require_postgres()
@@ -58,7 +62,9 @@ def operator() -> Iterator[Operator]:
     try:
         running.apply(database("awake", autoPause={"enabled": False}))
         running.apply(database("resting", autoPause={"idleAfter": "1s"}))
+        running.apply(database("sealed", autoPause={"enabled": False}, tls={"required": True}))
         running.wait_phase("awake", types.Phase.ACTIVE)
+        running.wait_phase("sealed", types.Phase.ACTIVE)
         yield running
     finally:
         running.stop()
@@ -66,26 +72,59 @@ def operator() -> Iterator[Operator]:
         accounts.remove_all(root / "state")
 
 
-def driver_settings(operator: Operator, name: str, flag: str) -> dict[str, str]:
-    _, out, _ = operator.sdb("dsn", name, flag, "--show-password")
-    return dict(line.split(": ", 1) for line in out.splitlines())
+def parse(out: str) -> dict[str, str]:
+    """`name: value` lines."""
+    return {name: value for name, _, value in (line.partition(": ") for line in out.splitlines())}
+
+
+def driver_settings(operator: Operator, name: str) -> dict[str, str]:
+    """What `sdb dsn NAME --http` and `--ws` print, together."""
+    settings: dict[str, str] = {}
+    for flag in ("--http", "--ws"):
+        _, out, _ = operator.sdb("dsn", name, flag, "--show-password")
+        settings.update(parse(out))
+    return settings
 
 
 def test_sdb_dsn_says_how_to_configure_the_driver(operator: Operator) -> None:
-    http = driver_settings(operator, "awake", "--http")
-    assert http["fetchEndpoint"] == f"http://{operator.gateway}/sql"
+    _, out, _ = operator.sdb("dsn", "awake", "--http", "--show-password")
+    http = parse(out)
+    ca = str(operator.state_dir / "ca.crt")
+    assert http["fetchEndpoint"] == f"https://{operator.gateway}/sql"
     assert http["connectionString"].startswith("postgresql://app:")
     assert http["connectionString"].endswith("@awake.default/app")
-    ws = driver_settings(operator, "awake", "--ws")
-    assert ws == {
+    assert http["caCertificate"] == ca
+    _, out, _ = operator.sdb("dsn", "awake", "--ws", "--show-password")
+    assert parse(out) == {
         "wsProxy": f"{operator.gateway}/v2",
-        "useSecureWebSocket": "false",
+        "useSecureWebSocket": "true",
         "pipelineConnect": "false",
         "connectionString": http["connectionString"],
+        "caCertificate": ca,
     }
     _, out, err = operator.sdb("dsn", "awake", "--http")
     assert "postgresql://app@awake.default/app" in out  # no password unless asked for
     assert "--show-password" in err
+
+
+def test_a_driver_that_does_not_trust_the_ca_is_refused_before_it_sends_anything(operator: Operator) -> None:
+    served = {
+        door: operator.metric("sdb_gateway_served_total", database="awake", door=door) for door in DOORS
+    }
+    seen = node.run("untrusted", driver_settings(operator, "awake"), trusted=False)
+    assert seen["http"] == "UNABLE_TO_VERIFY_LEAF_SIGNATURE"
+    assert "certificate" in seen["ws"]
+    assert {
+        door: operator.metric("sdb_gateway_served_total", database="awake", door=door) for door in DOORS
+    } == served
+
+
+@pytest.mark.parametrize("scenario", ["query", "pool"])
+def test_the_gateway_reaches_a_database_that_refuses_plaintext_over_tls(
+    operator: Operator, scenario: str
+) -> None:
+    """spec.tls.required: the gateway's own sessions, and the WebSocket's relayed ones, are TLS too."""
+    assert node.run(scenario, driver_settings(operator, "sealed")) == EXPECTED[scenario]
 
 
 @pytest.mark.parametrize("scenario", list(EXPECTED))
@@ -94,8 +133,7 @@ def test_the_driver_is_answered(operator: Operator, name: str, scenario: str) ->
     if name == "resting":
         operator.wait_phase("resting", types.Phase.PAUSED, timeout=60)
     wakes = operator.metric("sdb_wakes_total", database=name)
-    url = driver_settings(operator, name, "--http")["connectionString"]
-    assert node.run(scenario, gateway=operator.gateway, url=url) == EXPECTED[scenario]
+    assert node.run(scenario, driver_settings(operator, name)) == EXPECTED[scenario]
     assert operator.metric("sdb_wakes_total", database=name) == wakes + (name == "resting")
     door = "websocket" if scenario == "pool" else "http"
     assert operator.metric("sdb_gateway_served_total", database=name, door=door) > 0

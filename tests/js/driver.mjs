@@ -1,15 +1,16 @@
-// The real @neondatabase/serverless driver against the gateway, one scenario per run.
-//   GATEWAY=127.0.0.1:9443 DATABASE_URL=postgresql://app:pw@orders.default/app node driver.mjs SCENARIO
+// The real @neondatabase/serverless driver against the gateway, one scenario per run, configured
+// exactly as `sdb dsn NAME --http` and `--ws` print it:
+//   FETCH_ENDPOINT=https://127.0.0.1:9443/sql WS_PROXY=127.0.0.1:9443/v2 USE_SECURE_WEBSOCKET=true \
+//   DATABASE_URL=postgresql://app:pw@orders.default/app NODE_EXTRA_CA_CERTS=<state>/ca.crt node driver.mjs SCENARIO
 // Prints one JSON document: what the scenario saw. A failure the scenario does not expect exits 1.
 import ws from 'ws';
 import { neon, neonConfig, Pool, NeonDbError } from '@neondatabase/serverless';
 
-const gateway = process.env.GATEWAY;
 const url = process.env.DATABASE_URL;
-neonConfig.fetchEndpoint = `http://${gateway}/sql`;
+neonConfig.fetchEndpoint = process.env.FETCH_ENDPOINT;
 neonConfig.webSocketConstructor = ws;
-neonConfig.useSecureWebSocket = false;
-neonConfig.wsProxy = `${gateway}/v2`;
+neonConfig.useSecureWebSocket = process.env.USE_SECURE_WEBSOCKET === 'true';
+neonConfig.wsProxy = process.env.WS_PROXY;
 neonConfig.pipelineConnect = false; // Postgres asks for SCRAM; the pipelined cleartext password cannot answer it
 
 const sql = neon(url);
@@ -45,6 +46,27 @@ const scenarios = {
     } catch (e) {
       return { thrown: true, neon: e instanceof NeonDbError, code: e.code, message: e.message, position: e.position };
     }
+  },
+  async untrusted() {
+    // Run without NODE_EXTRA_CA_CERTS: the gateway's certificate is from a CA Node does not know.
+    const seen = {};
+    try {
+      await sql`SELECT 1`;
+      seen.http = 'answered';
+    } catch (e) {
+      seen.http = e.sourceError?.cause?.code ?? String(e);
+    }
+    const pool = new Pool({ connectionString: url });
+    pool.on('error', () => {});
+    try {
+      await pool.query('SELECT 1');
+      seen.ws = 'answered';
+    } catch (e) {
+      seen.ws = e.code ?? e.message;
+    } finally {
+      await pool.end().catch(() => {});
+    }
+    return seen;
   },
   async pool() {
     const pool = new Pool({ connectionString: url });

@@ -24,12 +24,24 @@ def require_driver() -> str:
     return node
 
 
-def run(scenario: str, *, gateway: str, url: str, timeout: float = 120) -> dict[str, Any]:
-    """One scenario of tests/js/driver.mjs; what it saw, as JSON."""
+def run(
+    scenario: str, settings: dict[str, str], *, trusted: bool = True, timeout: float = 120
+) -> dict[str, Any]:
+    """One scenario of tests/js/driver.mjs, with the driver configured by `sdb dsn --http` and `--ws`
+    settings, trusting their CA unless told not to; what it saw, as JSON."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "NODE_EXTRA_CA_CERTS"},
+        "FETCH_ENDPOINT": settings["fetchEndpoint"],
+        "WS_PROXY": settings["wsProxy"],
+        "USE_SECURE_WEBSOCKET": settings["useSecureWebSocket"],
+        "DATABASE_URL": settings["connectionString"],
+    }
+    if trusted and "caCertificate" in settings:
+        env["NODE_EXTRA_CA_CERTS"] = settings["caCertificate"]
     result = subprocess.run(
         [require_driver(), "driver.mjs", scenario],
         cwd=JS,
-        env={**os.environ, "GATEWAY": gateway, "DATABASE_URL": url},
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from controller.gateway import request, results
+from controller.gateway import request, results, server
 from controller.gateway.request import Batch, Query, RequestError
 
 # -- which database ---------------------------------------------------------------------------------
@@ -209,3 +209,26 @@ def test_an_error_carries_every_field_the_driver_copies() -> None:
     assert document["message"] == 'relation "nope" does not exist'
     assert (document["code"], document["position"], document["hint"]) == ("42P01", "15", None)
     assert set(document) == {"message", *results.ERROR_FIELDS}
+
+
+# -- who the request says it is, and where it is served ---------------------------------------------
+
+
+def test_a_request_is_authenticated_by_its_connection_string_alone() -> None:
+    headers = {request.CONNECTION_STRING: "postgresql://app:s3cret@orders.shop/app"}
+    assert request.authenticate(headers).password == "s3cret"
+    with pytest.raises(RequestError) as refused:
+        request.authenticate({**headers, request.AUTHORIZATION: "Bearer abc.def.ghi"})
+    assert (refused.value.status, refused.value.code) == (400, "28000")
+    assert "abc.def.ghi" not in refused.value.message
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.7", "::", "gateway.example"])
+def test_plain_http_is_refused_off_loopback(host: str) -> None:
+    with pytest.raises(server.PlaintextError, match="loopback only"):
+        server.listen(host, 0, tls=False)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_addresses_are_loopback(host: str) -> None:
+    assert server.loopback(host)

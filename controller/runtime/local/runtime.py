@@ -12,7 +12,8 @@ Per database, under `<state>/databases/<namespace>/<name>/` (the operator's own 
   server.crt, .key  the server's certificate from the operator's CA (<state>/ca/), the key 0640 to
                     the server's group
   postgres.log      the server's log, 0600
-The CA's certificate is published as <state>/ca.crt, for clients (`sdb dsn NAME --verify`).
+The CA's certificate is published as <state>/ca.crt, for clients (`sdb dsn NAME --verify`); the
+gateway's certificate is <state>/gateway.crt (its key gateway.key, 0600).
 The endpoint (127.0.0.1:<endpoint port>) never changes: the activator always listens there, and an
 in-kernel redirect sends new connections straight to Postgres while the database is active. As root,
 each database's server runs as an account of its own (`accounts`).
@@ -319,19 +320,19 @@ class LocalRuntime:
             raise RuntimeError("LocalRuntime.open() was not called")
         certificate, key = database.directory / "server.crt", database.directory / "server.key"
         names = [HOST, "localhost", f"{db.metadata.name}.{db.metadata.namespace}"]
-        now = units.now_utc()
-        try:
-            current = pki.KeyPair(certificate.read_text(), key.read_text())
-        except FileNotFoundError:
-            current = None
-        if pki.needs_renewal(current, names, now=now):
-            issued = pki.issue(self.authority, common_name=names[-1], names=names, now=now)
-            files.write_private(key, issued.key, mode=0o640)
-            files.write_private(certificate, issued.certificate, mode=0o644)
+        issue_certificate(self.authority, certificate, key, names, key_mode=0o640)
         # Postgres takes a root-owned key readable by its group; no other account can read it.
         user = database.cluster.user
         if user.switches:
             os.chown(key, 0, user.gid, follow_symlinks=False)
+        return certificate, key
+
+    def gateway_certificate(self, names: list[str]) -> tuple[Path, Path]:
+        """The gateway's certificate for the names it is reached by (<state>/gateway.crt, .key 0600)."""
+        if self.authority is None:
+            raise RuntimeError("LocalRuntime.open() was not called")
+        certificate, key = self.state_dir / "gateway.crt", self.state_dir / "gateway.key"
+        issue_certificate(self.authority, certificate, key, names, key_mode=0o600)
         return certificate, key
 
     def address(self, db: types.ServerlessDatabase) -> Address | None:
@@ -469,6 +470,22 @@ def load_authority(state_dir: Path) -> pki.KeyPair:
         files.write_private(directory / "ca.crt", authority.certificate, mode=0o644)
     files.write_private(state_dir / CA_CERTIFICATE, authority.certificate, mode=0o644)
     return authority
+
+
+def issue_certificate(
+    authority: pki.KeyPair, certificate: Path, key: Path, names: list[str], *, key_mode: int
+) -> None:
+    """A server certificate for `names` at these paths, issued (again) when missing, ending soon or not
+    for every name; the last name is its common name."""
+    now = units.now_utc()
+    try:
+        current = pki.KeyPair(certificate.read_text(), key.read_text())
+    except FileNotFoundError:
+        current = None
+    if pki.needs_renewal(current, names, now=now):
+        issued = pki.issue(authority, common_name=names[-1], names=names, now=now)
+        files.write_private(key, issued.key, mode=key_mode)
+        files.write_private(certificate, issued.certificate, mode=0o644)
 
 
 def database_directory(state_dir: Path, key: str) -> Path:
