@@ -94,7 +94,8 @@ class LocalBackend:
         self.reconciler.trigger(key)
 
     async def exists(self, key: str) -> bool:
-        return await self.store.get(key) is not None
+        # A running database exists: only one at rest costs a read of its file (in a thread).
+        return self.awake(key) or await self.store.get(key) is not None
 
     def awake(self, key: str) -> bool:
         assert self.runtime is not None
