@@ -61,7 +61,10 @@ def operator() -> Iterator[Operator]:
     running.start()
     try:
         running.apply(database("awake", autoPause={"enabled": False}))
-        running.apply(database("resting", autoPause={"idleAfter": "1s"}))
+        # A woken database pauses again when no session shows within idleAfter of its wake: the
+        # driver's session over WebSocket (two TLS handshakes and SCRAM in JavaScript) can take
+        # over a second to show on a loaded machine.
+        running.apply(database("resting", autoPause={"idleAfter": "3s"}))
         running.apply(database("sealed", autoPause={"enabled": False}, tls={"required": True}))
         running.wait_phase("awake", types.Phase.ACTIVE)
         running.wait_phase("sealed", types.Phase.ACTIVE)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller import pki
+from controller.app import activator
 from controller.gateway import request, results, server
 from controller.gateway.request import Batch, Query, RequestError
 
@@ -232,3 +238,26 @@ def test_plain_http_is_refused_off_loopback(host: str) -> None:
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
 def test_loopback_addresses_are_loopback(host: str) -> None:
     assert server.loopback(host)
+
+
+def test_the_cluster_gateway_serves_https_from_its_certificate_or_plain_http_when_asked(
+    tmp_path: Path,
+) -> None:
+    def args(**given: Any) -> argparse.Namespace:
+        return argparse.Namespace(
+            **{"gateway_plaintext": False, "gateway_certificate": None, "gateway_key": None, **given}
+        )
+
+    with pytest.raises(server.PlaintextError, match="--gateway-certificate and --gateway-key"):
+        activator.gateway_tls(args())
+    assert activator.gateway_tls(args(gateway_plaintext=True)) is None
+    now = datetime.now(UTC)
+    authority = pki.new_authority("test", now=now)
+    issued = pki.issue(authority, common_name="gateway", names=["gateway.sdb-system.svc"], now=now)
+    (tmp_path / "tls.crt").write_text(issued.certificate)
+    (tmp_path / "tls.key").write_text(issued.key)
+    context = activator.gateway_tls(
+        args(gateway_certificate=tmp_path / "tls.crt", gateway_key=tmp_path / "tls.key")
+    )
+    assert isinstance(context, ssl.SSLContext)
+    assert context.minimum_version is ssl.TLSVersion.TLSv1_2
