@@ -46,6 +46,8 @@ class Endpoints(Protocol):
 
     def running(self, key: str) -> Upstream | None: ...
 
+    def routed_direct(self, key: str) -> bool: ...
+
 
 class Waker(Protocol):
     def trigger(self, key: str) -> None: ...
@@ -98,8 +100,10 @@ class LocalBackend:
         return self.awake(key) or await self.store.get(key) is not None
 
     def awake(self, key: str) -> bool:
+        """Asked on every /sql request, so from the route alone: a kept session to a server that has
+        died since is found broken when it is used, and a new one asks for `upstream`."""
         assert self.runtime is not None
-        return self.runtime.upstream(key) is not None
+        return self.runtime.routed_direct(key)
 
     async def admits(self, key: str, peer: tuple[str, int]) -> bool:
         """Every local client is on this host, where each database's endpoint is open to all."""

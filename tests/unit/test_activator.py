@@ -688,6 +688,9 @@ class Endpoints:
     def running(self, key: str) -> Upstream | None:
         return Upstream("127.0.0.1", 5432) if self.up else None
 
+    def routed_direct(self, key: str) -> bool:
+        return False  # as `upstream` says: the endpoint leads to the activator
+
 
 class Triggers:
     def __init__(self) -> None:

@@ -443,6 +443,11 @@ class LocalRuntime:
         port = database.cluster.running_port() if database is not None and database.cluster.ready() else None
         return Upstream(HOST, port) if port else None
 
+    def routed_direct(self, key: str) -> bool:
+        """Whether the endpoint leads straight to Postgres (it is switched away before Postgres stops),
+        known without a look at the server's process."""
+        return self._routes.get(key) is Route.DIRECT
+
     def upstream(self, key: str) -> Upstream | None:
         """Where a connection goes now without a wake: Postgres, while the endpoint leads straight to it."""
         return self.running(key) if self._routes.get(key) is Route.DIRECT else None
