@@ -182,7 +182,8 @@ def seen(prometheus: Prometheus, selector: str, value: float) -> None:
 
 
 def live_a_little(operator: Operator, prometheus: Prometheus) -> None:
-    """Resize orders up twice and down, pause, park, and wake it twice; broken fails meanwhile."""
+    """Resize orders up twice and down, pause, park, and wake it twice by psql and once over HTTP;
+    broken fails meanwhile."""
     operator.wait_phase("orders", types.Phase.ACTIVE)
     orders = '{database="orders"}'
     with operator.connect("orders"):  # a client session: it stays active while the floor moves
@@ -200,6 +201,11 @@ def live_a_little(operator: Operator, prometheus: Prometheus) -> None:
             conn.execute("select 1")
         seen(prometheus, f"sdb_wakes_total{orders}", wakes)
         seen(prometheus, f"sdb_pauses_total{orders}", wakes + 1)
+    # SQL over HTTP wakes it once more; more requests are answered after Prometheus saw the first,
+    # three in all: the last one's sample can fall after the range's last step, two stay inside it.
+    for served in (1, 2, 3):
+        assert operator.sql_over_http("orders", "select 1")["rows"] == [[1]]
+        seen(prometheus, 'sdb_gateway_served_total{database="orders", door="http"}', served)
     seen(prometheus, 'sdb_errors_total{database="broken"}', 1)
 
 

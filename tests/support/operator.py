@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -162,6 +164,20 @@ class Operator:
 
     def connect(self, name: str, **kwargs: Any) -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(self.dsn(name), autocommit=True, connect_timeout=60, **kwargs)
+
+    def sql_over_http(self, name: str, query: str) -> Any:
+        """One `POST /sql` to the gateway, as `sdb dsn NAME --http` configures a client (HTTPS,
+        trusting the operator's CA); the JSON answer."""
+        _, out, _ = self.sdb("dsn", name, "--http", "--show-password")
+        settings = {key: value for key, _, value in (line.partition(": ") for line in out.splitlines())}
+        sent = urllib.request.Request(
+            settings["fetchEndpoint"],
+            data=json.dumps({"query": query, "params": []}).encode(),
+            headers={"Neon-Connection-String": settings["connectionString"], "Neon-Array-Mode": "true"},
+        )
+        trust = ssl.create_default_context(cafile=settings["caCertificate"])
+        with urllib.request.urlopen(sent, timeout=60, context=trust) as response:
+            return json.loads(response.read())
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample from the operator's /metrics (0 when the series does not exist yet)."""
