@@ -81,9 +81,42 @@ def decode_spec(raw: Mapping[str, Any] | None) -> types.DatabaseSpec:
         superuser_access=bool(raw.get("superuserAccess", d.superuser_access)),
         access=types.AccessSpec(
             allowed_namespaces=tuple((raw.get("access") or {}).get("allowedNamespaces") or ()),
+            identities=tuple(decode_identity(i) for i in (raw.get("access") or {}).get("identities") or ()),
         ),
         tls=types.TlsSpec(required=bool((raw.get("tls") or {}).get("required", d.tls.required))),
     )
+
+
+def decode_identity(raw: Mapping[str, Any]) -> types.IdentitySpec:
+    account = raw.get("serviceAccount")
+    return types.IdentitySpec(
+        role=str(raw["role"]),
+        service_account=types.ServiceAccountRef(str(account["namespace"]), str(account["name"]))
+        if account
+        else None,
+        issuer=str(raw.get("issuer", "")),
+        subject=str(raw.get("subject", "")),
+        audience=str(raw.get("audience", "")),
+    )
+
+
+def encode_identity(identity: types.IdentitySpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": identity.role}
+    if identity.service_account is not None:
+        account = identity.service_account
+        out["serviceAccount"] = {"namespace": account.namespace, "name": account.name}
+    else:
+        out["issuer"], out["subject"] = identity.issuer, identity.subject
+    if identity.audience:
+        out["audience"] = identity.audience
+    return out
+
+
+def _encode_access(access: types.AccessSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"allowedNamespaces": list(access.allowed_namespaces)}
+    if access.identities:
+        out["identities"] = [encode_identity(i) for i in access.identities]
+    return out
 
 
 def encode_spec(spec: types.DatabaseSpec) -> dict[str, Any]:
@@ -120,7 +153,7 @@ def encode_spec(spec: types.DatabaseSpec) -> dict[str, Any]:
         },
         "state": spec.state.value,
         "superuserAccess": spec.superuser_access,
-        "access": {"allowedNamespaces": list(spec.access.allowed_namespaces)},
+        "access": _encode_access(spec.access),
         "tls": {"required": spec.tls.required},
     }
 

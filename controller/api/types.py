@@ -185,9 +185,29 @@ class TlsSpec:
 
 
 @dataclass(frozen=True)
+class ServiceAccountRef:
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class IdentitySpec:
+    """Who may log in as `role` with a token for a password: a ServiceAccount (checked by a
+    TokenReview) or an OIDC issuer's subject (checked against the issuer's keys)."""
+
+    role: str
+    service_account: ServiceAccountRef | None = None
+    issuer: str = ""
+    subject: str = ""
+    audience: str = ""
+    """The audience the token must carry; empty: the database's own, `dbscale.io/NAMESPACE/NAME`."""
+
+
+@dataclass(frozen=True)
 class AccessSpec:
     allowed_namespaces: tuple[str, ...] = ()
     """Namespaces whose pods may connect (in a cluster); empty: the database's own namespace only."""
+    identities: tuple[IdentitySpec, ...] = ()
 
 
 @dataclass(frozen=True)

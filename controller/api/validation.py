@@ -84,7 +84,9 @@ _FIELDS: dict[str, frozenset[str]] = {
         }
     ),
     "spec.tls": frozenset({"required"}),
-    "spec.access": frozenset({"allowedNamespaces"}),
+    "spec.access": frozenset({"allowedNamespaces", "identities"}),
+    "spec.access.identities[]": frozenset({"role", "serviceAccount", "issuer", "subject", "audience"}),
+    "spec.access.identities[].serviceAccount": frozenset({"namespace", "name"}),
     "spec.postgres": frozenset({"version", "image", "parameters"}),
     "spec.storage": frozenset({"size", "storageClassName", "retainOnDelete"}),
     "spec.capacity": frozenset({"min", "max"}),
@@ -289,6 +291,7 @@ def _validate_postgres(check: _Checker, postgres: Mapping[str, Any]) -> None:
 
 
 def _validate_access(check: _Checker, access: Mapping[str, Any]) -> None:
+    _validate_identities(check, access.get("identities"))
     namespaces = access.get("allowedNamespaces")
     if namespaces is None:
         return
@@ -301,6 +304,51 @@ def _validate_access(check: _Checker, access: Mapping[str, Any]) -> None:
                 f"spec.access.allowedNamespaces[{index}]",
                 f"must be a namespace name (got {_show(_short(namespace))})",
             )
+
+
+MAX_IDENTITIES = 64
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+RESERVED_ROLES = frozenset({"postgres", "superuser"})
+"""The operator's own role and the clients' superuser: no token may become either."""
+
+
+def _validate_identities(check: _Checker, identities: Any) -> None:
+    where = "spec.access.identities"
+    if identities is None:
+        return
+    if not isinstance(identities, list) or len(identities) > MAX_IDENTITIES:
+        check.fail(where, f"must be a list of at most {MAX_IDENTITIES} identities")
+        return
+    for index, raw in enumerate(identities):
+        path = f"{where}[{index}]"
+        entry = check.mapping(raw, path, "spec.access.identities[]")
+        role = entry.get("role")
+        if not isinstance(role, str) or not _ROLE_NAME.fullmatch(role) or role.startswith("pg_"):
+            check.fail(
+                f"{path}.role", f"must be a role name: lower case, digits, _ (got {_show(_short(role))})"
+            )
+        elif role in RESERVED_ROLES:
+            check.fail(f"{path}.role", f"{role} is the operator's; no identity may log in as it")
+        for name in ("issuer", "subject", "audience"):
+            if name in entry and (
+                not isinstance(entry[name], str) or not entry[name] or len(entry[name]) > 512
+            ):
+                check.fail(f"{path}.{name}", "must be a non-empty string of at most 512 characters")
+        account = entry.get("serviceAccount")
+        if account is not None:
+            if "issuer" in entry or "subject" in entry:
+                check.fail(path, "has either serviceAccount or issuer and subject, not both")
+            ref = check.mapping(account, f"{path}.serviceAccount", "spec.access.identities[].serviceAccount")
+            for name, pattern in (("namespace", _DNS_LABEL), ("name", _DNS_SUBDOMAIN)):
+                value = ref.get(name)
+                if not isinstance(value, str) or len(value) > 253 or not pattern.fullmatch(value):
+                    check.fail(
+                        f"{path}.serviceAccount.{name}",
+                        f"must be a Kubernetes name (got {_show(_short(value))})",
+                    )
+        elif "issuer" not in entry or "subject" not in entry:
+            check.fail(path, "needs serviceAccount, or both issuer and subject")
 
 
 def _validate_storage(check: _Checker, storage: Mapping[str, Any]) -> None:

@@ -141,6 +141,24 @@ BAD_SPECS = [
         "single-line",
         id="parameter-value-with-newline",
     ),
+    pytest.param(
+        {"access": {"identities": [{"role": "postgres", "issuer": "https://i", "subject": "s"}]}},
+        "spec.access.identities[0].role",
+        "the operator's",
+        id="identity-as-the-operator",
+    ),
+    pytest.param(
+        {"access": {"identities": [{"role": "r", "issuer": "https://i"}]}},
+        "spec.access.identities[0]",
+        "issuer and subject",
+        id="identity-without-subject",
+    ),
+    pytest.param(
+        {"access": {"identities": [{"role": "Bad-Role", "serviceAccount": {"namespace": "a", "name": "b"}}]}},
+        "spec.access.identities[0].role",
+        "role name",
+        id="identity-role-name",
+    ),
     pytest.param({"capacity": {"min": "1"}}, "spec.capacity.min", "must be a number", id="capacity-string"),
     pytest.param(
         {"autoPause": {"enabled": "yes"}}, "spec.autoPause.enabled", "true or false", id="enabled-string"
