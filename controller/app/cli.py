@@ -93,6 +93,14 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
         "--wake-timeout", type=float, default=30.0, help="seconds a held connection waits for a wake"
     )
     up.add_argument(
+        "--oidc-issuer",
+        default=None,
+        help="an OIDC issuer (its tokens' iss) whose tokens the identity endpoints take as passwords",
+    )
+    up.add_argument(
+        "--oidc-jwks", type=Path, default=None, help="the issuer's keys, a JWKS file (with --oidc-issuer)"
+    )
+    up.add_argument(
         "--tick",
         type=float,
         default=DEFAULT_TUNING.tick.total_seconds(),
@@ -202,6 +210,12 @@ def _database_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
         action="store_true",
         help="for @neondatabase/serverless's Pool and Client: its wsProxy and connection string",
     )
+    dsn.add_argument(
+        "--identity",
+        metavar="ROLE",
+        default=None,
+        help="the identity endpoint, as ROLE: a token is the password (PGPASSWORD), over verified TLS",
+    )
     dsn.set_defaults(func=_cmd_dsn)
 
     delete = sub.add_parser(
@@ -300,17 +314,37 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
         state_dir = _state_dir(args)
         tuning = Tuning(tick=timedelta(seconds=args.tick))
+        issuers = _issuers(args)
         with local.exclusive(state_dir):
             built = local.build(
                 state_dir,
                 wake_timeout=args.wake_timeout,
                 tuning=tuning,
                 kernel_redirect=args.endpoints == "auto",
+                issuers=issuers,
             )
             local.run(built, args)
     except (local.AlreadyRunningError, process.PortInUseError, server.PlaintextError) as error:
         raise CliError(str(error)) from error
     return 0
+
+
+def _issuers(args: argparse.Namespace) -> list[Any]:
+    """The OIDC issuer of `--oidc-issuer` and `--oidc-jwks`, its keys read and checked now."""
+    import jwt
+
+    from controller.identity import tokens
+
+    if (args.oidc_issuer is None) != (args.oidc_jwks is None):
+        raise CliError("--oidc-issuer and --oidc-jwks go together")
+    if args.oidc_issuer is None:
+        return []
+    try:
+        document = json.loads(args.oidc_jwks.read_text())
+        jwt.PyJWKSet.from_dict(document)
+    except (OSError, ValueError, jwt.PyJWTError) as error:
+        raise CliError(f"--oidc-jwks {args.oidc_jwks}: not a JWKS file ({error})") from error
+    return [tokens.Issuer(args.oidc_issuer, document)]
 
 
 def _cmd_activator(args: argparse.Namespace) -> int:
@@ -555,6 +589,8 @@ def _cmd_dsn(args: argparse.Namespace) -> int:
         raise CliError(f"{db.key} has no endpoint yet (phase {db.status.phase.value}); is `sdb up` running?")
     if args.http or args.ws:
         return _driver_settings(args, db, endpoint)
+    if args.identity is not None:
+        return _identity_dsn(args, endpoint, args.identity)
     port = endpoint.port
     if args.direct:
         direct = runtime.read_direct_port(_state_dir(args), db.key)
@@ -601,6 +637,19 @@ def _driver_settings(args: argparse.Namespace, db: types.ServerlessDatabase, end
         print(f"caCertificate: {_state_dir(args) / runtime.CA_CERTIFICATE}")
     if not args.show_password:
         print("the driver needs the password in the connection string: add --show-password", file=sys.stderr)
+    return 0
+
+
+def _identity_dsn(args: argparse.Namespace, endpoint: Any, role: str) -> int:
+    from urllib.parse import quote
+
+    from controller.runtime.local import runtime
+
+    if endpoint.identity_port is None:
+        raise CliError("the database has no identity endpoint yet; is `sdb up` running?")
+    ca = quote(str(_state_dir(args) / runtime.CA_CERTIFICATE), safe="/")
+    where = f"{runtime.HOST}:{endpoint.identity_port}/{endpoint.database}"
+    print(f"postgresql://{quote(role, safe='')}@{where}?sslmode=verify-full&sslrootcert={ca}")
     return 0
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -26,6 +26,9 @@ from controller.app.wakes import Wakes
 from controller.gateway import server
 from controller.gateway.reach import Limits, PostgresTls
 from controller.gateway.server import Gateway
+from controller.identity import tokens
+from controller.identity.authenticate import Authenticator
+from controller.identity.endpoint import IdentityEndpoint
 from controller.metrics.exposition import OperatorMetrics
 from controller.metrics.postgres import PostgresSource
 from controller.policy.inputs import DEFAULT_TUNING, Tuning
@@ -34,6 +37,7 @@ from controller.reconciler.loop import Reconciler
 from controller.runtime.base import Store
 from controller.runtime.local import files
 from controller.runtime.local.runtime import CA_CERTIFICATE, LocalRuntime
+from controller.runtime.local.server import IDENTITY_SOURCE
 from controller.runtime.local.store import FileStore
 
 log = structlog.get_logger("operator")
@@ -109,6 +113,10 @@ class LocalBackend:
         """Every local client is on this host, where each database's endpoint is open to all."""
         return True
 
+    async def identities(self, key: str) -> Sequence[types.IdentitySpec] | None:
+        db = await self.store.get(key)
+        return None if db is None else db.spec.access.identities
+
     def ready(self, key: str) -> None:
         self._wakes.succeed(key, None)
 
@@ -134,14 +142,24 @@ def build(
     wake_timeout: float = 30.0,
     tuning: Tuning = DEFAULT_TUNING,
     kernel_redirect: bool = True,
+    issuers: Sequence[tokens.Issuer] = (),
 ) -> LocalOperator:
-    """Wire the parts; nothing touches the world until `run` opens them."""
+    """Wire the parts; nothing touches the world until `run` opens them. `issuers`: the OIDC issuers
+    whose tokens the identity endpoints take (locally there is no TokenReview)."""
     store = FileStore(state_dir)
     exposition = OperatorMetrics()
     backend = LocalBackend(store)
     activator = Activator(backend, wake_timeout=wake_timeout, observer=exposition, tls=True)
     sessions = OperatorSessions()
-    runtime = LocalRuntime(state_dir, activator, sessions=sessions, kernel_redirect=kernel_redirect)
+    identity = IdentityEndpoint(
+        backend,
+        Authenticator(issuers=issuers),
+        wake_timeout=wake_timeout,
+        source_address=IDENTITY_SOURCE,
+    )
+    runtime = LocalRuntime(
+        state_dir, activator, sessions=sessions, kernel_redirect=kernel_redirect, identity=identity
+    )
     source = PostgresSource(runtime.address, sessions=sessions, usage=runtime.usage)
     reconciler = Reconciler(
         store=store, runtime=runtime, metrics=source, exposition=exposition, tuning=tuning, listener=backend
@@ -265,6 +283,8 @@ def run(operator: LocalOperator, args: argparse.Namespace) -> None:
             await operator.gateway.close()
             await operator.reconciler.stop()
             await operator.activator.close()
+            if operator.runtime.identity is not None:
+                await operator.runtime.identity.close()
             await operator.source.close()
             await operator.runtime.close()
             await operator.reconciler.mark_stopped()

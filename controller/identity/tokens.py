@@ -230,3 +230,22 @@ def for_role(result: Verified | Refused, role: str) -> Verified | Refused:
     if isinstance(result, Verified) and role not in result.roles:
         return Refused(Reason.NOT_BOUND_TO_ROLE, result.identity)
     return result
+
+
+INVALID_PASSWORD = "28P01"
+INVALID_AUTHORIZATION_SPECIFICATION = "28000"
+CANNOT_CONNECT_NOW = "57P03"
+
+_BINDING = frozenset({Reason.NOT_BOUND, Reason.NOT_BOUND_TO_ROLE})
+
+
+def sqlstate(reason: Reason) -> str:
+    """Postgres's code for the refusal: a token that proves nothing is a bad password (28P01); one
+    that proves who it is, for a database or role it has no right to, is 28000."""
+    if reason is Reason.REVIEW_FAILED:
+        return CANNOT_CONNECT_NOW
+    return INVALID_AUTHORIZATION_SPECIFICATION if reason in _BINDING else INVALID_PASSWORD
+
+
+def refusal_message(reason: Reason, role: str) -> str:
+    return f'token authentication failed for user "{role}": {reason.value}'

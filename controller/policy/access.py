@@ -20,4 +20,6 @@ def digest(spec: types.DatabaseSpec) -> str:
         "allowedNamespaces": sorted(spec.access.allowed_namespaces),
         "tlsRequired": spec.tls.required,
     }
+    if spec.access.identities:  # absent when empty: the digest of every database without them stays
+        wanted["identityRoles"] = sorted({i.role for i in spec.access.identities})
     return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]

@@ -90,6 +90,15 @@ class OperatorSessions:
                 conn.execute("SELECT pg_reload_conf()")
         return changed
 
+    async def reload(self, key: str, address: Address) -> None:
+        """Have the server read its configuration files again (pg_ident.conf included)."""
+
+        def run() -> None:
+            with self.connect(key, address) as conn:
+                conn.execute("SELECT pg_reload_conf()")
+
+        await asyncio.to_thread(run)
+
     def forget(self, key: str) -> None:
         """A deleted database: its count goes (a new one of the same name starts from zero)."""
         self._opened.pop(key, None)

@@ -52,8 +52,11 @@ class Operator:
         wake_timeout: float = 30.0,
         metrics_port: int = -1,
         gateway_port: int = 0,
+        options: tuple[str, ...] = (),
     ) -> None:
         self.state_dir = state_dir
+        self.options = options
+        """More `sdb up` options, given at every start."""
         self.tick = tick
         self.wake_timeout = wake_timeout
         self.metrics_port = metrics_port
@@ -81,6 +84,7 @@ class Operator:
                     str(self.gateway_port),
                     "--log-format",
                     "json",
+                    *self.options,
                     *extra,
                 ],
                 stdout=log,

@@ -11,9 +11,12 @@ Per database, under `<state>/databases/<namespace>/<name>/` (the operator's own 
   runtime.json      the endpoint port, the capacity last applied
   server.crt, .key  the server's certificate from the operator's CA (<state>/ca/), the key 0640 to
                     the server's group
+  pg_ident.conf     which roles the identity endpoint's client certificate may become
   postgres.log      the server's log, 0600
 The CA's certificate is published as <state>/ca.crt, for clients (`sdb dsn NAME --verify`); the
-gateway's certificate is <state>/gateway.crt (its key gateway.key, 0600).
+gateway's certificate is <state>/gateway.crt (its key gateway.key, 0600). With identities on, each
+database also has an identity endpoint (127.0.0.1:<identity port>), where a token is the password;
+its client certificate is <state>/ca/identity-client.crt.
 The endpoint (127.0.0.1:<endpoint port>) never changes: the activator always listens there, and an
 in-kernel redirect sends new connections straight to Postgres while the database is active. As root,
 each database's server runs as an account of its own (`accounts`).
@@ -29,6 +32,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ import structlog
 from controller import pki
 from controller.activator.proxy import Activator, Upstream
 from controller.api import types, units
+from controller.identity.endpoint import IdentityEndpoint
 from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, Route
 from controller.postgres import encryption, roles, settings
@@ -137,9 +142,11 @@ class LocalRuntime:
         *,
         sessions: OperatorSessions | None = None,
         kernel_redirect: bool = True,
+        identity: IdentityEndpoint | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.activator = activator
+        self.identity = identity
         self.sessions = sessions or OperatorSessions()
         self.cgroups = Cgroups(cgroup_group(state_dir))
         self.redirect = KernelRedirect(operator_id(state_dir), enabled=kernel_redirect)
@@ -153,6 +160,8 @@ class LocalRuntime:
     async def open(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.authority = await asyncio.to_thread(load_authority, self.state_dir)
+        if self.identity is not None:
+            self.identity.client_tls = await asyncio.to_thread(identity_client_tls, self.state_dir)
         for directory in await asyncio.to_thread(accounts.grant_traverse, self.state_dir):
             log.info("granted the servers' group traversal of a directory", directory=str(directory))
         await asyncio.to_thread(self.cgroups.detect)
@@ -209,6 +218,8 @@ class LocalRuntime:
         endpoint_port = state.get("endpointPort")
         if cluster.initialized and endpoint_port and self.activator.listening(db.key) is None:
             await self._listen(database, int(endpoint_port))
+        if cluster.initialized and self.identity is not None and self.identity.listening(db.key) is None:
+            await self._listen_identity(db, database)
         if not cluster.initialized:
             compute = Compute.ABSENT
         elif cluster.ready():
@@ -244,6 +255,21 @@ class LocalRuntime:
                 error=str(error),
             )
 
+    async def _listen_identity(self, db: types.ServerlessDatabase, database: _Database) -> None:
+        """The database's identity endpoint, on the port it had (a new one if that is taken)."""
+        assert self.identity is not None
+        certificate, key = await asyncio.to_thread(self._server_certificate, db, database)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls.load_cert_chain(certificate, key)
+        port = database.read_state().get("identityPort")
+        try:
+            listening = await self.identity.listen(db.key, HOST, int(port or 0), tls)
+        except OSError:
+            listening = await self.identity.listen(db.key, HOST, 0, tls)
+        if listening != port:
+            database.write_state(identityPort=listening)
+
     # -- storage ---------------------------------------------------------------------------------
 
     async def create_storage(self, db: types.ServerlessDatabase) -> None:
@@ -256,6 +282,8 @@ class LocalRuntime:
             database.write_state(endpointPort=await self.activator.listen(db.key, HOST, 0))
         else:
             await self._listen(database, int(state["endpointPort"]))
+        if self.identity is not None:
+            await self._listen_identity(db, database)
 
     # -- compute ---------------------------------------------------------------------------------
 
@@ -289,7 +317,10 @@ class LocalRuntime:
                     max_worker_processes=int(fixed["max_worker_processes"]),
                     parameters=db.spec.postgres.parameters,
                     tls=await asyncio.to_thread(self._server_certificate, db, database),
+                    client_ca=self.state_dir / CA_CERTIFICATE,
                 ),
+                hba=server.with_identities(server.HBA) if self.identity is not None else server.HBA,
+                ident=self._ident(db),
             )
             user = cluster.user
             procs = self.cgroups.ensure(
@@ -375,6 +406,14 @@ class LocalRuntime:
         async with settings_step():
             await roles.apply(self.sessions, db.key, address, desired)
             await encryption.apply(self.sessions, db.key, address, required=db.spec.tls.required)
+            # Which roles the identity endpoint may become is in pg_ident.conf, which a reload reads.
+            if database.cluster.write_ident(self._ident(db)):
+                await self.sessions.reload(db.key, address)
+
+    def _ident(self, db: types.ServerlessDatabase) -> str:
+        """pg_ident.conf for the spec: the roles bound to identities, when there is an identity endpoint."""
+        roles = [i.role for i in db.spec.access.identities] if self.identity is not None else []
+        return server.ident_rules(IDENTITY_CLIENT_NAME, roles)
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         database = self._database(db)
@@ -429,6 +468,8 @@ class LocalRuntime:
         if database.read_state().get("endpointPort"):
             await self.route(db, Route.ACTIVATOR)
         await self.activator.unlisten(db.key)
+        if self.identity is not None:
+            await self.identity.unlisten(db.key)
         await database.cluster.stop()
         self.cgroups.remove(database.cgroup)
         self._routes.pop(db.key, None)
@@ -493,6 +534,31 @@ def issue_certificate(
         files.write_private(certificate, issued.certificate, mode=0o644)
 
 
+IDENTITY_CLIENT_NAME = "serverless-db-identity-endpoint"
+"""The identity endpoint's client certificate's CN: what pg_ident maps to the roles bound to identities."""
+
+
+def identity_client_tls(state_dir: Path) -> ssl.SSLContext:
+    """The identity endpoint's TLS to Postgres: trusts the CA, presents the endpoint's client certificate
+    (issued on first use, kept in <state>/ca/, 0600)."""
+    authority = load_authority(state_dir)
+    directory = state_dir / CA_DIRECTORY
+    certificate, key = directory / "identity-client.crt", directory / "identity-client.key"
+    now = units.now_utc()
+    try:
+        current: pki.KeyPair | None = pki.KeyPair(certificate.read_text(), key.read_text())
+    except FileNotFoundError:
+        current = None
+    if current is None or current.not_after() - now < pki.RENEW_BEFORE:
+        issued = pki.issue(authority, common_name=IDENTITY_CLIENT_NAME, client=True, now=now)
+        files.write_private(key, issued.key)
+        files.write_private(certificate, issued.certificate)
+    tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(directory / "ca.crt"))
+    tls.minimum_version = ssl.TLSVersion.TLSv1_2
+    tls.load_cert_chain(certificate, key)
+    return tls
+
+
 def database_directory(state_dir: Path, key: str) -> Path:
     namespace, name = types.split_key(key)
     return state_dir / "databases" / namespace / name
@@ -506,6 +572,8 @@ class Endpoint:
     user: str
     database: str
     password: str
+    identity_port: int | None = None
+    """The identity endpoint's port, where a token is the password; None without one."""
 
 
 def read_endpoint(state_dir: Path, key: str, *, superuser: bool = False) -> Endpoint | None:
@@ -520,9 +588,11 @@ def read_endpoint(state_dir: Path, key: str, *, superuser: bool = False) -> Endp
     port = state.get("endpointPort")
     if not isinstance(port, int):
         return None
+    identity = state.get("identityPort")
+    identity_port = identity if isinstance(identity, int) else None
     if superuser:
-        return Endpoint(port, roles.SUPERUSER_ROLE, "postgres", password)
-    return Endpoint(port, roles.APP_ROLE, roles.APP_DATABASE, password)
+        return Endpoint(port, roles.SUPERUSER_ROLE, "postgres", password, identity_port)
+    return Endpoint(port, roles.APP_ROLE, roles.APP_DATABASE, password, identity_port)
 
 
 def read_direct_port(state_dir: Path, key: str) -> int | None:

@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +103,8 @@ class Settings:
     parameters: Mapping[str, str]
     tls: tuple[Path, Path] | None = None
     """The server's certificate and key files, for TLS; None: plaintext only."""
+    client_ca: Path | None = None
+    """The CA whose client certificates the server takes (the identity endpoint's, for `cert`)."""
 
     def render(self, *, hba_file: Path) -> str:
         tls = (
@@ -111,6 +113,7 @@ class Settings:
                 "ssl_cert_file": str(self.tls[0]),
                 "ssl_key_file": str(self.tls[1]),
                 "ssl_min_protocol_version": "TLSv1.2",
+                **({"ssl_ca_file": str(self.client_ca)} if self.client_ca else {}),
             }
             if self.tls
             else {}
@@ -139,6 +142,25 @@ class Settings:
 
 HBA = encryption.hba_rules("127.0.0.1/32")
 """TCP on loopback only, passwords by SCRAM; plaintext as `encryption` allows."""
+IDENTITY_MAP = "identities"
+IDENTITY_SOURCE = "127.0.0.2"
+"""The loopback address the identity endpoint connects from: for it alone, a client certificate
+(the `cert` method, mapped by pg_ident) logs in instead of a password."""
+IDENTITY_HBA = f"hostssl all all {IDENTITY_SOURCE}/32 cert map={IDENTITY_MAP}"
+
+
+def with_identities(hba: str) -> str:
+    """pg_hba.conf with the identity endpoint's line first after the header: which roles its
+    certificate may become is pg_ident's business, so this file does not change with the spec."""
+    header, _, rest = hba.partition("\n")
+    return f"{header}\n{IDENTITY_HBA}\n{rest}"
+
+
+def ident_rules(certificate_name: str, roles: Iterable[str]) -> str:
+    """pg_ident.conf: the identity endpoint's certificate may become exactly these roles."""
+    lines = ["# Managed by the serverless-db operator."]
+    lines += [f"{IDENTITY_MAP} {certificate_name} {role}" for role in sorted(set(roles))]
+    return "\n".join(lines) + "\n"
 
 
 class Cluster:
@@ -223,11 +245,20 @@ class Cluster:
         if self.user.switches and self.pgdata.stat().st_uid != self.user.uid:
             files.adopt_tree(self.pgdata, self.user.uid, self.user.gid)
 
-    def write_settings(self, settings: Settings, *, hba: str = HBA) -> None:
+    def write_settings(self, settings: Settings, *, hba: str = HBA, ident: str = "") -> None:
         files.write_private(self.config, settings.render(hba_file=self.hba), mode=0o644)
         files.write_private(self.hba, hba, mode=0o644)
-        files.write_private(self.hba.with_name("pg_ident.conf"), "", mode=0o644)
+        self.write_ident(ident)
         self._write_record(port=settings.port)
+
+    def write_ident(self, ident: str) -> bool:
+        """Write pg_ident.conf when it differs; returns whether it changed (a reload then reads it)."""
+        path = self.hba.with_name("pg_ident.conf")
+        with contextlib.suppress(FileNotFoundError):
+            if path.read_text() == ident:
+                return False
+        files.write_private(path, ident, mode=0o644)
+        return True
 
     # -- process ---------------------------------------------------------------------------------
 
