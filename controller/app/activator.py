@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import structlog
@@ -33,6 +33,7 @@ from controller.app.wakes import Wakes
 from controller.gateway import server
 from controller.gateway.reach import Limits
 from controller.gateway.server import Gateway
+from controller.identity.authenticate import Reviewer
 from controller.metrics.exposition import OperatorMetrics
 from controller.runtime.kubernetes import builders, permissions
 from controller.runtime.kubernetes import client as kc
@@ -46,6 +47,17 @@ NAMESPACE_CACHE_SIZE = 10_000
 METRICS_PORT = 9466
 GATEWAY_PORT = 9443
 HEALTH_PORT = 8082
+
+
+def token_reviewer(kube: kc.Kube) -> Reviewer:
+    """TokenReviews through the API server, for the identity check of a ServiceAccount's token."""
+
+    async def review(request: Mapping[str, Any]) -> Mapping[str, Any]:
+        created = await asyncio.to_thread(kube.create, kc.TOKEN_REVIEWS, dict(request))
+        status: Mapping[str, Any] = created.get("status") or {}
+        return status
+
+    return review
 
 
 def pod_address(db: types.ServerlessDatabase) -> Upstream:

@@ -181,6 +181,7 @@ def builtin_types() -> list[ResourceType]:
             (_STATUS,),
         ),
         r("", "v1", "events", "event", "Event", True, ("ev",)),
+        r("authentication.k8s.io", "v1", "tokenreviews", "tokenreview", "TokenReview", False),
         r(
             "",
             "v1",

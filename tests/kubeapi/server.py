@@ -37,7 +37,8 @@ from .patch import (
 )
 from .registry import Registry, ResourceType
 from .selectors import object_matcher, parse_field_selector, parse_label_selector
-from .store import Obj, Store, WatchEvent, now_rfc3339
+from .store import Obj, Store, WatchEvent
+from .tokens import ServiceAccountTokens
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 _TOP_ORDER = ("apiVersion", "kind", "metadata", "spec", "status")
@@ -190,6 +191,7 @@ class ApiServer:
         self.faults: list[Fault] = []
         self.holds: list[Hold] = []
         self.internal_errors: list[str] = []  # tracebacks of bugs in the double itself
+        self.tokens = ServiceAccountTokens()
         self._watch_epoch = 0
         self.stopping = False
 
@@ -404,6 +406,10 @@ class ApiServer:
             return self._list(rt, namespace, query)
         if verb == "watch":
             return Reply(200, stream=self._watch(rt, namespace, query))
+        if rt.plural == "tokenreviews":
+            return (
+                self._token_review(rt, self._json(body)) if verb == "create" else self._not_allowed(verb, rt)
+            )
         if verb == "create":
             if name:
                 return self._not_allowed(verb, rt)
@@ -677,20 +683,41 @@ class ApiServer:
                 manager="kube-scheduler",
             )
             return Reply(201, _success(rt, name, code=201))
-        # serviceaccounts/<name>/token: a TokenRequest with an opaque, obviously fake token.
-        store.get(rt, namespace, name)
-        seconds = int(((body or {}).get("spec") or {}).get("expirationSeconds") or 3600)
+        # serviceaccounts/<name>/token: a TokenRequest, answered with a signed token.
+        account = store.get(rt, namespace, name)
+        spec = (body or {}).get("spec") or {}
         return Reply(
             201,
             {
                 "kind": "TokenRequest",
                 "apiVersion": "authentication.k8s.io/v1",
                 "metadata": {"name": name, "namespace": namespace},
-                "spec": (body or {}).get("spec") or {},
-                "status": {
-                    "token": f"fake-token.{namespace}.{name}.{time.time_ns()}",
-                    "expirationTimestamp": now_rfc3339(seconds),
-                },
+                "spec": spec,
+                "status": self.tokens.request(account, spec),
+            },
+        )
+
+    def _token_review(self, rt: ResourceType, body: Any) -> Reply:
+        """A TokenReview is never stored: created, it comes back with its status."""
+        spec = (body or {}).get("spec") or {}
+        accounts = self.registry.lookup("", "v1", "serviceaccounts")
+        assert accounts is not None
+
+        def account(namespace: str, name: str) -> Obj | None:
+            try:
+                return self.store.get(accounts, namespace, name)
+            except ApiError:
+                return None
+
+        status = self.tokens.review(spec, account)
+        return Reply(
+            201,
+            {
+                "kind": rt.kind,
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {},
+                "spec": spec,
+                "status": status,
             },
         )
 

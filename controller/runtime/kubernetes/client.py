@@ -66,6 +66,7 @@ NETWORK_POLICIES = Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPo
 EVENTS = Kind("", "v1", "events", "Event")
 LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease")
 CERTIFICATES = Kind("cert-manager.io", "v1", "certificates", "Certificate")
+TOKEN_REVIEWS = Kind("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", namespaced=False)
 KINDS = {
     k.kind: k
     for k in (
@@ -194,7 +195,7 @@ class Kube:
         return list(result.get("items") or []), str(result["metadata"].get("resourceVersion", ""))
 
     def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
-        namespace = body["metadata"].get("namespace")
+        namespace = (body.get("metadata") or {}).get("namespace")
         result: dict[str, Any] = self.request("create", kind, method="POST", namespace=namespace, body=body)
         return result
 

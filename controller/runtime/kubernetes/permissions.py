@@ -46,10 +46,12 @@ ACTIVATOR: tuple[Rule, ...] = (
     _rule("dbscale.io", "serverlessdatabases", "get", "list", "watch"),
     _rule("dbscale.io", "wakerequests", "create"),
     _rule("", "pods", "list"),
+    _rule("authentication.k8s.io", "tokenreviews", "create"),
 )
 """The activator reads which database each of its ports serves (from status, which only the operator
-writes), asks for a wake by making a WakeRequest, and looks up which namespace a client's pod is in.
-It cannot change any ServerlessDatabase."""
+writes), asks for a wake by making a WakeRequest, looks up which namespace a client's pod is in,
+and asks the API server whether a ServiceAccount token a client gave as its password is genuine (a
+TokenReview: it reads no Secret and no token of its own). It cannot change any ServerlessDatabase."""
 
 
 def allows(rules: tuple[Rule, ...], group: str, resource: str, verb: str) -> bool:
