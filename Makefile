@@ -21,4 +21,5 @@ e2e:
 bench:
 	.venv/bin/python bench/wake_latency.py --cycles 20
 	.venv/bin/python bench/proxy_overhead.py
+	.venv/bin/python bench/identity.py
 	.venv/bin/python bench/simulate.py

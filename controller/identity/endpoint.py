@@ -23,6 +23,7 @@ import structlog
 
 from controller.activator import protocol, proxy, relay
 from controller.activator.proxy import Upstream, WakeError
+from controller.activator.refusals import RefusalLog
 from controller.api import types
 from controller.identity import tokens
 from controller.identity.authenticate import Authenticator
@@ -95,10 +96,12 @@ class _Conversation(asyncio.Protocol):
 
 
 class _RefusedError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.reason = reason
+        """For the log, when the authenticator has not logged it already."""
 
 
 class IdentityEndpoint:
@@ -121,6 +124,7 @@ class IdentityEndpoint:
         self._tls: dict[str, ssl.SSLContext] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._relays: set[relay.Relay] = set()
+        self.refusals: RefusalLog | None = None
 
     async def listen(self, key: str, host: str, port: int, tls: ssl.SSLContext) -> int:
         """Serve database `key` on host:port (0 picks one) with its server certificate; returns the port."""
@@ -171,7 +175,11 @@ class IdentityEndpoint:
             identities = await self.backend.identities(key)
             if identities is None:
                 namespace, name = types.split_key(key)
-                raise _RefusedError("3D000", f'database "{name}" in namespace "{namespace}" does not exist')
+                raise _RefusedError(
+                    "3D000",
+                    f'database "{name}" in namespace "{namespace}" does not exist',
+                    "unknown_database",
+                )
             result = await self.authenticator.authenticate(key, identities, token, role)
             if isinstance(result, Refused):
                 raise _RefusedError(
@@ -181,6 +189,10 @@ class IdentityEndpoint:
             await self._connect(key, client, upstream, startup, role)
         except _RefusedError as refusal:
             _refuse(client, refusal.code, refusal.message)
+            if refusal.reason:
+                if self.refusals is None:  # made on first use: it needs the running loop
+                    self.refusals = RefusalLog(logger=log)
+                self.refusals.refused(refusal.reason, database=key, peer=str(peer[0] if peer else ""))
         except (EOFError, TimeoutError, ssl.SSLError, ConnectionError) as error:
             log.debug("identity connection ended early", database=key, peer=str(peer), error=repr(error))
             client.transport.abort()
@@ -210,9 +222,9 @@ class IdentityEndpoint:
                 raise EOFError  # no cancel key of ours was ever handed out: nothing to cancel
             parsed = protocol.parse_startup(code, packet[protocol.LENGTH_SIZE :])
             if isinstance(parsed, protocol.Invalid):
-                raise _RefusedError(parsed.code, parsed.message)
+                raise _RefusedError(parsed.code, parsed.message, "invalid_startup")
             if not encrypted:
-                raise _RefusedError(protocol.INVALID_AUTHORIZATION_SPECIFICATION, NEEDS_TLS)
+                raise _RefusedError(protocol.INVALID_AUTHORIZATION_SPECIFICATION, NEEDS_TLS, "plaintext")
             return parsed
 
     async def _start_tls(self, key: str, client: _Conversation) -> None:
@@ -231,7 +243,7 @@ class IdentityEndpoint:
         try:
             return await proxy.wake_within(self.backend, key, self.wake_timeout)
         except WakeError as error:
-            raise _RefusedError(protocol.CANNOT_CONNECT_NOW, str(error)) from None
+            raise _RefusedError(protocol.CANNOT_CONNECT_NOW, str(error), "wake_failed") from None
 
     async def _connect(
         self,
@@ -255,7 +267,9 @@ class IdentityEndpoint:
             )
             server.transport.write(protocol.ssl_request())
             if await server.read(1) != b"S":
-                raise _RefusedError(protocol.CANNOT_CONNECT_NOW, "the database does not offer TLS")
+                raise _RefusedError(
+                    protocol.CANNOT_CONNECT_NOW, "the database does not offer TLS", "upstream"
+                )
             transport = await loop.start_tls(
                 server.transport, server, self.client_tls, server_hostname=upstream.host
             )
@@ -280,7 +294,7 @@ async def _password(client: _Conversation) -> str:
     kind = await client.read(1)
     (length,) = struct.unpack("!i", await client.read(protocol.LENGTH_SIZE))
     if kind != PASSWORD_MESSAGE or not protocol.LENGTH_SIZE < length <= tokens.MAX_TOKEN_LENGTH + 5:
-        raise _RefusedError(protocol.PROTOCOL_VIOLATION, "expected a password message")
+        raise _RefusedError(protocol.PROTOCOL_VIOLATION, "expected a password message", "protocol_violation")
     body = await client.read(length - protocol.LENGTH_SIZE)
     try:
         return body.rstrip(b"\0").decode()

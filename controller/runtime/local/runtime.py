@@ -329,6 +329,8 @@ class LocalRuntime:
             # Startup boost: start at the ceiling's CPU, so a quarter-core floor does not throttle a wake.
             self._set_limits(database, max(capacity, db.spec.capacity.max))
         database.write_state(provisioned=True)
+        if self.identity is not None:  # the certificate may just have been issued again
+            await self._listen_identity(db, database)
         await cluster.start(cgroup_procs=procs)
         self._set_limits(database, capacity)
         database.write_state(capacity=capacity)
