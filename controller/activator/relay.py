@@ -137,22 +137,6 @@ class Relay:
         client.resume_reading()
         return relay
 
-    @classmethod
-    def splice(cls, client: asyncio.Transport, upstream: asyncio.Transport, first: bytes) -> Relay:
-        """Relay two connections already made (TLS ones, say), `first` sent upstream before the rest.
-
-        Both must be paused, with nothing read from either that is not in `first`; both are resumed.
-        """
-        relay = cls(client)
-        relay.upstream.connection_made(upstream)
-        client.set_protocol(relay.client)
-        upstream.set_protocol(relay.upstream)
-        if first:
-            upstream.write(first)
-        client.resume_reading()
-        upstream.resume_reading()
-        return relay
-
     def close(self) -> None:
         for side in (self.client, self.upstream):
             if side.transport is not None:

@@ -8,20 +8,30 @@ waking it as the activator would (the backend's one wake per database), over TLS
 CA's client certificate: Postgres's `cert` method and its pg_ident map let that certificate become
 exactly the roles bound to identities, with no password. Postgres's own answer, from
 AuthenticationOk on, is the client's; from there the bytes are relayed unchanged.
+
+Each connection is served by a thread of its own with blocking sockets, the event loop doing only
+what is shared (the token check, the wake, the refusal log). The reason is speed: a relay between
+two TLS connections decrypts and encrypts every message twice, and asyncio's TLS transport does its
+record handling in Python, which made the relay cost about 0.3 ms of CPU per pgbench transaction;
+`ssl.SSLSocket` does it in OpenSSL, with the GIL released.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import selectors
+import socket
 import ssl
 import struct
-from collections.abc import Sequence
-from typing import Protocol
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from controller.activator import protocol, proxy, relay
+from controller.activator import protocol, proxy
 from controller.activator.proxy import Upstream, WakeError
 from controller.activator.refusals import RefusalLog
 from controller.api import types
@@ -30,13 +40,18 @@ from controller.identity.authenticate import Authenticator
 from controller.identity.tokens import Refused
 
 log = structlog.get_logger("identity.endpoint")
+T = TypeVar("T")
 
 STARTUP_DEADLINE = 10.0
 """Seconds from accept to a password, as Postgres's authentication_timeout bounds its own."""
+CONNECT_TIMEOUT = 10.0
 AUTHENTICATION_CLEARTEXT_PASSWORD = struct.pack("!cii", b"R", 8, 3)
 PASSWORD_MESSAGE = b"p"
 NEEDS_TLS = "identity authentication needs TLS: connect with sslmode=require or stricter"
-MAX_HANDSHAKE_BUFFER = protocol.MAX_PACKET_SIZE + tokens.MAX_TOKEN_LENGTH
+CHUNK = 64 * 1024
+BACKLOG = 1024
+THREAD_STACK_BYTES = 256 * 1024
+"""A relay thread needs little stack; the default (8 MiB of address space each) adds up."""
 
 
 class Backend(proxy.Backend, Protocol):
@@ -46,55 +61,6 @@ class Backend(proxy.Backend, Protocol):
         """The database's `spec.access.identities`; None when there is no such database."""
 
 
-class _Conversation(asyncio.Protocol):
-    """A connection while the endpoint still reads it itself: bytes kept until asked for."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport
-        self.buffer = bytearray()
-        self.ended = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) > MAX_HANDSHAKE_BUFFER:
-            self.transport.pause_reading()  # more than any startup and password: read no further
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.ended = True
-        self._wake()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.ended = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def read(self, size: int) -> bytes:
-        while len(self.buffer) < size:
-            if self.ended or len(self.buffer) > MAX_HANDSHAKE_BUFFER:
-                raise EOFError
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        out = bytes(self.buffer[:size])
-        del self.buffer[:size]
-        return out
-
-    def rest(self) -> bytes:
-        """What came after the last read, handed on with the connection."""
-        out = bytes(self.buffer)
-        self.buffer.clear()
-        return out
-
-
 class _RefusedError(Exception):
     def __init__(self, code: str, message: str, reason: str = "") -> None:
         super().__init__(message)
@@ -102,6 +68,17 @@ class _RefusedError(Exception):
         self.message = message
         self.reason = reason
         """For the log, when the authenticator has not logged it already."""
+
+
+class _Listener:
+    def __init__(self, sock: socket.socket, tls: ssl.SSLContext) -> None:
+        self.sock = sock
+        self.tls = tls
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
 
 
 class IdentityEndpoint:
@@ -120,103 +97,138 @@ class IdentityEndpoint:
         """The address connections to Postgres come from: pg_hba gives that address the `cert` method."""
         self.client_tls: ssl.SSLContext | None = None
         """Trusts the operator CA and presents the endpoint's client certificate; set before listening."""
-        self._servers: dict[str, asyncio.Server] = {}
-        self._tls: dict[str, ssl.SSLContext] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._relays: set[relay.Relay] = set()
         self.refusals: RefusalLog | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listeners: dict[str, _Listener] = {}
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
 
     async def listen(self, key: str, host: str, port: int, tls: ssl.SSLContext) -> int:
         """Serve database `key` on host:port (0 picks one) with its server certificate; returns the port."""
-        self._tls[key] = tls  # a renewed certificate is taken by the next connection
-        if key in self._servers:
-            return int(self._servers[key].sockets[0].getsockname()[1])
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: self._accept(key), host, port, reuse_address=True)
-        self._servers[key] = server
-        return int(server.sockets[0].getsockname()[1])
+        self._loop = asyncio.get_running_loop()
+        known = self._listeners.get(key)
+        if known is not None:
+            known.tls = tls  # a renewed certificate is taken by the next connection
+            return known.port
+        sock = socket.create_server((host, port), backlog=BACKLOG)
+        sock.setblocking(False)
+        listener = _Listener(sock, tls)
+        listener.task = asyncio.ensure_future(self._accept(key, listener))
+        self._listeners[key] = listener
+        return listener.port
 
     def listening(self, key: str) -> int | None:
-        server = self._servers.get(key)
-        return int(server.sockets[0].getsockname()[1]) if server else None
+        listener = self._listeners.get(key)
+        return listener.port if listener else None
 
     async def unlisten(self, key: str) -> None:
-        self._tls.pop(key, None)
-        server = self._servers.pop(key, None)
-        if server is not None:
-            server.close()
-            await server.wait_closed()
+        listener = self._listeners.pop(key, None)
+        if listener is not None:
+            if listener.task is not None:
+                listener.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener.task
+            listener.sock.close()
 
     async def close(self) -> None:
-        for key in list(self._servers):
+        for key in list(self._listeners):
             await self.unlisten(key)
-        for spliced in list(self._relays):
-            spliced.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:  # each connection's thread then finds its sockets closed, and ends
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
-    def _accept(self, key: str) -> _Conversation:
-        conversation = _Conversation()
-        task = asyncio.ensure_future(self._serve(key, conversation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return conversation
-
-    async def _serve(self, key: str, client: _Conversation) -> None:
-        await asyncio.sleep(0)  # connection_made runs first
-        peer = client.transport.get_extra_info("peername")
-        try:
-            async with asyncio.timeout(STARTUP_DEADLINE):
-                startup = await self._startup(key, client)
-                role = startup.parameters["user"]
-                client.transport.write(AUTHENTICATION_CLEARTEXT_PASSWORD)
-                token = await _password(client)
-            identities = await self.backend.identities(key)
-            if identities is None:
-                namespace, name = types.split_key(key)
-                raise _RefusedError(
-                    "3D000",
-                    f'database "{name}" in namespace "{namespace}" does not exist',
-                    "unknown_database",
-                )
-            result = await self.authenticator.authenticate(key, identities, token, role)
-            if isinstance(result, Refused):
-                raise _RefusedError(
-                    tokens.sqlstate(result.reason), tokens.refusal_message(result.reason, role)
-                )
-            upstream = await self._upstream(key)
-            await self._connect(key, client, upstream, startup, role)
-        except _RefusedError as refusal:
-            _refuse(client, refusal.code, refusal.message)
-            if refusal.reason:
-                if self.refusals is None:  # made on first use: it needs the running loop
-                    self.refusals = RefusalLog(logger=log)
-                self.refusals.refused(refusal.reason, database=key, peer=str(peer[0] if peer else ""))
-        except (EOFError, TimeoutError, ssl.SSLError, ConnectionError) as error:
-            log.debug("identity connection ended early", database=key, peer=str(peer), error=repr(error))
-            client.transport.abort()
-
-    async def _startup(self, key: str, client: _Conversation) -> protocol.StartupMessage:
-        """Read up to a StartupMessage, taking TLS on the way; refuse one that comes in plaintext."""
-        encrypted = False
-        gssenc_declined = False
+    async def _accept(self, key: str, listener: _Listener) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            (length,) = struct.unpack("!i", await client.read(protocol.LENGTH_SIZE))
+            conn, peer = await loop.sock_accept(listener.sock)
+            conn.setblocking(True)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            thread = threading.Thread(
+                target=self._serve, args=(key, conn, str(peer[0]), listener.tls), daemon=True
+            )
+            with _stack(THREAD_STACK_BYTES):
+                thread.start()
+
+    # -- one connection, in its own thread ---------------------------------------------------------
+
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+
+    def _untrack(self, *socks: socket.socket) -> None:
+        with self._lock:
+            for sock in socks:
+                self._sockets.discard(sock)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _serve(self, key: str, conn: socket.socket, peer: str, tls: ssl.SSLContext) -> None:
+        self._track(conn)
+        client: socket.socket = conn
+        upstream: socket.socket | None = None
+        try:
+            conn.settimeout(STARTUP_DEADLINE)
+            client, startup = self._startup(conn, tls)
+            self._track(client)
+            role = startup.parameters["user"]
+            client.sendall(AUTHENTICATION_CLEARTEXT_PASSWORD)
+            token = _password(client)
+            self._authorize(key, token, role)
+            address = self._call(self._upstream(key), self.wake_timeout + 1)
+            upstream = self._connect(key, address)
+            self._track(upstream)
+            client.settimeout(None)
+            upstream.sendall(protocol.startup_message({**startup.parameters, "user": role}, startup.protocol))
+            _relay(client, upstream)
+        except _RefusedError as refusal:
+            with contextlib.suppress(OSError):
+                client.sendall(protocol.error_response(refusal.code, refusal.message))
+            if refusal.reason and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._refused, refusal.reason, key, peer)
+        except (EOFError, OSError, concurrent.futures.CancelledError) as error:
+            log.debug("identity connection ended", database=key, peer=peer, error=repr(error))
+        finally:
+            self._untrack(*{conn, client, *([upstream] if upstream else [])})
+
+    def _refused(self, reason: str, key: str, peer: str) -> None:
+        if self.refusals is None:  # made on first use, in the loop: it needs one
+            self.refusals = RefusalLog(logger=log)
+        self.refusals.refused(reason, database=key, peer=peer)
+
+    def _call(self, work: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run `work` on the event loop and wait for it here."""
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(work, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def _startup(
+        self, conn: socket.socket, tls: ssl.SSLContext
+    ) -> tuple[socket.socket, protocol.StartupMessage]:
+        """Read up to a StartupMessage, taking TLS on the way; refuse one that comes in plaintext."""
+        sock: socket.socket = conn
+        encrypted = gssenc_declined = False
+        while True:
+            (length,) = struct.unpack("!i", _read(sock, protocol.LENGTH_SIZE))
             if not protocol.valid_length(length):
                 raise EOFError
-            packet = await client.read(length - protocol.LENGTH_SIZE)
+            packet = _read(sock, length - protocol.LENGTH_SIZE)
             (code,) = struct.unpack_from("!i", packet)
             if code == protocol.SSL_REQUEST_CODE and not encrypted:
-                if client.buffer:  # bytes sent before our answer would be read as TLS: refuse them
-                    raise EOFError
-                client.transport.write(b"S")
-                await self._start_tls(key, client)
+                sock.sendall(b"S")
+                # Bytes the client sent before our answer would be taken as TLS: none may come first.
+                sock = tls.wrap_socket(conn, server_side=True)
                 encrypted = True
                 continue
             if code == protocol.GSSENC_REQUEST_CODE and not gssenc_declined and not encrypted:
                 gssenc_declined = True
-                client.transport.write(protocol.DECLINE_ENCRYPTION)
+                sock.sendall(protocol.DECLINE_ENCRYPTION)
                 continue
             if code == protocol.CANCEL_REQUEST_CODE:
                 raise EOFError  # no cancel key of ours was ever handed out: nothing to cancel
@@ -225,16 +237,17 @@ class IdentityEndpoint:
                 raise _RefusedError(parsed.code, parsed.message, "invalid_startup")
             if not encrypted:
                 raise _RefusedError(protocol.INVALID_AUTHORIZATION_SPECIFICATION, NEEDS_TLS, "plaintext")
-            return parsed
+            return sock, parsed
 
-    async def _start_tls(self, key: str, client: _Conversation) -> None:
-        tls = self._tls.get(key)
-        if tls is None:
-            raise EOFError
-        loop = asyncio.get_running_loop()
-        transport = await loop.start_tls(client.transport, client, tls, server_side=True)
-        assert isinstance(transport, asyncio.Transport)
-        client.transport = transport
+    def _authorize(self, key: str, token: str, role: str) -> None:
+        identities = self._call(self.backend.identities(key), STARTUP_DEADLINE)
+        if identities is None:
+            namespace, name = types.split_key(key)
+            message = f'database "{name}" in namespace "{namespace}" does not exist'
+            raise _RefusedError("3D000", message, "unknown_database")
+        result = self._call(self.authenticator.authenticate(key, identities, token, role), STARTUP_DEADLINE)
+        if isinstance(result, Refused):  # the authenticator has logged it
+            raise _RefusedError(tokens.sqlstate(result.reason), tokens.refusal_message(result.reason, role))
 
     async def _upstream(self, key: str) -> Upstream:
         upstream = await self.backend.upstream(key)
@@ -245,64 +258,77 @@ class IdentityEndpoint:
         except WakeError as error:
             raise _RefusedError(protocol.CANNOT_CONNECT_NOW, str(error), "wake_failed") from None
 
-    async def _connect(
-        self,
-        key: str,
-        client: _Conversation,
-        upstream: Upstream,
-        startup: protocol.StartupMessage,
-        role: str,
-    ) -> None:
-        """Log in to Postgres as `role` with the client certificate, then hand both connections to a relay."""
+    def _connect(self, key: str, upstream: Upstream) -> ssl.SSLSocket:
+        """Postgres over TLS with the endpoint's client certificate, from the endpoint's own address."""
         if self.client_tls is None:
             raise RuntimeError("IdentityEndpoint.client_tls is not set")
-        loop = asyncio.get_running_loop()
-        server = _Conversation()
+        source = (self.source_address, 0) if self.source_address else None
         try:
-            await loop.create_connection(
-                lambda: server,
-                upstream.host,
-                upstream.port,
-                local_addr=(self.source_address, 0) if self.source_address else None,
+            raw = socket.create_connection(
+                (upstream.host, upstream.port), CONNECT_TIMEOUT, source_address=source
             )
-            server.transport.write(protocol.ssl_request())
-            if await server.read(1) != b"S":
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            raw.sendall(protocol.ssl_request())
+            if _read(raw, 1) != b"S":
+                raw.close()
                 raise _RefusedError(
                     protocol.CANNOT_CONNECT_NOW, "the database does not offer TLS", "upstream"
                 )
-            transport = await loop.start_tls(
-                server.transport, server, self.client_tls, server_hostname=upstream.host
-            )
-        except (OSError, EOFError, ssl.SSLError) as error:
+            sock = self.client_tls.wrap_socket(raw, server_hostname=upstream.host)
+        except (OSError, EOFError) as error:
             log.warning("cannot reach the database for an identity", database=key, error=repr(error))
-            with contextlib.suppress(AttributeError):
-                server.transport.abort()
             raise _RefusedError(
                 protocol.CANNOT_CONNECT_NOW, "the database is awake but cannot be reached"
             ) from None
-        assert isinstance(transport, asyncio.Transport)
-        parameters = {**startup.parameters, "user": role}
-        first = protocol.startup_message(parameters, startup.protocol) + client.rest()
-        client.transport.pause_reading()
-        transport.pause_reading()
-        spliced = relay.Relay.splice(client.transport, transport, first)
-        self._relays.add(spliced)
-        spliced.closed.add_done_callback(lambda _: self._relays.discard(spliced))
+        sock.settimeout(None)
+        return sock
 
 
-async def _password(client: _Conversation) -> str:
-    kind = await client.read(1)
-    (length,) = struct.unpack("!i", await client.read(protocol.LENGTH_SIZE))
+def _read(sock: socket.socket, size: int) -> bytes:
+    out = bytearray()
+    while len(out) < size:
+        chunk = sock.recv(size - len(out))
+        if not chunk:
+            raise EOFError
+        out += chunk
+    return bytes(out)
+
+
+def _password(sock: socket.socket) -> str:
+    kind = _read(sock, 1)
+    (length,) = struct.unpack("!i", _read(sock, protocol.LENGTH_SIZE))
     if kind != PASSWORD_MESSAGE or not protocol.LENGTH_SIZE < length <= tokens.MAX_TOKEN_LENGTH + 5:
         raise _RefusedError(protocol.PROTOCOL_VIOLATION, "expected a password message", "protocol_violation")
-    body = await client.read(length - protocol.LENGTH_SIZE)
+    body = _read(sock, length - protocol.LENGTH_SIZE)
     try:
         return body.rstrip(b"\0").decode()
     except UnicodeDecodeError:
         return ""
 
 
-def _refuse(client: _Conversation, code: str, message: str) -> None:
-    if not client.transport.is_closing():
-        client.transport.write(protocol.error_response(code, message))
-        client.transport.close()
+def _relay(client: socket.socket, upstream: socket.socket) -> None:
+    """Bytes both ways until either side ends. One thread for both directions: an SSL connection
+    must not be read and written by two threads at once. Decrypted bytes an SSL socket already
+    holds (`pending`) are taken before waiting for the kernel."""
+    peer = {client: upstream, upstream: client}
+    with selectors.DefaultSelector() as selector:
+        selector.register(client, selectors.EVENT_READ)
+        selector.register(upstream, selectors.EVENT_READ)
+        while True:
+            ready = [s for s in (client, upstream) if isinstance(s, ssl.SSLSocket) and s.pending()]
+            if not ready:
+                ready = [key.fileobj for key, _ in selector.select()]  # type: ignore[misc]
+            for sock in ready:
+                data = sock.recv(CHUNK)  # blocks for the rest of a record only: it is on its way
+                if not data:
+                    return
+                peer[sock].sendall(data)
+
+
+@contextlib.contextmanager
+def _stack(size: int) -> Any:
+    previous = threading.stack_size(size)
+    try:
+        yield
+    finally:
+        threading.stack_size(previous)
