@@ -50,6 +50,11 @@ PASSWORD_MESSAGE = b"p"
 NEEDS_TLS = "identity authentication needs TLS: connect with sslmode=require or stricter"
 CHUNK = 64 * 1024
 BACKLOG = 1024
+MAX_NEGOTIATING = 256
+"""Connections not yet past their password, over every database: a real client is through in
+milliseconds, so only junk reaches this, and it is closed at once."""
+MAX_CONNECTIONS = 4096
+"""Connections (each a thread) at once, over every database."""
 THREAD_STACK_BYTES = 256 * 1024
 """A relay thread needs little stack; the default (8 MiB of address space each) adds up."""
 
@@ -89,10 +94,16 @@ class IdentityEndpoint:
         *,
         wake_timeout: float = 30.0,
         source_address: str | None = None,
+        startup_deadline: float = STARTUP_DEADLINE,
+        max_negotiating: int = MAX_NEGOTIATING,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.backend = backend
         self.authenticator = authenticator
         self.wake_timeout = wake_timeout
+        self.startup_deadline = startup_deadline
+        self.max_negotiating = max_negotiating
+        self.max_connections = max_connections
         self.source_address = source_address
         """The address connections to Postgres come from: pg_hba gives that address the `cert` method."""
         self.client_tls: ssl.SSLContext | None = None
@@ -102,6 +113,8 @@ class IdentityEndpoint:
         self._listeners: dict[str, _Listener] = {}
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self.negotiating = 0
+        self.connections = 0
 
     async def listen(self, key: str, host: str, port: int, tls: ssl.SSLContext) -> int:
         """Serve database `key` on host:port (0 picks one) with its server certificate; returns the port."""
@@ -143,10 +156,23 @@ class IdentityEndpoint:
         loop = asyncio.get_running_loop()
         while True:
             conn, peer = await loop.sock_accept(listener.sock)
+            with self._lock:
+                full = self.negotiating >= self.max_negotiating or self.connections >= self.max_connections
+                if not full:
+                    self.negotiating += 1
+                    self.connections += 1
+            if full:
+                conn.close()
+                self._refused("too many connections", key, str(peer[0]))
+                continue
             conn.setblocking(True)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            negotiating = threading.Event()
+            negotiating.set()
+            # A deadline for the whole startup, however slowly its bytes come: then the socket is shut.
+            loop.call_later(self.startup_deadline, _deadline, conn, negotiating)
             thread = threading.Thread(
-                target=self._serve, args=(key, conn, str(peer[0]), listener.tls), daemon=True
+                target=self._serve, args=(key, conn, str(peer[0]), listener.tls, negotiating), daemon=True
             )
             with _stack(THREAD_STACK_BYTES):
                 thread.start()
@@ -165,17 +191,20 @@ class IdentityEndpoint:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def _serve(self, key: str, conn: socket.socket, peer: str, tls: ssl.SSLContext) -> None:
+    def _serve(
+        self, key: str, conn: socket.socket, peer: str, tls: ssl.SSLContext, negotiating: threading.Event
+    ) -> None:
         self._track(conn)
         client: socket.socket = conn
         upstream: socket.socket | None = None
         try:
-            conn.settimeout(STARTUP_DEADLINE)
+            conn.settimeout(self.startup_deadline)
             client, startup = self._startup(conn, tls)
             self._track(client)
             role = startup.parameters["user"]
             client.sendall(AUTHENTICATION_CLEARTEXT_PASSWORD)
             token = _password(client)
+            self._negotiated(negotiating)
             self._authorize(key, token, role)
             address = self._call(self._upstream(key), self.wake_timeout + 1)
             upstream = self._connect(key, address)
@@ -191,7 +220,16 @@ class IdentityEndpoint:
         except (EOFError, OSError, concurrent.futures.CancelledError) as error:
             log.debug("identity connection ended", database=key, peer=peer, error=repr(error))
         finally:
+            self._negotiated(negotiating)
+            with self._lock:
+                self.connections -= 1
             self._untrack(*{conn, client, *([upstream] if upstream else [])})
+
+    def _negotiated(self, negotiating: threading.Event) -> None:
+        with self._lock:
+            if negotiating.is_set():
+                negotiating.clear()
+                self.negotiating -= 1
 
     def _refused(self, reason: str, key: str, peer: str) -> None:
         if self.refusals is None:  # made on first use, in the loop: it needs one
@@ -240,12 +278,14 @@ class IdentityEndpoint:
             return sock, parsed
 
     def _authorize(self, key: str, token: str, role: str) -> None:
-        identities = self._call(self.backend.identities(key), STARTUP_DEADLINE)
+        identities = self._call(self.backend.identities(key), self.startup_deadline)
         if identities is None:
             namespace, name = types.split_key(key)
             message = f'database "{name}" in namespace "{namespace}" does not exist'
             raise _RefusedError("3D000", message, "unknown_database")
-        result = self._call(self.authenticator.authenticate(key, identities, token, role), STARTUP_DEADLINE)
+        result = self._call(
+            self.authenticator.authenticate(key, identities, token, role), self.startup_deadline
+        )
         if isinstance(result, Refused):  # the authenticator has logged it
             raise _RefusedError(tokens.sqlstate(result.reason), tokens.refusal_message(result.reason, role))
 
@@ -282,6 +322,12 @@ class IdentityEndpoint:
             ) from None
         sock.settimeout(None)
         return sock
+
+
+def _deadline(conn: socket.socket, negotiating: threading.Event) -> None:
+    if negotiating.is_set():
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RDWR)
 
 
 def _read(sock: socket.socket, size: int) -> bytes:

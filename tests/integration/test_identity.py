@@ -161,5 +161,6 @@ def test_plaintext_is_refused_before_any_password_is_asked_for(operator: Operato
     result = psql(dsn, "select 1", token)
     assert result.returncode != 0
     assert "identity authentication needs TLS" in result.stderr
-    wait_for(lambda: '"reason": "plaintext"' in operator.log.read_text(), timeout=10, what="the refusal logged")
+    logged = '"reason": "plaintext"'
+    wait_for(lambda: logged in operator.log.read_text(), timeout=10, what="the refusal logged")
     assert token not in operator.log.read_text()
