@@ -169,10 +169,15 @@ class IdentityEndpoint:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             negotiating = threading.Event()
             negotiating.set()
-            # A deadline for the whole startup, however slowly its bytes come: then the socket is shut.
-            loop.call_later(self.startup_deadline, _deadline, conn, negotiating)
+            # The connection's socket, once more: TLS takes the first over, but a shutdown of either
+            # ends the connection. It enforces a deadline for the whole startup, however slowly the
+            # bytes come, and lets `close` end every connection whatever its stage.
+            guard = conn.dup()
+            loop.call_later(self.startup_deadline, _deadline, guard, negotiating)
             thread = threading.Thread(
-                target=self._serve, args=(key, conn, str(peer[0]), listener.tls, negotiating), daemon=True
+                target=self._serve,
+                args=(key, conn, guard, str(peer[0]), listener.tls, negotiating),
+                daemon=True,
             )
             with _stack(THREAD_STACK_BYTES):
                 thread.start()
@@ -192,15 +197,19 @@ class IdentityEndpoint:
                 sock.close()
 
     def _serve(
-        self, key: str, conn: socket.socket, peer: str, tls: ssl.SSLContext, negotiating: threading.Event
+        self,
+        key: str,
+        conn: socket.socket,
+        guard: socket.socket,
+        peer: str,
+        tls: ssl.SSLContext,
+        negotiating: threading.Event,
     ) -> None:
-        self._track(conn)
+        self._track(guard)
         client: socket.socket = conn
         upstream: socket.socket | None = None
         try:
-            conn.settimeout(self.startup_deadline)
             client, startup = self._startup(conn, tls)
-            self._track(client)
             role = startup.parameters["user"]
             client.sendall(AUTHENTICATION_CLEARTEXT_PASSWORD)
             token = _password(client)
@@ -209,7 +218,6 @@ class IdentityEndpoint:
             address = self._call(self._upstream(key), self.wake_timeout + 1)
             upstream = self._connect(key, address)
             self._track(upstream)
-            client.settimeout(None)
             upstream.sendall(protocol.startup_message({**startup.parameters, "user": role}, startup.protocol))
             _relay(client, upstream)
         except _RefusedError as refusal:
@@ -223,7 +231,7 @@ class IdentityEndpoint:
             self._negotiated(negotiating)
             with self._lock:
                 self.connections -= 1
-            self._untrack(*{conn, client, *([upstream] if upstream else [])})
+            self._untrack(*{guard, conn, client, *([upstream] if upstream else [])})
 
     def _negotiated(self, negotiating: threading.Event) -> None:
         with self._lock:

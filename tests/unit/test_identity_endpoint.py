@@ -4,6 +4,7 @@ it, refusals on the wire, and what an anonymous client can make it hold."""
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
 import struct
@@ -151,6 +152,36 @@ async def test_a_startup_that_trickles_is_closed_at_the_deadline(
         await asyncio.sleep(0.1)
         assert door.negotiating == 0
         assert door.connections == 0
+    finally:
+        await door.close()
+
+
+def trickle_inside_tls(port: int, ca: Path) -> float:
+    """TLS taken, then a startup packet a byte at a time, each within the per-read timeout: how long
+    until the endpoint closes the connection (the deadline is for the whole startup)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(protocol.ssl_request())
+        assert raw.recv(1) == b"S"
+        with ssl.create_default_context(cafile=str(ca)).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            start = time.monotonic()
+            packet = struct.pack("!i", 1000) + b"x" * 996
+            for byte in packet:
+                try:
+                    tls.sendall(bytes([byte]))
+                except OSError:
+                    break
+                readable, _, _ = select.select([tls], [], [], 0.1)
+                if readable and tls.recv(1) == b"":
+                    break
+            return time.monotonic() - start
+
+
+async def test_the_deadline_holds_inside_tls_too(certificates: tuple[Path, ssl.SSLContext]) -> None:
+    ca, tls = certificates
+    door, port = await endpoint(tls, startup_deadline=1.0)
+    try:
+        waited = await asyncio.to_thread(trickle_inside_tls, port, ca)
+        assert 0.4 < waited < 5  # trickling on would take 100 s
     finally:
         await door.close()
 
