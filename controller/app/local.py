@@ -54,7 +54,7 @@ class Endpoints(Protocol):
 
 
 class Waker(Protocol):
-    def trigger(self, key: str) -> None: ...
+    def wake(self, key: str) -> None: ...
 
 
 class LocalBackend:
@@ -97,7 +97,7 @@ class LocalBackend:
                 f"`sdb resume {db.metadata.name}` lets clients in again"
             )
         await self.store.request_wake(key)
-        self.reconciler.trigger(key)
+        self.reconciler.wake(key)
 
     async def exists(self, key: str) -> bool:
         # A running database exists: only one at rest costs a read of its file (in a thread).

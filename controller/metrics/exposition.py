@@ -140,6 +140,19 @@ class OperatorMetrics:
         )
         self.errors = Counter("sdb_errors", "Failed steps, by reason.", (*DB_LABELS, "reason"), registry=r)
         self.databases = Gauge("sdb_databases", "Databases the operator manages.", registry=r)
+        self.queue_wait = Histogram(
+            "sdb_workqueue_wait_seconds",
+            "From a database being due for a pass to a worker taking it, by priority.",
+            ("priority",),
+            registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.queue_depth = Gauge(
+            "sdb_workqueue_depth",
+            "Databases due for a pass and waiting for a worker.",
+            ("priority",),
+            registry=r,
+        )
 
     def start_counting(self, namespace: str, name: str) -> None:
         """Make a database's counters exist at 0: increase() and rate() never see a counter's first value."""

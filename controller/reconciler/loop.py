@@ -2,9 +2,13 @@
 
 For a database it reads the object, observes the compute, asks the policy, takes the step, and
 writes status once. Steps that need no waiting (route, recheck, stop) follow each other in the same
-pass. Triggers: a change of the object (watch), a sampling tick for running databases, and the
-plan's own "look again". Parked databases get none of these: they cost nothing until they change.
-Nothing lives only in memory that a restart would need: history is in status, the world is observed.
+pass. Triggers, most urgent first (`priority`): a wake, a change of the object or of its compute
+objects (watch), a sampling tick for running databases (one reading for the whole fleet, each
+database's pass at its own offset in the tick, so they do not line up) and the plan's own "look
+again", and a periodic resync. Paused and parked databases get no ticks: they cost nothing until
+they change, are woken, or their own timer comes. A fixed pool of workers takes the most urgent key
+first, one worker per key. Nothing lives only in memory that a restart would need: history is in
+status, the world is observed.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -28,7 +33,9 @@ from controller.policy import plan as policy
 from controller.policy.inputs import DEFAULT_TUNING, Compute, ComputeState, Observation, Tuning
 from controller.policy.lifecycle import Action
 from controller.policy.plan import Plan
+from controller.reconciler import priority
 from controller.reconciler import status as status_of
+from controller.reconciler.priority import Priority
 from controller.reconciler.queue import WorkQueue
 from controller.runtime.base import EventType, PermanentError, Runtime, StepError, Store, TransientError
 
@@ -41,6 +48,14 @@ class WakeListener(Protocol):
     def ready(self, key: str) -> None: ...
 
     def failed(self, key: str, message: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """When a pass wants its database looked at again, and how urgently."""
+
+    after: timedelta
+    priority: Priority
 
 
 @dataclass
@@ -82,17 +97,25 @@ class Reconciler:
         self._running: dict[str, types.ServerlessDatabase] = {}
         """Databases whose compute ran at their last reconcile: the sampler's fleet."""
         self._costs: dict[str, _Cost] = {}
-        self._backoff_until: dict[str, float] = {}
-        """Databases whose last step failed: the sampler leaves them alone until then (a change does not)."""
         self._wakes_started: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._reconciles = 0
+        self._first_pass: set[str] = set()
+        """Keys listed at start that have not had their first pass yet."""
+        self._started = 0.0
+        self.synced = asyncio.Event()
+        """Set once every database listed at start has had a pass."""
 
     # -- running ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        for db in await self.store.list():
-            self.queue.add(db.key)
+        started = asyncio.get_running_loop().time()
+        listed = await self.store.list()
+        for db in listed:  # whatever waits on a wake or a change goes first; the rest is a resync
+            self.queue.add(db.key, priority.of(db, otherwise=Priority.RESYNC))
+        self._first_pass = {db.key for db in listed}
+        self._started = started
+        self._passed()
         self._tasks = [
             asyncio.create_task(self._worker(), name=f"reconcile-{i}") for i in range(self.workers)
         ]
@@ -107,42 +130,65 @@ class Reconciler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    def trigger(self, key: str) -> None:
-        self.queue.add(key)
+    def wake(self, key: str) -> None:
+        """A client waits on this database: its pass goes before every other."""
+        self.queue.add(key, Priority.WAKE)
 
     @property
     def reconciles(self) -> int:
         return self._reconciles
 
     async def _worker(self) -> None:
-        while (key := await self.queue.get()) is not None:
+        while (item := await self.queue.get()) is not None:
+            self.exposition.queue_wait.labels(item.priority.label).observe(item.waited)
+            key = item.key
             try:
                 again = await self.reconcile(key)
-            except Exception:  # a bug must not kill the worker; the next trigger tries again
-                log.exception("reconcile crashed", database=key)
-                again = timedelta(seconds=5)
-            finally:
+            except Exception:  # a bug or an API error must not kill the worker: back off, then retry
                 self.queue.done(key)
+                delay = self.queue.retry(key)
+                log.exception("reconcile crashed", database=key, retry_in=delay)
+                continue
+            finally:
+                self._passed(key)
+            self.queue.done(key)
             if again is not None:
-                self.queue.add(key, again.total_seconds())
+                self.queue.add(key, again.priority, again.after.total_seconds())
+
+    def _passed(self, key: str | None = None) -> None:
+        """Count a database's first pass since the start; say when every one listed then had it."""
+        if self.synced.is_set():
+            return
+        if key is not None:
+            self._first_pass.discard(key)
+        if not self._first_pass:
+            self.synced.set()
+            seconds = asyncio.get_running_loop().time() - self._started
+            log.info("every database had its first pass", seconds=round(seconds, 3))
 
     async def _watch(self) -> None:
         while True:
             try:
-                async for key in self.store.changes():
-                    self.queue.add(key)
+                async for key, db in self.store.changes():
+                    urgency = Priority.CHANGE if db is None else priority.of(db, otherwise=Priority.CHANGE)
+                    self.queue.add(key, urgency)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("watch failed; restarting it")
                 await asyncio.sleep(1)
 
+    def _offset(self, key: str) -> float:
+        """Where in the tick this database's pass falls: fixed per database, spread over the tick."""
+        return zlib.crc32(key.encode()) / 2**32 * self.tuning.tick.total_seconds()
+
     async def _sample(self) -> None:
-        """Each tick, one reading for the whole running fleet, then a reconcile of each."""
+        """Each tick, one reading for the whole running fleet, then a pass of each at its offset."""
+        loop = asyncio.get_running_loop()
         tick = self.tuning.tick.total_seconds()
-        counted_at = time.monotonic()
+        counted_at = loop.time()
         while True:
-            started = time.monotonic()
+            started = loop.time()
             self._count_costs(started - counted_at)
             counted_at = started
             fleet = list(self._running.values())
@@ -155,11 +201,11 @@ class Reconciler:
                 self.observations.update(readings)
                 for key in readings:
                     self.exposition.readings.labels(*types.split_key(key)).inc()
-                now = time.monotonic()
                 for db in fleet:
-                    if self._backoff_until.get(db.key, 0.0) <= now:
-                        self.queue.add(db.key)
-            await asyncio.sleep(max(tick - (time.monotonic() - started), 0.05))
+                    self.queue.add(db.key, Priority.TICK, self._offset(db.key))
+            for each, count in self.queue.depth().items():
+                self.exposition.queue_depth.labels(each.label).set(count)
+            await asyncio.sleep(max(tick - (loop.time() - started), 0.05))
 
     def _count_costs(self, elapsed: float) -> None:
         """What always-at-max would have used; parked databases cost nothing. (What was used comes
@@ -170,16 +216,17 @@ class Reconciler:
             self.exposition.max_cu_seconds.labels(*types.split_key(key)).inc(cost.ceiling * elapsed)
 
     async def _resync(self) -> None:
-        """A periodic full look at every database that is not parked, in case a change was missed."""
+        """A periodic full look at every database, in case a change was missed; it goes last."""
         while True:
             await asyncio.sleep(self.resync.total_seconds())
-            for db in await self.store.list():
-                if db.status.phase is not types.Phase.PARKED:
-                    self.queue.add(db.key)
+            listed = await self.store.list()
+            log.info("resync", databases=len(listed))
+            for db in listed:
+                self.queue.add(db.key, Priority.RESYNC)
 
     # -- one database ----------------------------------------------------------------------------
 
-    async def reconcile(self, key: str) -> timedelta | None:
+    async def reconcile(self, key: str) -> Requeue | None:
         """One pass for one database; returns when to look again (None: only on change)."""
         started = time.monotonic()
         self._reconciles += 1
@@ -204,7 +251,7 @@ class Reconciler:
         finally:
             self.exposition.reconcile_duration.observe(time.monotonic() - started)
 
-    async def _converge(self, stored: types.ServerlessDatabase) -> timedelta | None:
+    async def _converge(self, stored: types.ServerlessDatabase) -> Requeue | None:
         db = stored
         notes: list[status_of.EventNote] = []
         outcome: status_of.Outcome | None = None
@@ -239,11 +286,13 @@ class Reconciler:
         if outcome.failure is not None:
             if outcome.plan.wake and self.listener is not None:  # told after status says why, not before
                 self.listener.failed(db.key, f"the database could not be woken: {outcome.failure.message}")
-            delay = policy.backoff(db.status.failures, self.tuning)
-            self._backoff_until[db.key] = time.monotonic() + delay.total_seconds()
-            return delay
-        self._backoff_until.pop(db.key, None)
-        return outcome.plan.requeue_after
+            self.queue.back_off(db.key, policy.backoff(db.status.failures, self.tuning).total_seconds())
+            return None
+        self.queue.succeeded(db.key)
+        again = outcome.plan.requeue_after
+        if again is None or (again == self.tuning.tick and db.key in self._running):
+            return None  # a running database is looked at on the sampler's tick, not twice
+        return Requeue(again, priority.of(db, otherwise=Priority.TICK))
 
     async def _act(
         self, db: types.ServerlessDatabase, plan: Plan, compute: ComputeState
@@ -316,7 +365,6 @@ class Reconciler:
         self.observations.pop(key, None)
         self._costs.pop(key, None)
         self._wakes_started.pop(key, None)
-        self._backoff_until.pop(key, None)
         self.queue.forget(key)
         await self.metrics.forget(key)
         self.exposition.forget(*types.split_key(key))
@@ -418,4 +466,4 @@ class Reconciler:
                 await self.store.write_status(db, status)
 
 
-__all__ = ["PermanentError", "Reconciler", "WakeListener"]
+__all__ = ["PermanentError", "Reconciler", "Requeue", "WakeListener"]

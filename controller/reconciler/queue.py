@@ -1,7 +1,12 @@
-"""A work queue of database keys, as controller-runtime's: each key at most once in flight, delayed adds.
+"""A work queue of database keys with priorities, as controller-runtime's, plus the order of urgency.
 
-Adding a key that is being worked on marks it to run again once the worker is done; adding a key
-already waiting keeps the earlier of the two due times.
+Each key is in the queue at most once, at the most urgent priority it was asked for, and in flight
+on at most one worker: adding a key that is being worked on marks it to run again once the worker is
+done. Delayed adds wait in one timer heap (no task or timer per key); adding a key that already
+waits keeps the earlier time. A key whose pass failed backs off: until its time comes only a wake or
+a change brings it forward, never a tick or a resync.
+
+Time is the event loop's, so a test fast-forwards it (looptime).
 """
 
 from __future__ import annotations
@@ -10,52 +15,131 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import time
+from dataclasses import dataclass
+
+from controller.reconciler.priority import Priority
+
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    priority: Priority
+    waited: float
+    """Seconds between becoming due and being handed to a worker."""
+
+
+@dataclass
+class _Pending:
+    due: float
+    priority: Priority
 
 
 class WorkQueue:
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, str]] = []
-        self._due: dict[str, float] = {}
+        self._ready: list[tuple[Priority, int, str]] = []
+        self._queued: dict[str, tuple[Priority, float]] = {}
+        """Keys due now: their priority, and since when they wait."""
+        self._timers: list[tuple[float, int, str]] = []
+        self._later: dict[str, _Pending] = {}
+        """Keys due later (an entry in `_timers` that does not match is stale, and skipped)."""
         self._active: set[str] = set()
-        self._again: dict[str, float] = {}
+        self._again: dict[str, _Pending] = {}
+        """Keys asked for while in flight: queued again once done."""
+        self._held: dict[str, float] = {}
+        """Keys backing off after a failure, until when."""
+        self._failures: dict[str, int] = {}
         self._seq = itertools.count()
         self._changed = asyncio.Event()
         self._closed = False
 
-    def add(self, key: str, after: float = 0.0) -> None:
-        due = time.monotonic() + max(after, 0.0)
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def add(self, key: str, priority: Priority = Priority.CHANGE, after: float = 0.0) -> None:
+        now = self._now()
+        due = now + max(after, 0.0)
+        held = self._held.get(key)
+        if held is not None and priority >= Priority.TICK:
+            due = max(due, held)  # a tick or a resync does not cut a back-off short
         if key in self._active:
-            self._again[key] = min(due, self._again.get(key, due))
+            self._again[key] = _merge(self._again.get(key), _Pending(due, priority))
             return
-        if key in self._due and self._due[key] <= due:
+        queued = self._queued.get(key)
+        if queued is not None:  # due already: it keeps its place unless this is more urgent
+            if priority < queued[0]:
+                self._push_ready(key, priority, queued[1])
             return
-        self._due[key] = due
-        heapq.heappush(self._heap, (due, next(self._seq), key))
+        if due > now:
+            pending = _merge(self._later.get(key), _Pending(due, priority))
+            if self._later.get(key) != pending:
+                self._later[key] = pending
+                heapq.heappush(self._timers, (pending.due, next(self._seq), key))
+                self._changed.set()
+            return
+        spent = self._later.pop(key, None)  # due now: its timer is spent, its urgency kept
+        self._push_ready(key, min(priority, spent.priority) if spent else priority, now)
+
+    def _push_ready(self, key: str, priority: Priority, since: float) -> None:
+        self._queued[key] = (priority, since)
+        heapq.heappush(self._ready, (priority, next(self._seq), key))
         self._changed.set()
 
-    def forget(self, key: str) -> None:
-        """Drop a key's pending run (its entry in the heap is skipped when it surfaces)."""
-        self._due.pop(key, None)
-        self._again.pop(key, None)
+    def back_off(self, key: str, delay: float) -> None:
+        """The key's pass failed: look again after `delay`; until then ticks and resyncs wait too."""
+        self._held[key] = self._now() + delay
+        self.add(key, Priority.TICK, delay)
 
-    async def get(self) -> str | None:
-        """The next due key (None once closed); mark it done with `done`."""
+    def retry(self, key: str) -> float:
+        """The key's pass failed unexpectedly: back off exponentially per key; returns the delay."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay = min(RETRY_FIRST_SECONDS * 2.0 ** (failures - 1), RETRY_MAX_SECONDS)
+        self.back_off(key, delay)
+        return delay
+
+    def succeeded(self, key: str) -> None:
+        """The key's pass went well: its back-off is over."""
+        self._held.pop(key, None)
+        self._failures.pop(key, None)
+
+    def forget(self, key: str) -> None:
+        """Drop everything about a key (its entries in the heaps are skipped when they surface)."""
+        for pending in (self._queued, self._later, self._again, self._held, self._failures):
+            pending.pop(key, None)
+
+    def _promote(self, now: float) -> None:
+        """Keys whose time has come join the ready heap."""
+        while self._timers and self._timers[0][0] <= now:
+            due, _, key = heapq.heappop(self._timers)
+            pending = self._later.get(key)
+            if pending is None or pending.due != due:
+                continue  # superseded by an earlier add, or forgotten
+            del self._later[key]
+            queued = self._queued.get(key)
+            if queued is None or pending.priority < queued[0]:
+                self._push_ready(key, pending.priority, due if queued is None else queued[1])
+
+    async def get(self) -> Item | None:
+        """The most urgent due key (None once closed); mark it done with `done`."""
         while not self._closed:
-            while self._heap:
-                due, _, key = self._heap[0]
-                if self._due.get(key) != due:
-                    heapq.heappop(self._heap)  # superseded by an earlier add, or forgotten
-                    continue
-                wait = due - time.monotonic()
-                if wait > 0:
-                    break
-                heapq.heappop(self._heap)
-                del self._due[key]
+            now = self._now()
+            self._promote(now)
+            while self._ready:
+                priority, _, key = heapq.heappop(self._ready)
+                queued = self._queued.get(key)
+                if queued is None or queued[0] != priority:
+                    continue  # raised to a more urgent priority since, or forgotten
+                del self._queued[key]
                 self._active.add(key)
-                return key
+                return Item(key, priority, now - queued[1])
             self._changed.clear()
-            timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+            while self._timers and self._later.get(self._timers[0][2]) is None:
+                heapq.heappop(self._timers)  # drop stale timers so the wait below is for a live one
+            timeout = self._timers[0][0] - now if self._timers else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
         return None
@@ -64,12 +148,26 @@ class WorkQueue:
         self._active.discard(key)
         again = self._again.pop(key, None)
         if again is not None:
-            self.add(key, again - time.monotonic())
+            self.add(key, again.priority, again.due - self._now())
 
     def scheduled(self) -> int:
         """Keys waiting, due now or later."""
-        return len(self._due)
+        return len(self._queued) + len(self._later) + len(self._again)
+
+    def depth(self) -> dict[Priority, int]:
+        """Keys due now, by priority."""
+        counts = dict.fromkeys(Priority, 0)
+        for priority, _ in self._queued.values():
+            counts[priority] += 1
+        return counts
 
     def close(self) -> None:
         self._closed = True
         self._changed.set()
+
+
+def _merge(old: _Pending | None, new: _Pending) -> _Pending:
+    """The earlier time and the more urgent priority of two asks for the same key."""
+    if old is None:
+        return new
+    return _Pending(min(old.due, new.due), min(old.priority, new.priority))

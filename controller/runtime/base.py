@@ -76,8 +76,9 @@ class Store(Protocol):
     async def mark_invalid(self, key: str, message: str, now: datetime) -> None:
         """Say in status why an object cannot be acted on (it slipped past the CRD's validation)."""
 
-    def changes(self) -> AsyncIterator[str]:
-        """Keys of databases whose object changed (spec, metadata or deletion), as they change."""
+    def changes(self) -> AsyncIterator[tuple[str, types.ServerlessDatabase | None]]:
+        """Databases whose object changed (spec, metadata or deletion), or one of its compute objects,
+        as they change: the key and the object as last seen (None: gone, or unreadable)."""
 
 
 class Runtime(Protocol):

@@ -206,10 +206,11 @@ class MemoryStore:
         finalizers = (*rest, types.FINALIZER) if present else rest
         self.objects[db.key] = replace(current, metadata=replace(current.metadata, finalizers=finalizers))
 
-    async def changes(self) -> AsyncIterator[str]:
+    async def changes(self) -> AsyncIterator[tuple[str, types.ServerlessDatabase | None]]:
         self._changes = asyncio.Queue()
         while True:
-            yield await self._changes.get()
+            key = await self._changes.get()
+            yield key, self.objects.get(key)
 
     def reasons(self, key: str) -> builtins.list[str]:
         return [e.reason for e in self.events[key]]

@@ -692,24 +692,24 @@ class Endpoints:
         return False  # as `upstream` says: the endpoint leads to the activator
 
 
-class Triggers:
+class Wakes:
     def __init__(self) -> None:
         self.keys: list[str] = []
 
-    def trigger(self, key: str) -> None:
+    def wake(self, key: str) -> None:
         self.keys.append(key)
 
 
 async def test_two_hundred_clients_share_one_wake_request() -> None:
     store = MemoryStore()
     store.put(ServerlessDatabase(metadata=ObjectMeta(name="orders", namespace="shop")))
-    endpoints, triggers = Endpoints(), Triggers()
+    endpoints, wakes = Endpoints(), Wakes()
     backend = LocalBackend(store)
-    backend.bind(endpoints, triggers)
+    backend.bind(endpoints, wakes)
     waiters = [asyncio.ensure_future(backend.wake("shop/orders")) for _ in range(200)]
     for _ in range(20):
         await asyncio.sleep(0)
-    assert triggers.keys == ["shop/orders"]
+    assert wakes.keys == ["shop/orders"]
     assert WAKE_ANNOTATION in store.objects["shop/orders"].metadata.annotations
     endpoints.up = True
     backend.ready("shop/orders")
@@ -721,7 +721,7 @@ async def test_a_database_paused_by_its_spec_is_refused_at_once() -> None:
     spec = DatabaseSpec(state=State.PAUSED)
     store.put(ServerlessDatabase(metadata=ObjectMeta(name="orders", namespace="shop"), spec=spec))
     backend = LocalBackend(store)
-    backend.bind(Endpoints(), Triggers())
+    backend.bind(Endpoints(), Wakes())
     with pytest.raises(WakeError, match=r"paused by its spec\.state; `sdb resume orders`"):
         await backend.wake("shop/orders")
 

@@ -10,7 +10,7 @@ import pytest
 from support.fakes import FakeCompute, FakeMetrics, FakeRuntime, MemoryStore
 
 from controller.api import types
-from controller.policy.inputs import Compute, Observation, Route, Tuning
+from controller.policy.inputs import Compute, ComputeState, Observation, Route, Tuning
 from controller.reconciler.loop import Reconciler
 from controller.runtime.base import TransientError
 
@@ -181,27 +181,138 @@ async def test_a_failed_wake_tells_waiters_and_leaves_the_database_paused() -> N
     assert db.status.phase is types.Phase.ACTIVE
 
 
-async def test_parked_databases_cost_the_operator_nothing() -> None:
+def resting_fleet(world: World, count: int) -> None:
+    """`count` databases at rest, as a restarted operator finds them: a third paused, the rest parked."""
+    for index in range(count):
+        paused = index % 3 == 0
+        phase = types.Phase.PAUSED if paused else types.Phase.PARKED
+        db = replace(
+            new_db(f"db{index}"),
+            status=types.DatabaseStatus(phase=phase, phase_since=world.clock.now, observed_generation=1),
+        )
+        world.store.put(db)
+        compute = Compute.STOPPED if paused else Compute.ABSENT
+        world.runtime.databases[db.key] = FakeCompute(storage=True, compute=compute)
+
+
+class GatedRuntime(FakeRuntime):
+    """A runtime whose observe waits at a gate while it is closed: the test orders passes explicitly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.held = asyncio.Event()
+        """Set when a pass is waiting at the closed gate."""
+
+    async def observe(self, db: types.ServerlessDatabase) -> ComputeState:
+        if not self.gate.is_set():
+            self.held.set()
+            await self.gate.wait()
+        return await super().observe(db)
+
+
+@pytest.mark.looptime
+async def test_paused_and_parked_databases_get_no_pass_and_no_call_over_many_ticks() -> None:
     world = World()
-    for index in range(1000):
-        db = new_db(f"db{index}", state=types.State.PARKED)
-        world.store.put(replace(db, status=types.DatabaseStatus(phase=types.Phase.PARKED)))
-        world.runtime.databases[db.key] = FakeCompute(storage=True)
+    resting_fleet(world, 1000)
     reconciler = world.reconciler
-    reconciler.tuning = Tuning(tick=timedelta(milliseconds=20))
     await reconciler.start()
     try:
-        for _ in range(200):  # the initial pass looks at each once
-            await asyncio.sleep(0.02)
-            if reconciler.reconciles >= 1000 and reconciler.queue.scheduled() == 0:
-                break
-        first_pass = len(world.runtime.calls)
-        reconciles = reconciler.reconciles
-        await asyncio.sleep(0.5)  # 25 ticks
-        assert len(world.runtime.calls) == first_pass
+        await asyncio.wait_for(reconciler.synced.wait(), 60)  # the first pass looks at each once
+        calls, reconciles = len(world.runtime.calls), reconciler.reconciles
+        writes, events = world.store.status_writes.total(), sum(map(len, world.store.events.values()))
+        assert reconciles == 1000
+        await asyncio.sleep(100 * Tuning().tick.total_seconds())  # a hundred ticks, fast-forwarded
+        assert len(world.runtime.calls) == calls
         assert reconciler.reconciles == reconciles
         assert sum(world.metrics.asked.values()) == 0
-        assert reconciler.queue.scheduled() == 0  # no timers either
+        assert world.store.status_writes.total() == writes
+        assert sum(map(len, world.store.events.values())) == events
+        # What stays scheduled is each paused database's own park, an hour on: no tick, no poll.
+        assert reconciler.queue.scheduled() == 334
+    finally:
+        await reconciler.stop()
+
+
+async def start_held(world: World, runtime: GatedRuntime) -> None:
+    """Start on one worker, and stop the first pass at the gate with the rest of the fleet queued."""
+    world.runtime = runtime
+    world.reconciler = world.fresh_reconciler()
+    world.reconciler.workers = 1
+    runtime.gate.clear()
+    await world.reconciler.start()
+    await asyncio.wait_for(runtime.held.wait(), 10)
+
+
+def passes(runtime: FakeRuntime) -> list[str]:
+    """The databases in the order their passes began (a pass observes once per step)."""
+    return list(dict.fromkeys(key for action, key in runtime.calls if action == "observe"))
+
+
+@pytest.mark.looptime
+async def test_a_wake_queued_behind_a_thousand_object_resync_runs_first() -> None:
+    world, runtime = World(), GatedRuntime()
+    resting_fleet(world, 1000)
+    await start_held(world, runtime)  # the start's look at every database is a resync
+    try:
+        world.reconciler.wake("shop/db999")
+        runtime.gate.set()
+        await asyncio.wait_for(world.reconciler.synced.wait(), 60)
+        order = passes(runtime)
+        assert order[1] == "shop/db999"  # right after the pass that was in flight
+        assert len(order) == 1000  # the woken one left the resync: one pass each
+    finally:
+        await world.reconciler.stop()
+
+
+@pytest.mark.looptime
+async def test_a_new_object_is_picked_up_ahead_of_a_resync() -> None:
+    world, runtime = World(), GatedRuntime()
+    resting_fleet(world, 1000)
+    await start_held(world, runtime)
+    try:
+        await asyncio.sleep(0)  # the change feed is listening
+        world.store.put(new_db("fresh"))
+        await asyncio.sleep(0)
+        runtime.gate.set()
+        await asyncio.wait_for(world.reconciler.synced.wait(), 60)
+        order = passes(runtime)
+        assert order.index("shop/fresh") == 1
+        assert world.store.objects["shop/fresh"].status.phase is types.Phase.ACTIVE
+    finally:
+        await world.reconciler.stop()
+
+
+@pytest.mark.looptime
+async def test_running_databases_are_looked_at_once_a_tick_at_their_own_offsets() -> None:
+    world = World()
+    loop = asyncio.get_running_loop()
+    for index in range(100):
+        world.store.put(new_db(f"db{index}"))
+    seen: dict[str, list[float]] = {}
+    observe = world.runtime.observe
+
+    async def timed(db: types.ServerlessDatabase) -> ComputeState:
+        seen.setdefault(db.key, []).append(loop.time())
+        return await observe(db)
+
+    world.runtime.observe = timed  # type: ignore[method-assign]
+    reconciler = world.reconciler
+    await reconciler.start()
+    try:
+        await asyncio.sleep(1)  # every database created and running
+        for index in range(100):
+            world.reading(f"shop/db{index}", sessions=1)
+        seen.clear()
+        tick = reconciler.tuning.tick.total_seconds()
+        await asyncio.sleep(10 * tick)
+        passes_each = [len(times) for times in seen.values()]
+        assert len(seen) == 100
+        assert max(passes_each) <= 11  # once a tick (plus one at the edge), not twice
+        assert min(passes_each) >= 9
+        offsets = sorted(times[-1] % tick for times in seen.values())
+        assert offsets[-1] - offsets[0] > tick / 2  # spread over the tick, not all at its start
     finally:
         await reconciler.stop()
 

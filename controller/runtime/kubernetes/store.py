@@ -54,9 +54,14 @@ class KubeStore:
         """Something about this database changed (its object, or one of its objects)."""
         self.queue.put_nowait(key)
 
-    async def changes(self) -> AsyncIterator[str]:
+    async def changes(self) -> AsyncIterator[tuple[str, types.ServerlessDatabase | None]]:
         while True:
-            yield await self.queue.get()
+            key = await self.queue.get()
+            raw = self.databases.get(*types.split_key(key))
+            try:
+                yield key, codec.decode(raw) if raw is not None else None
+            except ValueError:
+                yield key, None  # reported when that object is reconciled
 
     async def list(self) -> Sequence[types.ServerlessDatabase]:
         await self.databases.synced.wait()

@@ -286,7 +286,9 @@ class FileStore:
 
         await asyncio.to_thread(self.update, db.key, change)
 
-    async def changes(self, *, every: float = 0.2) -> AsyncIterator[str]:
+    async def changes(
+        self, *, every: float = 0.2
+    ) -> AsyncIterator[tuple[str, types.ServerlessDatabase | None]]:
         """Keys whose object file changed, appeared or went away since the last look.
 
         Every write bumps one generation file, so an idle store costs one stat per look; only when it
@@ -305,9 +307,15 @@ class FileStore:
                 )
                 for key in sorted(set(seen) | set(current)):
                     if seen.get(key) != current.get(key):
-                        yield key
+                        yield key, await self._last_seen(key)
                 seen = current
             await asyncio.sleep(every)
+
+    async def _last_seen(self, key: str) -> types.ServerlessDatabase | None:
+        try:
+            return await self.get(key)
+        except (ValueError, yaml.YAMLError):
+            return None  # reported when that object is reconciled
 
 
 def _stamp(path: Path) -> tuple[int, int]:

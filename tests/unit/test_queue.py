@@ -1,0 +1,120 @@
+"""The work queue: the most urgent key first, one worker per key, delays and back-off on loop time."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controller.reconciler.priority import Priority
+from controller.reconciler.queue import WorkQueue
+
+pytestmark = pytest.mark.looptime
+
+
+async def drain(queue: WorkQueue) -> list[str]:
+    """Every key due now, in the order workers would get them."""
+    keys = []
+    while queue.depth() != dict.fromkeys(Priority, 0):
+        item = await queue.get()
+        assert item is not None
+        queue.done(item.key)
+        keys.append(item.key)
+    return keys
+
+
+async def test_a_wake_behind_a_thousand_resyncs_goes_first() -> None:
+    queue = WorkQueue()
+    for index in range(1000):
+        queue.add(f"shop/db{index}", Priority.RESYNC)
+    queue.add("shop/new", Priority.CHANGE)
+    queue.add("shop/woken", Priority.WAKE)
+    order = await drain(queue)
+    assert order[:3] == ["shop/woken", "shop/new", "shop/db0"]  # then the resync, in the order it came
+    assert len(order) == 1002
+
+
+async def test_a_key_is_queued_once_at_its_most_urgent() -> None:
+    queue = WorkQueue()
+    queue.add("shop/a", Priority.RESYNC)
+    queue.add("shop/b", Priority.TICK)
+    queue.add("shop/a", Priority.WAKE)
+    queue.add("shop/a", Priority.RESYNC)
+    assert queue.depth()[Priority.WAKE] == 1
+    assert await drain(queue) == ["shop/a", "shop/b"]
+
+
+async def test_a_key_in_flight_runs_again_only_once_its_worker_is_done() -> None:
+    queue = WorkQueue()
+    queue.add("shop/a")
+    item = await queue.get()
+    assert item is not None
+    queue.add("shop/a", Priority.TICK)
+    queue.add("shop/a", Priority.WAKE)
+    assert queue.depth() == dict.fromkeys(Priority, 0)  # not handed to a second worker meanwhile
+    queue.done("shop/a")
+    again = await queue.get()
+    assert again is not None
+    assert (again.key, again.priority) == ("shop/a", Priority.WAKE)
+
+
+async def test_a_delayed_key_waits_for_its_time_and_keeps_the_earlier_one() -> None:
+    loop = asyncio.get_running_loop()
+    queue = WorkQueue()
+    started = loop.time()
+    queue.add("shop/a", Priority.TICK, after=30)
+    queue.add("shop/a", Priority.TICK, after=10)
+    queue.add("shop/a", Priority.TICK, after=20)
+    item = await queue.get()
+    assert item is not None
+    assert loop.time() - started == pytest.approx(10)
+    queue.done(item.key)
+    assert queue.scheduled() == 0  # the later asks were folded into the first
+
+
+async def test_a_back_off_holds_ticks_and_resyncs_but_not_a_change() -> None:
+    loop = asyncio.get_running_loop()
+    queue = WorkQueue()
+    started = loop.time()
+    queue.add("shop/a")
+    item = await queue.get()
+    assert item is not None
+    queue.done("shop/a")
+    assert queue.retry("shop/a") == 0.5
+    queue.add("shop/a", Priority.TICK)
+    queue.add("shop/a", Priority.RESYNC)
+    assert queue.depth() == dict.fromkeys(Priority, 0)
+    item = await queue.get()
+    assert item is not None
+    assert loop.time() - started == pytest.approx(0.5)
+    queue.done("shop/a")
+    assert queue.retry("shop/a") == 1.0  # doubling per failure of this key
+    queue.add("shop/a", Priority.CHANGE)  # someone changed it: no waiting
+    item = await queue.get()
+    assert item is not None
+    assert loop.time() - started == pytest.approx(0.5)
+    queue.done("shop/a")
+    queue.succeeded("shop/a")
+    queue.add("shop/a", Priority.TICK)
+    assert queue.depth()[Priority.TICK] == 1
+
+
+async def test_waiting_is_measured_from_when_a_key_was_due() -> None:
+    queue = WorkQueue()
+    queue.add("shop/a", Priority.TICK, after=5)
+    await asyncio.sleep(8)
+    item = await queue.get()
+    assert item is not None
+    assert item.waited == pytest.approx(3)
+
+
+async def test_a_forgotten_key_is_never_handed_out() -> None:
+    queue = WorkQueue()
+    queue.add("shop/gone", Priority.TICK, after=1)
+    queue.add("shop/gone-now")
+    queue.forget("shop/gone")
+    queue.forget("shop/gone-now")
+    queue.add("shop/kept", Priority.TICK, after=2)
+    item = await queue.get()
+    assert item is not None
+    assert item.key == "shop/kept"
