@@ -157,6 +157,8 @@ def step(
         if want.reason is Reason.MANUAL_OVERRIDE:
             return Step(Action.STOP, resting, Reason.PAUSING, f"stopping Postgres: {want.message}")
         return _after_recheck(want, status, observation, now, spec, tuning, resting)
+    if not compute.storage:  # made at rest: it still needs its volume's Secret and an endpoint to wake by
+        return Step(Action.CREATE_STORAGE, resting, Reason.CREATING, "creating storage and the endpoint")
     if want.state is State.PAUSED:
         if compute.compute is Compute.ABSENT:
             return Step(

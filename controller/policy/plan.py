@@ -273,7 +273,8 @@ def _last_activity(
     idle_after: timedelta,
     tuning: Tuning,
 ) -> datetime | None:
-    """The last activity, kept to a resolution so a busy database's status is not rewritten every tick.
+    """The last activity, kept to a resolution so a busy database's status is not rewritten every tick,
+    and not moved at all while the sessions status counts stay open (they say it is in use now).
 
     Precision matters only where idleness starts: when the last session ends, the time is exact.
     """
@@ -289,7 +290,10 @@ def _last_activity(
         return stored
     resolution = min(tuning.activity_resolution, idle_after / 10)
     sessions_ended = observation is not None and observation.client_sessions == 0 and status.connections > 0
-    if stored is None or sessions_ended or woken_at is not None or latest - stored >= resolution:
+    still_open = observation is not None and observation.client_sessions > 0 and status.connections > 0
+    if stored is None or sessions_ended or woken_at is not None:
+        return latest
+    if not still_open and latest - stored >= resolution:
         return latest
     return stored
 

@@ -290,6 +290,19 @@ def test_a_client_that_came_and_went_between_readings_is_activity() -> None:
     assert got.last_activity_time == NOW - timedelta(seconds=2)
 
 
+def test_open_sessions_leave_the_last_activity_alone_until_the_last_one_ends() -> None:
+    """A busy database's status is not rewritten as time goes by: only the session count would move it."""
+    opened = NOW - timedelta(hours=2)
+    busy = replace(db(last_activity=opened), status=replace(db(last_activity=opened).status, connections=3))
+    for minutes in (1, 30, 90):
+        later = NOW + timedelta(minutes=minutes)
+        got = plan.decide(db=busy, compute=RUNNING, observation=observation(sessions=3, at=later), now=later)
+        assert (got.phase, got.last_activity_time, got.connections) == (types.Phase.ACTIVE, opened, 3)
+    ended = NOW + timedelta(hours=3)
+    got = plan.decide(db=busy, compute=RUNNING, observation=observation(at=ended), now=ended)
+    assert got.last_activity_time == ended  # exact where idleness starts
+
+
 def test_paused_database_parks_after_the_park_delay_and_wakes_on_request() -> None:
     the_spec = spec(auto_park=types.AutoParkSpec(idle_after=timedelta(hours=1)))
     stopped = ComputeState(storage=True, compute=Compute.STOPPED, route=Route.ACTIVATOR)
@@ -331,6 +344,24 @@ def test_new_database_creates_storage_then_starts_at_the_floor() -> None:
     assert configure.compute.settings == 1.0
     configured = replace(new, status=replace(new.status, compute=configure.compute))
     assert plan.decide(db=configured, compute=ready, observation=None, now=NOW).action is Action.ROUTE_DIRECT
+
+
+@pytest.mark.parametrize(
+    ("state", "resting", "then"),
+    [
+        (types.State.PAUSED, types.Phase.PAUSING, Action.PROVISION),
+        (types.State.PARKED, types.Phase.PARKING, Action.NONE),
+    ],
+)
+def test_a_database_made_at_rest_gets_storage_and_an_endpoint_to_wake_by(
+    state: types.State, resting: types.Phase, then: Action
+) -> None:
+    new = db(spec(state=state), phase=types.Phase.PENDING, current=None, last_activity=None)
+    nothing = ComputeState(storage=False, compute=Compute.ABSENT, route=Route.ACTIVATOR)
+    first = plan.decide(db=new, compute=nothing, observation=None, now=NOW)
+    assert (first.action, first.phase) == (Action.CREATE_STORAGE, resting)
+    made = plan.decide(db=new, compute=replace(nothing, storage=True), observation=None, now=NOW)
+    assert made.action is then
 
 
 # -- what is known of the running server (status.compute) ----------------------------------------
