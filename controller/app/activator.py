@@ -35,7 +35,7 @@ from controller.gateway.reach import Limits
 from controller.gateway.server import Gateway
 from controller.identity.authenticate import Reviewer
 from controller.metrics.exposition import OperatorMetrics
-from controller.runtime.kubernetes import builders, permissions
+from controller.runtime.kubernetes import builders, permissions, projection
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes.informer import Informer
 from controller.runtime.kubernetes.store import KubeStore
@@ -83,7 +83,9 @@ class ClusterBackend:
         self.address = address
         self.listen_host = listen_host
         self.port_range = port_range
-        self.databases = Informer(kube, kc.DATABASES, namespace=namespace, on_change=self._changed)
+        self.databases = Informer(
+            kube, kc.DATABASES, namespace=namespace, on_change=self._changed, project=projection.database
+        )
         self.store = KubeStore(kube, self.databases)
         self.activator = Activator(self, wake_timeout=wake_timeout, admit=self.admits, tls=True)
         self._wakes: Wakes[Upstream] = Wakes()

@@ -25,7 +25,7 @@ from controller.metrics.source import MetricsSource
 from controller.policy.inputs import Tuning
 from controller.postgres.sessions import OperatorSessions
 from controller.reconciler.loop import Reconciler
-from controller.runtime.kubernetes import builders, permissions
+from controller.runtime.kubernetes import builders, permissions, projection
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes.certificates import Certificates
 from controller.runtime.kubernetes.informer import Informer
@@ -78,7 +78,7 @@ class ClusterOperator:
         scope = options.watch_namespace
         self.store: KubeStore
 
-        def owned(informer_kind: kc.Kind) -> Informer:
+        def owned(informer_kind: kc.Kind, project: projection.Projection) -> Informer:
             return Informer(
                 kube,
                 informer_kind,
@@ -86,6 +86,7 @@ class ClusterOperator:
                 label_selector=MANAGED,
                 on_change=self._owned_changed,
                 watch_timeout=options.watch_timeout,
+                project=project,
             )
 
         self.informers = Informers(
@@ -95,17 +96,18 @@ class ClusterOperator:
                 namespace=scope,
                 on_change=self._database_changed,
                 watch_timeout=options.watch_timeout,
+                project=projection.database,
             ),
-            statefulsets=owned(kc.STATEFULSETS),
-            pods=owned(kc.PODS),
-            endpointslices=owned(kc.ENDPOINTSLICES),
-            claims=owned(kc.CLAIMS),
+            statefulsets=owned(kc.STATEFULSETS, projection.owned),
+            pods=owned(kc.PODS, projection.pod),
+            endpointslices=owned(kc.ENDPOINTSLICES, projection.owned),
             wakes=Informer(
                 kube,
                 kc.WAKE_REQUESTS,
                 namespace=scope,
                 on_change=self._wake_requested,
                 watch_timeout=options.watch_timeout,
+                project=projection.wake_request,
             ),
             activator=Informer(
                 kube,
@@ -114,6 +116,7 @@ class ClusterOperator:
                 label_selector=f"kubernetes.io/service-name={options.activator_service}",
                 on_change=self._activator_changed,
                 watch_timeout=options.watch_timeout,
+                project=projection.owned,
             ),
         )
         self.sessions = OperatorSessions()

@@ -216,13 +216,16 @@ class Reconciler:
             self.exposition.max_cu_seconds.labels(*types.split_key(key)).inc(cost.ceiling * elapsed)
 
     async def _resync(self) -> None:
-        """A periodic full look at every database, in case a change was missed; it goes last."""
         while True:
             await asyncio.sleep(self.resync.total_seconds())
-            listed = await self.store.list()
-            log.info("resync", databases=len(listed))
-            for db in listed:
-                self.queue.add(db.key, Priority.RESYNC)
+            await self.resync_all()
+
+    async def resync_all(self) -> None:
+        """A full look at every database, in case a change was missed; it goes after everything else."""
+        listed = await self.store.list()
+        log.info("resync", databases=len(listed))
+        for db in listed:
+            self.queue.add(db.key, Priority.RESYNC)
 
     # -- one database ----------------------------------------------------------------------------
 

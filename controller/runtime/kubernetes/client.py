@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,8 @@ JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
+LIST_PAGE = 500
+"""Objects per page of a list, as client-go's informers ask for."""
 
 
 @dataclass(frozen=True)
@@ -186,13 +188,29 @@ class Kube:
         return result
 
     def list(
-        self, kind: Kind, *, namespace: str | None = None, label_selector: str = "", field_selector: str = ""
+        self,
+        kind: Kind,
+        *,
+        namespace: str | None = None,
+        label_selector: str = "",
+        field_selector: str = "",
+        project: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> tuple[builtins.list[dict[str, Any]], str]:
+        """Every object, a page at a time (as client-go lists), each through `project` as its page
+        arrives: only a page of whole objects is ever held at once."""
         query = {"labelSelector": label_selector} if label_selector else {}
         if field_selector:
             query["fieldSelector"] = field_selector
-        result = self.request("list", kind, method="GET", namespace=namespace, query=query)
-        return list(result.get("items") or []), str(result["metadata"].get("resourceVersion", ""))
+        query["limit"] = str(LIST_PAGE)
+        items: builtins.list[dict[str, Any]] = []
+        while True:
+            result = self.request("list", kind, method="GET", namespace=namespace, query=query)
+            page = result.get("items") or []
+            items += map(project, page) if project is not None else page
+            token = result["metadata"].get("continue")
+            if not token:
+                return items, str(result["metadata"].get("resourceVersion", ""))
+            query["continue"] = token
 
     def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         namespace = (body.get("metadata") or {}).get("namespace")

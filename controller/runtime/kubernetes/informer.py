@@ -4,7 +4,9 @@ A watch resumes from the last resourceVersion it saw; when the server says that 
 (410 Gone), the informer lists again and tells about every object that changed meanwhile. Watches
 end at a timeout and start again, and a periodic full relist catches anything a watch missed.
 
-Only the list and the watch write the cache, so it never goes back to an older object. A writer that
+The cache holds projections (`projection`): only the fields the operator reads, made on the watch's
+thread before an object reaches the event loop. Only the list and the watch write the cache, so it
+never goes back to an older object. A writer that
 must read its own write (the next step of a pass) says what it expects (`expect`), as client-go's
 controllers keep expectations, and waits for the watch to bring it (`settled`).
 """
@@ -23,6 +25,7 @@ from typing import Any
 import structlog
 from kubernetes import watch
 
+from controller.runtime.kubernetes import projection
 from controller.runtime.kubernetes.client import ApiError, Kind, Kube, key_of
 
 log = structlog.get_logger("informer")
@@ -54,9 +57,11 @@ class Informer:
         on_change: Handler | None = None,
         watch_timeout: int = 240,
         resync: float = 600.0,
+        project: projection.Projection = projection.whole,
     ) -> None:
         self.kube = kube
         self.kind = kind
+        self.project = project
         self.namespace = namespace
         self.label_selector = label_selector
         self.on_change = on_change
@@ -69,6 +74,8 @@ class Informer:
         self._lists_begun = 0
         self._recent: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         self._expected: dict[str, _Expectation] = {}
+        self._written: collections.OrderedDict[str, str] = collections.OrderedDict()
+        """The resourceVersion of the operator's last write of each key, for the most recent keys."""
         self._progress = asyncio.Event()
         self._watchers: list[watch.Watch] = []
         self._stopping = threading.Event()
@@ -110,7 +117,18 @@ class Informer:
     def expect(self, key: str, version: str | None) -> None:
         """A write of `key` returned `version` (None: a delete): reads wait for the cache to hold it."""
         self._expected[key] = _Expectation(version, self._lists_begun)
+        if version is not None:
+            self._written[key] = version
+            self._written.move_to_end(key)
+            while len(self._written) > RECENT_VERSIONS:
+                self._written.popitem(last=False)
         self._settle(key)
+
+    def holds_own_write(self, key: str) -> str | None:
+        """The cached object's resourceVersion when it is the operator's own last write of it, and
+        nobody has written it since; else None."""
+        current = self.cache.get(key, {}).get("metadata", {}).get("resourceVersion")
+        return current if current is not None and self._written.get(key) == current else None
 
     def _met(self, key: str, expectation: _Expectation) -> bool:
         if self.relists > expectation.relists:  # a list that began after the write holds it
@@ -153,7 +171,11 @@ class Informer:
     async def _relist(self) -> None:
         self._lists_begun += 1
         items, version = await asyncio.to_thread(
-            self.kube.list, self.kind, namespace=self.namespace, label_selector=self.label_selector
+            self.kube.list,
+            self.kind,
+            namespace=self.namespace,
+            label_selector=self.label_selector,
+            project=self.project,
         )
         fresh = {key_of(item): item for item in items}
         changed = [
@@ -223,7 +245,7 @@ class Informer:
                 if version:
                     self.resource_version = version
                 continue
-            loop.call_soon_threadsafe(self._apply, str(kind), obj)
+            loop.call_soon_threadsafe(self._apply, str(kind), self.project(obj))
             if version:
                 self.resource_version = version
 

@@ -53,7 +53,6 @@ class Informers:
     statefulsets: Informer
     pods: Informer
     endpointslices: Informer
-    claims: Informer
     activator: Informer
     """The activator Service's EndpointSlices: where resting databases' connections go."""
     wakes: Informer
@@ -66,7 +65,6 @@ class Informers:
             self.statefulsets,
             self.pods,
             self.endpointslices,
-            self.claims,
             self.activator,
         ]
 
@@ -193,9 +191,14 @@ class KubernetesRuntime:
             (self.informers.pods, names.pod),
         ):
             await informer.settled(f"{namespace}/{name}", timeout=READ_OWN_WRITE_SECONDS)
-        storage = await self._password(db) is not None
         sts, pod = self._statefulset(db), self._pod(db)
         compute = _compute(sts, pod)
+        # Storage is made once, its EndpointSlice last: that slice says the Secret and Service exist.
+        storage = self._slice(db) is not None
+        if compute is Compute.RUNNING:
+            await self._password(db)  # the operator's own sessions need it from now on
+        else:
+            self._passwords.pop(db.key, None)  # only a running database's is kept in memory
         resize = _Resize()
         if pod is not None and compute is Compute.RUNNING:
             resize = _resize_of(pod)
@@ -320,7 +323,8 @@ class KubernetesRuntime:
         )
 
     def _read(self, kind: kc.Kind, db: types.ServerlessDatabase, name: str) -> dict[str, Any] | None:
-        """Objects the runtime does not watch (Services, ConfigMaps) are read on demand: rare, and cheap."""
+        """Objects the runtime does not watch (Services, ConfigMaps, claims) are read on demand: rare, and
+        cheap."""
         return self.kube.get(kind, db.metadata.namespace, name)
 
     async def _compute_objects(self, db: types.ServerlessDatabase, *, replicas: int, capacity: float) -> None:
@@ -332,9 +336,7 @@ class KubernetesRuntime:
         ):
             await self._ensure(kind, desired, await asyncio.to_thread(self._read, kind, db, name))
         # The StatefulSet's claim template would adopt any claim of that name: it must be the database's.
-        claim = self.informers.claims.get(db.metadata.namespace, names.pvc) or await asyncio.to_thread(
-            self._read, kc.CLAIMS, db, names.pvc
-        )
+        claim = await asyncio.to_thread(self._read, kc.CLAIMS, db, names.pvc)
         if claim is not None:
             _check_ours(claim, builders.headless_service(db))
         await self._ensure(

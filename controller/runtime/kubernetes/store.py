@@ -104,7 +104,11 @@ class KubeStore:
     async def write_status(self, db: types.ServerlessDatabase, status: types.DatabaseStatus) -> None:
         if status == db.status:
             return
-        await self._put_status(db.metadata.namespace, db.metadata.name, db.metadata.resource_version, status)
+        # The pass may have written the object itself since it read it (a finalizer): that is no
+        # conflict, so the write goes against our own last version.
+        await self.databases.settled(db.key, timeout=READ_OWN_WRITE_SECONDS)
+        version = self.databases.holds_own_write(db.key) or db.metadata.resource_version
+        await self._put_status(db.metadata.namespace, db.metadata.name, version, status)
         if status.wake_request and status.wake_request != db.status.wake_request:
             await self._forget_answered(db.key, status.wake_request)
 
