@@ -10,6 +10,12 @@ does it, through owner references (a claim owned by the set goes with it, a clai
 pod is owned by that pod and goes with it), so deletion is done by the garbage collector. Rolling
 updates replace pods whose `controller-revision-hash` is stale, highest ordinal first, honouring
 `partition`. Status counts replicas, ready, available, current and updated pods.
+
+The loop runs the controllers on what changed since their last pass (read from the watch history,
+as an informer-driven controller would see it): a StatefulSet is synced when it, one of its pods or
+one of its claims changed, a Service's EndpointSlice when it or a pod it selects (or selected)
+changed, and a controller none of whose kinds changed does not run. A double holding ten thousand
+databases then costs what changes, not what exists; `settle()` still runs everything.
 """
 
 from __future__ import annotations
@@ -29,9 +35,11 @@ from .errors import ApiError
 from .kubelet import Kubelet
 from .registry import Registry, ResourceType
 from .selectors import selector_from_label_selector
-from .store import Obj, Store, now_rfc3339
+from .store import Changes, Obj, Store, now_rfc3339
 
 MANAGER = "kube-controller-manager"
+PODS, CLAIMS, SETS, SERVICES = "pods", "persistentvolumeclaims", "statefulsets.apps", "services"
+DEPLOYMENTS, REPLICASETS = "deployments.apps", "replicasets.apps"
 
 
 def _owner_ref(owner: Obj, *, controller: bool = True) -> dict[str, Any]:
@@ -75,6 +83,9 @@ class Controllers:
         self.endpointslices = True
         self.volumes = True
         self.garbage_collector = True
+        self._selects: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        """Per Service, the pods it selected at its last sync; and the reverse, per pod."""
+        self._selected_by: dict[tuple[str, str], set[tuple[str, str]]] = {}
         self._rt = {
             k: registry.by_key(k)
             for k in (
@@ -88,14 +99,20 @@ class Controllers:
             )
         }
 
-    def sync(self) -> None:
+    def sync(self, changes: Changes | None = None) -> None:
+        """Run each controller once: on everything, or (with `changes`) on what changed."""
+        full = changes is None
+
+        def touched(*keys: str) -> bool:
+            return changes is None or changes.any(*keys)
+
         steps: list[tuple[bool, Callable[[], None]]] = [
-            (self.garbage_collector, self._collect_garbage),
-            (self.volumes, self._bind_claims),
-            (self.statefulsets, self._sync_statefulsets),
-            (self.deployments, self._sync_deployments),
-            (self.deployments, self._sync_replicasets),
-            (self.endpointslices, self._sync_endpointslices),
+            (self.garbage_collector and (full or bool(changes and changes.deleted)), self._collect_garbage),
+            (self.volumes and touched(CLAIMS), lambda: self._bind_claims(changes)),
+            (self.statefulsets and touched(SETS, PODS, CLAIMS), lambda: self._sync_statefulsets(changes)),
+            (self.deployments and touched(DEPLOYMENTS, REPLICASETS, PODS), self._sync_deployments),
+            (self.deployments and touched(REPLICASETS, PODS), self._sync_replicasets),
+            (self.endpointslices and touched(SERVICES, PODS), lambda: self._sync_endpointslices(changes)),
         ]
         for enabled, step in steps:
             if enabled:
@@ -146,10 +163,13 @@ class Controllers:
 
     # -- volumes -----------------------------------------------------------------------------------
 
-    def _bind_claims(self) -> None:
+    def _bind_claims(self, changes: Changes | None = None) -> None:
         """Pretend dynamic provisioning: every claim binds at once, and expansion completes at once."""
-        for pvc in self.store.objects("persistentvolumeclaims"):
+        dirty = changes.of(CLAIMS) if changes is not None else None
+        for pvc in self.store.stored(CLAIMS):
             if _terminating(pvc):
+                continue
+            if dirty is not None and (pvc["metadata"]["namespace"], pvc["metadata"]["name"]) not in dirty:
                 continue
             spec, status = pvc.get("spec") or {}, pvc.get("status") or {}
             want = ((spec.get("resources") or {}).get("requests") or {}).get("storage")
@@ -186,12 +206,19 @@ class Controllers:
 
     # -- StatefulSets ------------------------------------------------------------------------------
 
-    def _sync_statefulsets(self) -> None:
-        pods = self.store.objects("pods")
-        claims = self.store.objects("persistentvolumeclaims")
-        for sts in self.store.objects("statefulsets.apps"):
-            if not _terminating(sts):
-                self._sync_statefulset(sts, self._pods_of(sts, pods), claims)
+    def _sync_statefulsets(self, changes: Changes | None = None) -> None:
+        sets = self.store.stored(SETS)
+        wanted = None if changes is None else _touched_sets(changes, {_ns_name(s) for s in sets})
+        claims = {_ns_name(c): c for c in self.store.stored(CLAIMS)}
+        by_owner: dict[str, list[Obj]] = {}
+        for pod in self.store.stored(PODS):
+            for ref in pod["metadata"].get("ownerReferences") or []:
+                by_owner.setdefault(ref.get("uid", ""), []).append(pod)
+        for sts in sets:
+            if not _terminating(sts) and (wanted is None or _ns_name(sts) in wanted):
+                self._sync_statefulset(
+                    sts, self._pods_of(sts, by_owner.get(sts["metadata"]["uid"], [])), claims
+                )
 
     @staticmethod
     def _ordinal(sts: Obj, pod: Obj) -> int | None:
@@ -254,16 +281,13 @@ class Controllers:
         return out
 
     def _ensure_claims(
-        self, sts: Obj, ordinal: int, pod: Obj | None, condemned: bool, claims: list[Obj]
+        self, sts: Obj, ordinal: int, pod: Obj | None, condemned: bool, claims: dict[tuple[str, str], Obj]
     ) -> None:
         ns = sts["metadata"]["namespace"]
         selector_labels = (sts["spec"].get("selector") or {}).get("matchLabels") or {}
         for template in sts["spec"].get("volumeClaimTemplates") or []:
             name = self._claim_name(sts, template, ordinal)
-            existing = next(
-                (c for c in claims if c["metadata"]["namespace"] == ns and c["metadata"]["name"] == name),
-                None,
-            )
+            existing = claims.get((ns, name))
             if existing is None:
                 if condemned:
                     continue
@@ -295,7 +319,7 @@ class Controllers:
 
                 self.store.mutate(self._rt["persistentvolumeclaims"], ns, name, set_refs, manager=MANAGER)
 
-    def _sync_statefulset(self, sts: Obj, pods: list[Obj], claims: list[Obj]) -> None:
+    def _sync_statefulset(self, sts: Obj, pods: list[Obj], claims: dict[tuple[str, str], Obj]) -> None:
         spec = sts["spec"]
         ns = sts["metadata"]["namespace"]
         replicas = int(spec.get("replicas", 1))
@@ -341,7 +365,7 @@ class Controllers:
                 continue
             if not parallel and (busy or not healthy):
                 break
-            self._ensure_claims(sts, o, pod, True, self.store.objects("persistentvolumeclaims"))
+            self._ensure_claims(sts, o, pod, True, {_ns_name(c): c for c in self.store.stored(CLAIMS)})
             self._delete("pods", pod)
             if not parallel:
                 break
@@ -362,7 +386,10 @@ class Controllers:
         self._statefulset_status(sts, revision)
 
     def _statefulset_status(self, sts: Obj, revision: str) -> None:
-        pods = self._pods_of(sts, self.store.objects("pods"))
+        ns = sts["metadata"]["namespace"]
+        prefix = sts["metadata"]["name"] + "-"
+        mine = [p for p in self.store.stored(PODS) if p["metadata"]["name"].startswith(prefix)]
+        pods = self._pods_of(sts, [p for p in mine if p["metadata"].get("namespace") == ns])
         old = sts.get("status") or {}
         current_revision = old.get("currentRevision") or revision
         updated = [
@@ -395,9 +422,12 @@ class Controllers:
     # -- Deployments and ReplicaSets ---------------------------------------------------------------
 
     def _sync_deployments(self) -> None:
-        replicasets = self.store.objects("replicasets.apps")
-        pods = self.store.objects("pods")
-        for d in self.store.objects("deployments.apps"):
+        deployments = self.store.stored(DEPLOYMENTS)
+        if not deployments:
+            return
+        replicasets = self.store.stored(REPLICASETS)
+        pods = self.store.stored(PODS)
+        for d in deployments:
             if _terminating(d):
                 continue
             ns = d["metadata"]["namespace"]
@@ -507,8 +537,11 @@ class Controllers:
         )
 
     def _sync_replicasets(self) -> None:
-        pods = self.store.objects("pods")
-        for rs in self.store.objects("replicasets.apps"):
+        replicasets = self.store.stored(REPLICASETS)
+        if not replicasets:
+            return
+        pods = self.store.stored(PODS)
+        for rs in replicasets:
             if _terminating(rs):
                 continue
             ns = rs["metadata"]["namespace"]
@@ -548,16 +581,50 @@ class Controllers:
 
     # -- EndpointSlices ----------------------------------------------------------------------------
 
-    def _sync_endpointslices(self) -> None:
-        pods = self.store.objects("pods")
-        slices = self.store.objects("endpointslices.discovery.k8s.io")
-        rt: ResourceType = self._rt["endpointslices.discovery.k8s.io"]
-        for svc in self.store.objects("services"):
+    def _services_to_sync(self, changes: Changes | None, services: list[Obj], pods: list[Obj]) -> set[Any]:
+        """Services whose endpoints may have moved: changed ones, and those selecting (or that last
+        selected) a changed pod."""
+        if changes is None:
+            return {_ns_name(svc) for svc in services}
+        dirty_pods = changes.of(PODS)
+        wanted = set(changes.of(SERVICES))
+        for pod_key in dirty_pods:
+            wanted |= self._selected_by.get(pod_key, set())
+        changed = [p for p in pods if _ns_name(p) in dirty_pods]
+        for svc in services:
             selector = (svc.get("spec") or {}).get("selector")
-            if not selector or _terminating(svc):
+            if selector and any(
+                p["metadata"]["namespace"] == svc["metadata"]["namespace"]
+                and selector_from_label_selector({"matchLabels": selector}).matches(
+                    p["metadata"].get("labels")
+                )
+                for p in changed
+            ):
+                wanted.add(_ns_name(svc))
+        return wanted
+
+    def _sync_endpointslices(self, changes: Changes | None = None) -> None:
+        pods = self.store.stored(PODS)
+        services = self.store.stored(SERVICES)
+        wanted = self._services_to_sync(changes, services, pods)
+        slices = {_ns_name(s): s for s in self.store.stored("endpointslices.discovery.k8s.io")}
+        rt: ResourceType = self._rt["endpointslices.discovery.k8s.io"]
+        for svc in services:
+            selector = (svc.get("spec") or {}).get("selector")
+            if not selector or _terminating(svc) or _ns_name(svc) not in wanted:
                 continue
             ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
             match = selector_from_label_selector({"matchLabels": selector})
+            selected = {
+                _ns_name(p)
+                for p in pods
+                if p["metadata"].get("namespace") == ns and match.matches(p["metadata"].get("labels"))
+            }
+            for pod_key in self._selects.pop((ns, name), set()) - selected:
+                self._selected_by.get(pod_key, set()).discard((ns, name))
+            self._selects[(ns, name)] = selected
+            for pod_key in selected:
+                self._selected_by.setdefault(pod_key, set()).add((ns, name))
             endpoints = []
             for p in pods:
                 if p["metadata"].get("namespace") != ns or not match.matches(p["metadata"].get("labels")):
@@ -618,14 +685,7 @@ class Controllers:
                 "endpoints": endpoints,
                 "ports": ports,
             }
-            existing = next(
-                (
-                    s
-                    for s in slices
-                    if s["metadata"]["namespace"] == ns and s["metadata"]["name"] == slice_name
-                ),
-                None,
-            )
+            existing = slices.get((ns, slice_name))
             if existing is None:
                 self._create("endpointslices.discovery.k8s.io", ns, body)
             elif existing.get("endpoints") != endpoints or existing.get("ports") != ports:
@@ -636,6 +696,23 @@ class Controllers:
                 self.store.mutate(rt, ns, slice_name, update, manager=MANAGER)
 
 
+def _ns_name(obj: Obj) -> tuple[str, str]:
+    return obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+
+
+def _touched_sets(changes: Changes, sets: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The StatefulSets a stretch of changes concerns: changed ones, and the owners of changed pods
+    (`<set>-<ordinal>`) and claims (`<template>-<set>-<ordinal>`), found by name as the real
+    controller's names make them."""
+    out = {key for key in changes.of(SETS) if key in sets}
+    for ns, name in changes.of(PODS):
+        out.add((ns, name.rsplit("-", 1)[0]))
+    for ns, name in changes.of(CLAIMS):
+        base = name.rsplit("-", 1)[0]
+        out |= {(ns, base[i + 1 :]) for i, ch in enumerate(base) if ch == "-"}
+    return out & sets
+
+
 class ControlLoop:
     """Runs the controllers and the kubelet whenever the store changes (or a timer is due)."""
 
@@ -643,25 +720,43 @@ class ControlLoop:
         self.store = store
         self.controllers = controllers
         self.kubelet = kubelet
-        self.controllers_enabled = True
+        self._controllers_enabled = True
         self.kubelet_enabled = True
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._step_lock = threading.Lock()
+        self._seen: int | None = None
+        """The resourceVersion the controllers have seen up to (None: they must look at everything)."""
 
-    def step(self) -> float | None:
-        """One pass of everything enabled; returns the next timer deadline (monotonic), if any."""
+    @property
+    def controllers_enabled(self) -> bool:
+        return self._controllers_enabled
+
+    @controllers_enabled.setter
+    def controllers_enabled(self, on: bool) -> None:
+        self._controllers_enabled = on
+        self._seen = None  # what changed while they were off is not in their view: look at everything
+
+    def step(self, *, everything: bool = False) -> float | None:
+        """One pass of everything enabled, on what changed since the last (or on everything);
+        returns the next timer deadline (monotonic), if any."""
         with self._step_lock:
             wake: float | None = None
+            seen = None if everything else self._seen
+            changes, self._seen = (
+                self.store.changes_after(seen) if seen is not None else (None, self.store.resource_version)
+            )
             try:
                 if self.controllers_enabled:
-                    self.controllers.sync()
+                    self.controllers.sync(changes)
                 if self.kubelet_enabled:
                     wake = self.kubelet.sync()
             except ApiError:
                 wake = time.monotonic() + 0.05  # lost a race with a client; the next pass will redo it
+                self._seen = seen
             except Exception:
+                self._seen = seen
                 self.errors.append(traceback.format_exc())
                 wake = time.monotonic() + 0.5
             return wake
@@ -670,7 +765,7 @@ class ControlLoop:
         """Run passes until nothing changes any more (for tests that drive the loop by hand)."""
         for _ in range(max_passes):
             before = self.store.resource_version
-            self.step()
+            self.step(everything=True)
             if self.store.resource_version == before:
                 return
 

@@ -129,7 +129,7 @@ class Kubelet:
         """One pass over all pods; returns when (monotonic time) it next needs to run, if ever."""
         self._register_node()
         wake: list[float] = []
-        pods = self.store.objects("pods")
+        pods = self.store.stored("pods")
         live = {p["metadata"]["uid"] for p in pods}
         for uid in list(self._pods):
             if uid not in live:
@@ -305,14 +305,15 @@ class Kubelet:
                 state.restarts[c] += 1
         state.crashed_behaviour = behaviour
         status = self._status(pod, state, behaviour, started)
-        self.store.mutate(
-            self._pods_rt,
-            ns,
-            name,
-            lambda p: p.__setitem__("status", status),
-            subresource="status",
-            manager=MANAGER,
-        )
+        if status != pod.get("status"):  # most passes find nothing new to report
+            self.store.mutate(
+                self._pods_rt,
+                ns,
+                name,
+                lambda p: p.__setitem__("status", status),
+                subresource="status",
+                manager=MANAGER,
+            )
         return wake
 
     def _schedule(self, pod: Obj, pods: list[Obj]) -> float | None:

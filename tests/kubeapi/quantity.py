@@ -7,6 +7,7 @@ Values are kept as exact `Fraction`s.
 
 from __future__ import annotations
 
+import functools
 import re
 from fractions import Fraction
 from typing import Any
@@ -26,6 +27,17 @@ class QuantityError(ValueError):
 
 def parse(value: Any) -> tuple[Fraction, str]:
     """Parse a quantity; returns (value, format) with format "BinarySI", "DecimalSI" or "DecimalExponent"."""
+    if isinstance(value, str):
+        return _parse_text(value)  # the same few strings, over and over: parsed once
+    return _parse(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(value: str) -> tuple[Fraction, str]:
+    return _parse(value)
+
+
+def _parse(value: Any) -> tuple[Fraction, str]:
     if isinstance(value, bool):
         raise QuantityError(f"quantities must match the regular expression: {value!r}")
     if isinstance(value, int | float):

@@ -22,7 +22,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import strategies
@@ -81,6 +81,20 @@ class WatchEvent:
     old: Obj | None  # state before, for MODIFIED and DELETED
 
 
+@dataclass
+class Changes:
+    """What a stretch of watch history touched: (namespace, name) by storage key, and any deletion."""
+
+    objects: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    deleted: bool = False
+
+    def of(self, key: str) -> set[tuple[str, str]]:
+        return self.objects.get(key, set())
+
+    def any(self, *keys: str) -> bool:
+        return any(key in self.objects for key in keys)
+
+
 def now_rfc3339(offset_seconds: float = 0.0) -> str:
     t = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=offset_seconds)
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -108,6 +122,8 @@ class Store:
         self.changed = threading.Condition(self.lock)
         self._rv = 0
         self._objects: dict[str, dict[tuple[str, str], Obj]] = {}
+        self._deleting: dict[tuple[str, str, str], None] = {}
+        """Objects marked for deletion (deletionTimestamp): all `_settle` has to look at."""
         self._history: deque[WatchEvent] = deque()
         self.history_size = history_size
         self._compacted = 0
@@ -159,6 +175,8 @@ class Store:
         meta["resourceVersion"] = str(self._rv)
         ns, name = meta.get("namespace", ""), meta["name"]
         self._bucket(rt.key)[(ns, name)] = obj
+        if meta.get("deletionTimestamp"):
+            self._deleting[(rt.key, ns, name)] = None
         self._record(WatchEvent(self._rv, "MODIFIED" if old else "ADDED", rt.key, ns, obj, old))
         return obj
 
@@ -168,6 +186,7 @@ class Store:
         gone["metadata"]["resourceVersion"] = str(self._rv)
         ns, name = obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
         self._bucket(rt.key).pop((ns, name), None)
+        self._deleting.pop((rt.key, ns, name), None)
         self._record(WatchEvent(self._rv, "DELETED", rt.key, ns, gone, obj))
         return gone
 
@@ -651,6 +670,8 @@ class Store:
                 return None
             new = copy.deepcopy(old)
             change(new)
+            if new == old:
+                return copy.deepcopy(old)  # nothing to write: a no-op write stores nothing either
             return self._commit(rt, old, new, subresource=subresource, manager=manager, dry_run=False)
 
     # -- delete -------------------------------------------------------------------------------------
@@ -814,10 +835,12 @@ class Store:
             progress = True
             while progress:
                 progress = False
-                for key, obj in self._iter_all():
-                    meta = obj["metadata"]
-                    if not meta.get("deletionTimestamp"):
+                for key, ns, name in list(self._deleting):
+                    obj = self._peek(key, ns, name)
+                    if obj is None or not obj["metadata"].get("deletionTimestamp"):
+                        self._deleting.pop((key, ns, name), None)
                         continue
+                    meta = obj["metadata"]
                     rt = self._rt_for_key(key)
                     if rt is None or self._peek(key, meta.get("namespace", ""), meta["name"]) is not obj:
                         continue
@@ -853,6 +876,28 @@ class Store:
         """Deep copies of every stored object of a storage key."""
         with self.lock:
             return [copy.deepcopy(o) for _, o in sorted(self._objects.get(key, {}).items())]
+
+    def stored(self, key: str) -> list[Obj]:
+        """Every stored object of a storage key, not copied: for reading only (a write stores a new
+        dict, so what is handed out never changes under the reader)."""
+        with self.lock:
+            return [o for _, o in sorted(self._objects.get(key, {}).items())]
+
+    def changes_after(self, rv: int) -> tuple[Changes | None, int]:
+        """What was written after `rv` (None: too long ago to tell), and the resourceVersion now."""
+        with self.lock:
+            now = self._rv
+            try:
+                events = self.events_after(rv)
+            except ApiError:
+                return None, now
+            changes = Changes()
+            for event in events:
+                changes.objects.setdefault(event.key, set()).add(
+                    (event.namespace, event.obj["metadata"]["name"])
+                )
+                changes.deleted = changes.deleted or event.type == "DELETED"
+            return changes, now
 
     def dangling(self) -> list[tuple[str, Obj]]:
         """Objects all of whose owners are gone: what the garbage collector deletes."""
