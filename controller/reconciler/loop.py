@@ -58,7 +58,7 @@ class Requeue:
     priority: Priority
 
 
-@dataclass
+@dataclass(slots=True)
 class _Cost:
     """What a database would cost at its ceiling now, for the per-tick always-at-max counter."""
 
@@ -414,20 +414,19 @@ class Reconciler:
         m = self.exposition
         if db.key not in self._costs:
             m.start_counting(namespace, name)
-        m.capacity_current.labels(namespace, name).set(status.capacity.current or 0)
-        m.capacity_desired.labels(namespace, name).set(status.capacity.desired or 0)
         m.capacity_min.labels(namespace, name).set(db.spec.capacity.min)
         m.capacity_max.labels(namespace, name).set(db.spec.capacity.max)
-        m.client_sessions.labels(namespace, name).set(status.connections)
         m.observe_phase(namespace, name, status.phase)
-        observation = self.observations.get(db.key)
-        if observation is not None and status.capacity.current:
-            m.cpu_used.labels(namespace, name).set(observation.cpu_cores or 0)
-            m.memory_used.labels(namespace, name).set(observation.memory_working_set_bytes or 0)
-            m.transactions.labels(namespace, name).set(observation.transactions_per_second or 0)
+        if status.phase in (types.Phase.PAUSED, types.Phase.PARKED):
+            m.at_rest(namespace, name)  # nothing runs: its compute's series go, and their memory
         else:
-            for gauge in (m.cpu_used, m.memory_used, m.transactions):
-                gauge.labels(namespace, name).set(0)
+            m.capacity_current.labels(namespace, name).set(status.capacity.current or 0)
+            m.capacity_desired.labels(namespace, name).set(status.capacity.desired or 0)
+            m.client_sessions.labels(namespace, name).set(status.connections)
+            load = self.observations.get(db.key) if status.capacity.current else None
+            m.cpu_used.labels(namespace, name).set((load.cpu_cores if load else None) or 0)
+            m.memory_used.labels(namespace, name).set((load.memory_working_set_bytes if load else None) or 0)
+            m.transactions.labels(namespace, name).set((load.transactions_per_second if load else None) or 0)
         if outcome.compute.compute is Compute.RUNNING and status.phase is types.Phase.ACTIVE:
             self._running[db.key] = db
         else:
