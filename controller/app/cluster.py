@@ -1,7 +1,7 @@
 """The operator on a cluster, assembled: informers, the Kubernetes runtime and store, metrics, leadership.
 
-`sdb up --runtime kubernetes` runs it. Informers run on every replica (a standby's caches are warm);
-only the Lease holder reconciles. Losing the Lease stops the process, so the pod restarts clean.
+`sdb up --runtime kubernetes` runs it. Informers run on every replica (a standby's caches are warm),
+and a replica asks for the Lease only once they have synced; only the Lease holder reconciles. Losing the Lease stops the process, so the pod restarts clean.
 """
 
 from __future__ import annotations
@@ -199,22 +199,26 @@ class ClusterOperator:
     def ready(self) -> bool:
         return all(i.synced.is_set() for i in self.informers.all())
 
-    async def run(self, stop: asyncio.Event) -> bool:
-        """Run until `stop` is set (True) or leadership is lost (False)."""
+    async def _campaign(self) -> None:
+        """Ask for the Lease once the caches are warm, so a new leader acts at once (a wake first)."""
         for informer in self.informers.all():
-            self._tasks.append(asyncio.create_task(informer.run(), name=f"informer-{informer.kind.plural}"))
+            await informer.synced.wait()
         if self.options.leader_elect:
             self._tasks.append(asyncio.create_task(self.elector.run(), name="leader"))
         else:
             self.elector.leading.set()
-        leading = asyncio.create_task(self.elector.leading.wait())
+        await self.elector.leading.wait()
+
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Run until `stop` is set (True) or leadership is lost (False)."""
+        for informer in self.informers.all():
+            self._tasks.append(asyncio.create_task(informer.run(), name=f"informer-{informer.kind.plural}"))
+        leading = asyncio.create_task(self._campaign())
         stopping = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait([leading, stopping], return_when=asyncio.FIRST_COMPLETED)
             if stop.is_set():
                 return True
-            for informer in self.informers.all():
-                await informer.synced.wait()
             await self.runtime.open()
             await self.reconciler.start()
             log.info("reconciling", identity=self.elector.identity)
