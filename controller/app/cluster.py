@@ -1,7 +1,8 @@
 """The operator on a cluster, assembled: informers, the Kubernetes runtime and store, metrics, leadership.
 
 `sdb up --runtime kubernetes` runs it. Informers run on every replica (a standby's caches are warm),
-and a replica asks for the Lease only once they have synced; only the Lease holder reconciles. Losing the Lease stops the process, so the pod restarts clean.
+and a replica asks for the Lease only once they have synced; only the Lease holder reconciles.
+Losing the Lease stops the process, so the pod restarts clean.
 """
 
 from __future__ import annotations
