@@ -138,6 +138,15 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
         "default: the operator's own CA",
     )
     cluster.add_argument(
+        "--kube-qps",
+        type=float,
+        default=50.0,
+        help="API requests a second, on average (default: %(default)s); 0 or less: no client-side limit",
+    )
+    cluster.add_argument(
+        "--kube-burst", type=int, default=100, help="API requests at once (default: %(default)s)"
+    )
+    cluster.add_argument(
         "--health-port", type=int, default=None, help="/healthz and /readyz (default: 8081); -1 to disable"
     )
     _logging_flags(up)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import os
 import socket
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ log = structlog.get_logger("operator.kubernetes")
 MANAGED = f"app.kubernetes.io/managed-by={builders.MANAGED_BY}"
 METRICS_PORT = 9465
 HEALTH_PORT = 8081
+WORKERS = 16
+"""Passes at once: most of a pass waits on the API server, so more workers than CPUs."""
 RESTING = frozenset({types.Phase.PAUSING, types.Phase.PAUSED, types.Phase.PARKING, types.Phase.PARKED})
 
 
@@ -145,6 +148,7 @@ class ClusterOperator:
             exposition=self.exposition,
             tuning=options.tuning,
             recheck=direct,
+            workers=WORKERS,
         )
         self.elector = LeaderElector(
             kube,
@@ -212,6 +216,10 @@ class ClusterOperator:
 
     async def run(self, stop: asyncio.Event) -> bool:
         """Run until `stop` is set (True) or leadership is lost (False)."""
+        # Every API call runs in a thread: enough of them that each worker can wait on two at once
+        # (the asyncio default, CPUs + 4, would leave workers queueing for threads on a small node).
+        threads = concurrent.futures.ThreadPoolExecutor(2 * self.reconciler.workers, thread_name_prefix="api")
+        asyncio.get_running_loop().set_default_executor(threads)
         for informer in self.informers.all():
             self._tasks.append(asyncio.create_task(informer.run(), name=f"informer-{informer.kind.plural}"))
         leading = asyncio.create_task(self._campaign())
@@ -257,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     async def main() -> bool:
-        operator = ClusterOperator(kc.Kube(process.api_client(), permissions.OPERATOR), options)
+        limit = kc.rate_limit(args.kube_qps, args.kube_burst)
+        operator = ClusterOperator(kc.Kube(process.api_client(), permissions.OPERATOR, limit=limit), options)
         process.serve_metrics(operator.exposition, args, default=METRICS_PORT)
         with process.probes(args, default=HEALTH_PORT, ready=operator.ready):
             return await process.until_signalled(operator.run)

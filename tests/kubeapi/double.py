@@ -197,8 +197,10 @@ class KubeApiDouble:
         times: int | None = 1,
         reason: str | None = None,
         message: str = "injected failure",
+        retry_after: int | None = None,
     ) -> None:
-        """Answer matching requests with an error `Status` (times=None: until `clear_faults()`)."""
+        """Answer matching requests with an error `Status` (times=None: until `clear_faults()`),
+        with a Retry-After header when `retry_after` is given."""
         reasons = {
             409: "Conflict",
             410: "Expired",
@@ -222,6 +224,7 @@ class KubeApiDouble:
                 name,
                 subresource,
                 times,
+                retry_after,
             )
         )
 

@@ -80,6 +80,9 @@ class Fault:
     name: str | None = None
     subresource: str | None = None
     times: int | None = 1  # None: until cleared
+    retry_after: int | None = None
+    """Seconds the answer's Retry-After header tells the client to wait (as API priority and fairness
+    does with 429 Too Many Requests)."""
 
     def matches(self, rec: RequestRecord) -> bool:
         return _matches(self, rec)
@@ -119,6 +122,7 @@ class Reply:
     body: Any = None  # dict (JSON) or str (text)
     stream: Iterator[bytes] | None = None
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _ordered(obj: Obj) -> Obj:
@@ -302,7 +306,8 @@ class ApiServer:
         self._log(rec)
         fault = self._take_fault(rec)
         if fault is not None:
-            return Reply(fault.code, ApiError(fault.code, fault.reason, fault.message).status())
+            wait = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            return Reply(fault.code, ApiError(fault.code, fault.reason, fault.message).status(), headers=wait)
         if rt is None or (namespace and not rt.namespaced):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if sub and (not rt.has_subresource(sub) or (sub == "resize" and not self.registry.pod_resize)):
@@ -876,7 +881,8 @@ class _Handler(BaseHTTPRequestHandler):
             f"Date: {self.date_time_string()}\r\n"
             f"Content-Type: {reply.content_type}\r\n"
             f"Content-Length: {len(data)}\r\n"
-            f"Audit-Id: {time.time_ns()}\r\n\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in reply.headers.items())
+            + f"Audit-Id: {time.time_ns()}\r\n\r\n"
         )
         # Status line, headers and body in one write: one TCP segment for small replies.
         self.wfile.write(head.encode() + data)

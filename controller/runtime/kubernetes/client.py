@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import builtins
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
@@ -122,12 +125,72 @@ class ApiError(Exception):
         )
 
 
-class Kube:
-    """One API connection with a permission table."""
+class RateLimit:
+    """A token bucket shared by the threads that call the API: `qps` requests a second on average,
+    `burst` at once, as client-go's client-side limiter (the operator's defaults are 50 and 100, as
+    kueue's; client-go's own 5 and 10 would take a ten-thousand-database fleet an hour to create).
 
-    def __init__(self, api_client: client.ApiClient, rules: tuple[permissions.Rule, ...]) -> None:
+    Written here because the asyncio limiters (aiolimiter) do not serve calls made in threads, and
+    the client has none of its own.
+    """
+
+    def __init__(
+        self,
+        qps: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.qps = qps
+        self.burst = burst
+        self.clock = clock
+        self.sleep = sleep
+        self._tokens = float(burst)
+        self._at = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        """Wait for a token."""
+        with self._lock:
+            now = self.clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.qps)
+            self._at = now
+            self._tokens -= 1
+            wait = -self._tokens / self.qps if self._tokens < 0 else 0.0
+        if wait > 0:
+            self.sleep(wait)
+
+
+def rate_limit(qps: float, burst: int) -> RateLimit | None:
+    """The limit for `--kube-qps` and `--kube-burst`: none for a QPS of 0 or less (rely on the
+    server's priority and fairness alone)."""
+    return RateLimit(qps, max(burst, 1)) if qps > 0 else None
+
+
+RETRIES = 10
+"""Answers of 429 (or 5xx) with a Retry-After that a request waits out before it fails, as client-go."""
+LONGEST_RETRY_AFTER = 60.0
+
+
+class Kube:
+    """One API connection with a permission table, a client-side rate limit, and patience with 429."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        rules: tuple[permissions.Rule, ...],
+        *,
+        limit: RateLimit | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.api_client = api_client
         self.rules = rules
+        self.limit = limit
+        self.sleep = sleep
+        # Retry-After is honoured below, for every verb; urllib3 would wait on its own for GETs alone.
+        pools = api_client.rest_client.pool_manager.connection_pool_kw
+        pools["retries"] = urllib3.Retry(3, respect_retry_after_header=False)
 
     def _check(self, kind: Kind, verb: str, subresource: str | None) -> None:
         resource = f"{kind.plural}/{subresource}" if subresource else kind.plural
@@ -161,16 +224,23 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        try:
-            response = self.api_client.call_api(*params, _request_timeout=timeout)
-        except ApiException as error:
-            raise ApiError.from_exception(error) from error
-        if stream and 200 <= response.status < 300:
-            return response.response
-        data = response.read()
-        if not 200 <= response.status < 300:
-            raise ApiError.from_exception(ApiException(http_resp=response))
-        return json.loads(data) if data else {}
+        for attempt in range(RETRIES + 1):
+            if self.limit is not None:
+                self.limit.take()
+            try:
+                response = self.api_client.call_api(*params, _request_timeout=timeout)
+            except ApiException as error:
+                raise ApiError.from_exception(error) from error
+            if stream and 200 <= response.status < 300:
+                return response.response
+            data = response.read()
+            if 200 <= response.status < 300:
+                return json.loads(data) if data else {}
+            wait = _retry_after(response)
+            if wait is None or attempt == RETRIES:
+                raise ApiError.from_exception(ApiException(http_resp=response))
+            self.sleep(wait)  # the server said when to come back (429, or a 5xx while it recovers)
+        raise AssertionError("unreachable")
 
     # -- verbs -----------------------------------------------------------------------------------
 
@@ -349,6 +419,17 @@ class Kube:
         response = self.api_client.call_api(*params, _request_timeout=10)
         resources = json.loads(response.read()).get("resources", [])
         return any(r.get("name") == f"{kind.plural}/{subresource}" for r in resources)
+
+
+def _retry_after(response: Any) -> float | None:
+    """Seconds to wait before trying again, when the answer says so (429 or 5xx with Retry-After)."""
+    if response.status != 429 and response.status < 500:
+        return None
+    value = response.getheader("Retry-After")
+    try:
+        return min(max(float(value), 0.0), LONGEST_RETRY_AFTER) if value is not None else None
+    except ValueError:
+        return None
 
 
 def key_of(obj: Mapping[str, Any]) -> str:

@@ -1,0 +1,89 @@
+"""What a fleet costs the cluster operator: resting databases cost no passes and no API calls, the
+caches hold projections, and the client keeps to its rate and to the server's Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from kubeapi import KubeApiDouble
+from support.cluster import activator_slice, create, eventually, operator, phase
+from support.postgres import Server
+
+from controller.runtime.kubernetes import client as kc
+from controller.runtime.kubernetes import permissions
+
+pytestmark = pytest.mark.kubernetes
+
+
+async def test_resting_databases_get_no_pass_and_no_api_call_over_many_ticks(
+    kube: KubeApiDouble, pods: Server
+) -> None:
+    kube.create(activator_slice())
+    async with operator(kube, pods) as running:
+        create(kube, "resting", state="Paused")
+        create(kube, "gone", state="Parked")
+        await eventually(lambda: phase(kube, "resting") == "Paused", what="Paused")
+        await eventually(lambda: phase(kube, "gone") == "Parked", what="Parked")
+        reconciler = running.operator.reconciler
+        await asyncio.sleep(0.5)  # the last status write's own echo has come and gone
+        kube.clear_requests()
+        passes = reconciler.reconciles
+        await asyncio.sleep(10 * running.operator.options.tuning.tick.total_seconds())
+        assert reconciler.reconciles == passes
+        calls = [r for r in kube.requests if r.resource != "leases.coordination.k8s.io" and r.verb != "watch"]
+        assert calls == [], [(r.verb, r.resource, r.name) for r in calls]
+
+
+async def test_the_caches_hold_projections_without_managed_fields(kube: KubeApiDouble, pods: Server) -> None:
+    kube.create(activator_slice())
+    async with operator(kube, pods) as running:
+        create(kube)
+        await eventually(lambda: phase(kube) == "Active", what="Active")
+        informers = running.operator.informers
+        for informer in informers.all():
+            for obj in informer.values():
+                assert "managedFields" not in obj["metadata"], informer.kind.kind
+        assert "status" not in informers.statefulsets.get("shop", "orders")  # type: ignore[operator]
+        pod = informers.pods.get("shop", "orders-0")
+        assert pod is not None
+        assert set(pod) == {"metadata", "spec", "status"}
+        assert [set(c) for c in pod["spec"]["containers"]] == [{"name", "resources"}] * 2
+
+
+def test_a_429_is_waited_out_as_long_as_the_server_says(kube: KubeApiDouble) -> None:
+    slept: list[float] = []
+    api = kc.Kube(kube.api_client(), permissions.OPERATOR, sleep=slept.append)
+    kube.fail_requests(429, verb="get", resource="secrets", times=2, retry_after=3)
+    assert api.get(kc.SECRETS, "shop", "nothing") is None
+    assert slept == [3.0, 3.0]
+    assert [r.status for r in kube.requests_matching(resource="secrets")] == [429, 429, 404]
+
+
+def test_a_429_without_retry_after_fails_at_once(kube: KubeApiDouble) -> None:
+    slept: list[float] = []
+    api = kc.Kube(kube.api_client(), permissions.OPERATOR, sleep=slept.append)
+    kube.fail_requests(429, verb="get", resource="secrets", times=1)
+    with pytest.raises(kc.ApiError) as raised:
+        api.get(kc.SECRETS, "shop", "nothing")
+    assert raised.value.status == 429
+    assert slept == []
+
+
+def test_requests_keep_to_the_client_rate_after_a_burst() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limit = kc.RateLimit(10, 3, clock=lambda: now[0], sleep=sleep)
+    for _ in range(5):
+        limit.take()
+    assert slept == pytest.approx([0.1, 0.1])  # three at once, then one every 1/10 s
+    now[0] += 1.0  # a quiet second refills the bucket, up to the burst
+    for _ in range(3):
+        limit.take()
+    assert len(slept) == 2
+    assert kc.rate_limit(0, 10) is None
