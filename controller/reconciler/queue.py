@@ -71,7 +71,7 @@ class WorkQueue:
         queued = self._queued.get(key)
         if queued is not None:  # due already: it keeps its place unless this is more urgent
             if priority < queued[0]:
-                self._push_ready(key, priority, queued[1])
+                self._push_ready(key, priority, now)  # its wait, at this urgency, starts now
             return
         if due > now:
             pending = _merge(self._later.get(key), _Pending(due, priority))
