@@ -177,8 +177,11 @@ class OperatorMetrics:
         self.phase.labels(namespace, name, phase.value).set(1)
 
     def at_rest(self, namespace: str, name: str) -> None:
-        """A paused or parked database has no compute: no series for its size, load or sessions."""
-        for gauge in self._compute_gauges():
+        """A paused or parked database has no compute: its size and sessions are 0, and there are no
+        series for the load it does not have."""
+        self.capacity_current.labels(namespace, name).set(0)
+        self.client_sessions.labels(namespace, name).set(0)
+        for gauge in (self.capacity_desired, self.cpu_used, self.memory_used, self.transactions):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
 

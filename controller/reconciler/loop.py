@@ -418,7 +418,7 @@ class Reconciler:
         m.capacity_max.labels(namespace, name).set(db.spec.capacity.max)
         m.observe_phase(namespace, name, status.phase)
         if status.phase in (types.Phase.PAUSED, types.Phase.PARKED):
-            m.at_rest(namespace, name)  # nothing runs: its compute's series go, and their memory
+            m.at_rest(namespace, name)  # nothing runs: the series of its load go, and their memory
         else:
             m.capacity_current.labels(namespace, name).set(status.capacity.current or 0)
             m.capacity_desired.labels(namespace, name).set(status.capacity.desired or 0)
