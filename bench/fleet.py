@@ -1,0 +1,512 @@
+"""Fleet: what the cluster operator costs, and how fast it answers, with N databases on the API double.
+
+    nice -n 19 .venv/bin/python bench/fleet.py --databases 100 1000 10000
+
+The double runs in this process; the operator runs in a child process of its own (`fleet.py
+operator`), so the RSS and CPU reported are the operator's alone. The fleet is 10% Active, 30%
+Paused and 60% Parked. For each N:
+
+- build: the N objects exist before the operator starts; the time until each has its phase;
+- steady: 60 s after everything settled: the operator's RSS and CPU, and the API requests it made;
+- pickup: 20 new objects, one at a time; from each object's creation to its first status write;
+- wakes: a full resync is started, and 20 paused databases get a wake request (the annotation, as the
+  activator writes it) at once; from each request to a status that answers it Active and Ready;
+- restart: the operator stops, a wake is asked for while none runs, and a new operator starts: from
+  its taking the Lease to its first write for the woken database, and to its first pass of every
+  database (`startup_s`).
+
+What is simulated: the double's pods run nothing (its kubelet makes them Ready); the operator's own
+SQL (the settings of a size, once per start) goes to one real Postgres standing in for every pod;
+load comes from a source that says every running database has one client and a little CPU, one
+batched reading per tick for the fleet, as Prometheus gives. Requests the benchmark itself makes go
+to the double's store directly and are not counted.
+
+Last line: databases rss_mib cpu_cores api_rps pickup_p99_s wake_p99_s startup_s (of the largest N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+from common import percentile, report
+
+from controller.api import types, units
+from controller.policy.inputs import Observation
+from controller.runtime.local.runtime import free_port
+
+SYSTEM = "sdb-system"
+NAMESPACE = "fleet"
+ACTIVE, PAUSED, PARKED = "active", "paused", "parked"
+MIX = ((ACTIVE, 0.1), (PAUSED, 0.3), (PARKED, 0.6))
+WANT = {ACTIVE: "Active", PAUSED: "Paused", PARKED: "Parked"}
+MIB = 1024 * 1024
+
+
+# -- the operator's process ----------------------------------------------------------------------
+
+
+class SteadyLoad:
+    """Every running database has one client and a little CPU: one reading for the fleet per tick."""
+
+    name = "steady"
+
+    def __init__(self) -> None:
+        self.since = units.now_utc()
+
+    async def observe(self, dbs: Sequence[types.ServerlessDatabase]) -> Mapping[str, Observation]:
+        now = units.now_utc()
+        return {
+            db.key: Observation(
+                time=now,
+                observing_since=self.since,
+                client_sessions=1,
+                cpu_cores=0.05,
+                memory_working_set_bytes=200 * MIB,
+            )
+            for db in dbs
+        }
+
+    async def forget(self, key: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+def run_operator(args: argparse.Namespace) -> None:
+    """The cluster operator as `sdb up --runtime kubernetes` assembles it, on the double, with the
+    load above and one Postgres for every pod. SIGUSR1 starts a full resync."""
+    from kubernetes import client
+
+    from controller.app import logs, process
+    from controller.app.cluster import ClusterOperator, Options
+    from controller.policy.inputs import Tuning
+    from controller.runtime.kubernetes import client as kc
+    from controller.runtime.kubernetes import permissions
+
+    logs.configure(level=os.environ.get("FLEET_LOG_LEVEL", "info"), json=True)
+    configuration = client.Configuration()
+    configuration.host = args.url
+    load = SteadyLoad()
+    limit = kc.rate_limit(args.kube_qps, args.kube_burst)
+    operator = ClusterOperator(
+        kc.Kube(client.ApiClient(configuration), permissions.OPERATOR, limit=limit),
+        Options(
+            pod_namespace=SYSTEM,
+            activator_service="activator",
+            identity=f"fleet-{os.getpid()}",
+            tuning=Tuning(tick=timedelta(seconds=args.tick)),
+        ),
+        locate=lambda pod: ("127.0.0.1", args.postgres_port),
+        metrics=load,
+        recheck=load,
+    )
+    operator.reconciler.resync = timedelta(hours=1)  # the benchmark starts its resync itself
+    operator.exposition.serve(args.metrics_port, "127.0.0.1")
+
+    def orphaned() -> None:  # the benchmark holds our stdin: when it goes, so do we
+        sys.stdin.buffer.read()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+
+    async def main(stop: asyncio.Event) -> bool:
+        loop = asyncio.get_running_loop()
+        resyncs: set[asyncio.Task[None]] = set()
+
+        def resync() -> None:
+            task = loop.create_task(operator.reconciler.resync_all())
+            resyncs.add(task)
+            task.add_done_callback(resyncs.discard)
+
+        loop.add_signal_handler(signal.SIGUSR1, resync)
+        return await operator.run(stop)
+
+    asyncio.run(process.until_signalled(main))
+
+
+# -- the benchmark's side ------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """The operator's process, and what it logged (each line with the time it arrived)."""
+
+    process: subprocess.Popen[bytes]
+    lines: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def ps(self) -> psutil.Process:
+        return psutil.Process(self.process.pid)
+
+    def logged(self, event: str) -> list[dict[str, Any]]:
+        return [line for _, line in self.lines if line.get("event") == event]
+
+    def wait_logged(self, event: str, *, timeout: float, after: int = 0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.logged(event)
+            if len(found) > after:
+                return found[after]
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the operator exited ({self.process.returncode})")
+            time.sleep(0.02)
+        raise TimeoutError(f"the operator never logged {event!r}")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+
+
+def spawn(url: str, postgres_port: int, tick: float, metrics_port: int) -> Child:
+    command = [sys.executable, __file__, "operator", "--url", url, "--postgres-port", str(postgres_port)]
+    command += ["--tick", str(tick), "--metrics-port", str(metrics_port), "--kube-qps", "0"]
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    child = Child(process)
+
+    def read() -> None:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                line = {"event": raw.decode(errors="replace").rstrip()}
+            child.lines.append((time.time(), line))
+            if line.get("level") in ("error", "critical") or "Traceback" in str(line.get("event")):
+                print("operator:", str(line)[:400], file=sys.stderr)
+
+    threading.Thread(target=read, daemon=True).start()
+    return child
+
+
+def logged_at(line: Mapping[str, Any]) -> float:
+    return datetime.fromisoformat(str(line["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def groups(count: int) -> dict[str, list[str]]:
+    """Names by group, in the mix's shares, interleaved so no group sits together in the keyspace."""
+    out: dict[str, list[str]] = {group: [] for group, _ in MIX}
+    for index in range(count):
+        slot = index % 10
+        group = ACTIVE if slot == 0 else PAUSED if slot <= 3 else PARKED
+        out[group].append(f"db{index:05d}")
+    return out
+
+
+def database(name: str, group: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if group == PAUSED:
+        spec["state"] = "Paused"  # made paused; set to Auto once paused, so a client can wake it
+    elif group == PARKED:
+        spec["state"] = "Parked"
+    return {
+        "apiVersion": types.API_VERSION,
+        "kind": types.KIND,
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    }
+
+
+class Fleet:
+    """The double, with the fleet's objects, and reads of it that bypass its request log."""
+
+    def __init__(self, double: Any) -> None:
+        self.double = double
+        self.rt = double.resource("serverlessdatabases")
+
+    def objects(self) -> list[dict[str, Any]]:
+        return self.double.store.snapshot(self.rt, NAMESPACE, None)[0]  # type: ignore[no-any-return]
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return self.double.get("serverlessdatabases", name, NAMESPACE)  # type: ignore[no-any-return]
+
+    def patch(self, name: str, patch: dict[str, Any]) -> None:
+        self.double.store.patch(
+            self.rt, NAMESPACE, name, "application/merge-patch+json", patch, manager="bench"
+        )
+
+    def converged(self, want: Mapping[str, str]) -> int:
+        """How many of the named objects have their phase, for their generation."""
+        done = 0
+        for obj in self.objects():
+            name = obj["metadata"]["name"]
+            status = obj.get("status") or {}
+            if (
+                name in want
+                and status.get("phase") == want[name]
+                and status.get("observedGeneration") == obj["metadata"].get("generation")
+            ):
+                done += 1
+        return done
+
+    def wait_converged(self, want: Mapping[str, str], *, timeout: float, what: str) -> float:
+        started = time.monotonic()
+        while (done := self.converged(want)) < len(want):
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{what}: {done} of {len(want)} after {timeout} s")
+            time.sleep(0.25)
+        return time.monotonic() - started
+
+
+def wait(predicate: Callable[[], Any], *, timeout: float, what: str, every: float = 0.005) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(every)
+    return value
+
+
+def answered(fleet: Fleet, name: str, token: str) -> bool:
+    status = (fleet.get(name) or {}).get("status") or {}
+    ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
+    return bool(
+        status.get("wakeRequest") == token
+        and status.get("phase") == "Active"
+        and ready.get("status") == "True"
+    )
+
+
+def cpu_seconds(ps: psutil.Process) -> float:
+    times = ps.cpu_times()
+    return float(times.user + times.system)
+
+
+def measure_steady(child: Child, double: Any, seconds: float) -> dict[str, float]:
+    ps = child.ps
+    since = time.time()
+    cpu_before, started = cpu_seconds(ps), time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    cpu = (cpu_seconds(ps) - cpu_before) / elapsed
+    requests = [r for r in double.requests if r.time >= since]
+    writes = [r for r in requests if r.is_write and r.resource != "leases.coordination.k8s.io"]
+    secret_reads = [r for r in requests if r.resource == "secrets" and not r.is_write]
+    return {
+        "rss_mib": ps.memory_info().rss / MIB,
+        "cpu_cores": cpu,
+        "api_rps": len(requests) / elapsed,
+        "api_writes_per_s": len(writes) / elapsed,
+        "secret_reads_per_min": len(secret_reads) / elapsed * 60,
+    }
+
+
+def measure_pickup(fleet: Fleet, count: int) -> list[float]:
+    """New objects one at a time: from each one's creation to the first status it has."""
+    latencies = []
+    for index in range(count):
+        name = f"new{index:03d}"
+        created = time.time()
+        fleet.double.create(database(name, ACTIVE))
+        wait(lambda n=name: (fleet.get(n) or {}).get("status"), timeout=60, what=f"{name}'s status")  # type: ignore[misc]
+        latencies.append(time.time() - created)
+        time.sleep(0.25)
+    return latencies
+
+
+def measure_wakes(child: Child, fleet: Fleet, names: list[str]) -> list[float]:
+    """Wake requests on `names`, all at once, right after a full resync was started."""
+    resyncs = len(child.logged("resync"))
+    child.process.send_signal(signal.SIGUSR1)
+    child.wait_logged("resync", timeout=60, after=resyncs)
+    pending: dict[str, tuple[str, float]] = {}
+    for name in names:
+        token = f"bench-{time.time_ns()}"
+        pending[name] = (token, time.time())
+        fleet.patch(name, {"metadata": {"annotations": {types.WAKE_ANNOTATION: token}}})
+    latencies = []
+    deadline = time.monotonic() + 120
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not woken: {sorted(pending)}")
+        for name, (token, at) in list(pending.items()):
+            if answered(fleet, name, token):
+                latencies.append(time.time() - at)
+                del pending[name]
+        time.sleep(0.005)
+    return latencies
+
+
+def wake_queueing(port: int) -> float:
+    """The longest a wake waited in the operator's queue: the first histogram bucket holding them all."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as response:
+        lines = [
+            line
+            for line in response.read().decode().splitlines()
+            if line.startswith("sdb_workqueue_wait_seconds_bucket") and 'priority="Wake"' in line
+        ]
+    buckets = []
+    for line in lines:
+        bound = line.split('le="', 1)[1].split('"', 1)[0]
+        buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
+    total = max(count for _, count in buckets)
+    return min(bound for bound, count in buckets if count >= total)
+
+
+def measure_restart(
+    child: Child, fleet: Fleet, url: str, postgres_port: int, tick: float, metrics_port: int, woken: str
+) -> tuple[Child, dict[str, float]]:
+    child.stop()
+    token = f"bench-{time.time_ns()}"
+    asked = time.time()
+    fleet.patch(woken, {"metadata": {"annotations": {types.WAKE_ANNOTATION: token}}})
+    spawned = time.time()
+    child = spawn(url, postgres_port, tick, metrics_port)
+    leader = logged_at(child.wait_logged("became the leader", timeout=600))
+    passed = child.wait_logged("every database had its first pass", timeout=1800)
+
+    def first_write() -> float | None:
+        writes = [
+            r.time
+            for r in fleet.double.requests
+            if r.is_write and r.name in (woken, f"{woken}-0") and r.time > asked and r.status < 300
+        ]
+        return min(writes) if writes else None
+
+    wait(lambda: answered(fleet, woken, token), timeout=120, what="the wake after the restart", every=0.05)
+    acted = first_write()
+    assert acted is not None
+    figures = {
+        "leader_after_spawn_s": leader - spawned,
+        "restart_wake_s": acted - leader,
+        "startup_s": logged_at(passed) - leader,
+    }
+    return child, figures
+
+
+@contextmanager
+def the_double() -> Iterator[Any]:
+    from kubeapi import KubeApiDouble
+    from support.cluster import CRD, activator_slice
+
+    capacity = {"cpu": "100000", "memory": "1000000Gi", "pods": "1000000"}
+    with KubeApiDouble(history_size=200_000, node_capacity=capacity) as double:
+        double.install_crd(CRD)
+        for namespace in (SYSTEM, NAMESPACE):
+            double.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        double.create(activator_slice())
+        yield double
+
+
+def run_fleet(count: int, args: argparse.Namespace, postgres_port: int) -> dict[str, float]:
+    names = groups(count)
+    with the_double() as double:
+        fleet = Fleet(double)
+        for group, members in names.items():
+            for name in members:
+                double.create(database(name, group))
+        print(f"-- {count} databases: {', '.join(f'{len(v)} {k}' for k, v in names.items())}", flush=True)
+        started = time.monotonic()
+        metrics_port = free_port()
+        child = spawn(double.url, postgres_port, args.tick, metrics_port)
+        try:
+            want = {name: WANT[group] for group, members in names.items() for name in members}
+            fleet.wait_converged(want, timeout=3600, what="build")
+            build = time.monotonic() - started
+            print(f"   built in {build:.1f} s", flush=True)
+            for name in names[PAUSED]:
+                fleet.patch(name, {"spec": {"state": "Auto"}})
+            fleet.wait_converged(want, timeout=3600, what="paused ones set to Auto")
+            time.sleep(args.settle)
+            steady = measure_steady(child, double, args.steady)
+            print(f"   steady: {steady}", flush=True)
+            pickup = measure_pickup(fleet, args.new)
+            print(f"   pickup p50 {percentile(pickup, 0.5):.3f} s p99 {percentile(pickup, 0.99):.3f} s")
+            wakes = measure_wakes(child, fleet, names[PAUSED][: args.wakes])
+            print(f"   wake p50 {percentile(wakes, 0.5):.3f} s p99 {percentile(wakes, 0.99):.3f} s")
+            queueing = wake_queueing(metrics_port)
+            print(f"   wakes waited in the queue at most {queueing} s (histogram bucket)")
+            child, restart = measure_restart(
+                child, fleet, double.url, postgres_port, args.tick, metrics_port, names[PAUSED][args.wakes]
+            )
+            print(f"   restart: {restart}", flush=True)
+        finally:
+            child.stop()
+    return {
+        "databases": count,
+        **steady,
+        "build_s": build,
+        "pickup_p50_s": percentile(pickup, 0.5),
+        "pickup_p99_s": percentile(pickup, 0.99),
+        "wake_p50_s": percentile(wakes, 0.5),
+        "wake_p99_s": percentile(wakes, 0.99),
+        "wake_queue_max_s": queueing,
+        **restart,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    child = sub.add_parser("operator")
+    child.add_argument("--url", required=True)
+    child.add_argument("--postgres-port", type=int, required=True)
+    child.add_argument("--tick", type=float, default=2.0)
+    child.add_argument("--metrics-port", type=int, required=True)
+    child.add_argument("--kube-qps", type=float, default=50.0)
+    child.add_argument("--kube-burst", type=int, default=100)
+    parser.add_argument("--databases", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--steady", type=float, default=60.0, help="seconds of steady state measured")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait before measuring")
+    parser.add_argument("--new", type=int, default=20, help="new objects for the pickup latency")
+    parser.add_argument("--wakes", type=int, default=20)
+    parser.add_argument("--tick", type=float, default=2.0)
+    args = parser.parse_args()
+    if args.command == "operator":
+        run_operator(args)
+        return
+    from support.postgres import running_server
+
+    rows = []
+    with running_server(any_password=True) as postgres:
+        for count in args.databases:
+            rows.append(run_fleet(count, args, postgres.port))
+    columns = [
+        "databases",
+        "rss_mib",
+        "cpu_cores",
+        "api_rps",
+        "api_writes_per_s",
+        "secret_reads_per_min",
+        "build_s",
+        "pickup_p50_s",
+        "pickup_p99_s",
+        "wake_p50_s",
+        "wake_p99_s",
+        "wake_queue_max_s",
+        "restart_wake_s",
+        "startup_s",
+    ]
+    print(" | ".join(columns))
+    for row in rows:
+        print(" | ".join(f"{row[c]:.4g}" for c in columns))
+    last = rows[-1]
+    figures = {
+        k: last[k] for k in ("databases", "rss_mib", "cpu_cores", "api_rps", "pickup_p99_s", "wake_p99_s")
+    }
+    figures["startup_s"] = last["startup_s"]
+    report("fleet", figures, {"rows": rows, "tick_s": args.tick, "steady_s": args.steady})
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
