@@ -9,8 +9,8 @@ Paused and 60% Parked. For each N:
 - build: the N objects exist before the operator starts; the time until each has its phase;
 - steady: 60 s after everything settled: the operator's RSS and CPU, and the API requests it made;
 - pickup: 20 new objects, one at a time; from each object's creation to its first status write;
-- wakes: a full resync is started, and 20 paused databases get a wake request (the annotation, as the
-  activator writes it) at once; from each request to a status that answers it Active and Ready;
+- wakes: a full resync is started, and 20 paused databases get a WakeRequest (as the activator makes
+  them) at once; from each request to a status that answers it Active and Ready;
 - restart: the operator stops, a wake is asked for while none runs, and a new operator starts: from
   its taking the Lease to its first write for the woken database, and to its first pass of every
   database (`startup_s`).
@@ -237,6 +237,19 @@ class Fleet:
     def get(self, name: str) -> dict[str, Any] | None:
         return self.double.get("serverlessdatabases", name, NAMESPACE)  # type: ignore[no-any-return]
 
+    def ask_wake(self, name: str) -> str:
+        """A WakeRequest for the database, as the activator makes one; its name is what status answers."""
+        token = f"{name}-{time.time_ns()}"
+        self.double.create(
+            {
+                "apiVersion": types.API_VERSION,
+                "kind": types.WAKE_REQUEST_KIND,
+                "metadata": {"name": token, "namespace": NAMESPACE},
+                "spec": {"database": name},
+            }
+        )
+        return token
+
     def patch(self, name: str, patch: dict[str, Any]) -> None:
         self.double.store.patch(
             self.rt, NAMESPACE, name, "application/merge-patch+json", patch, manager="bench"
@@ -328,9 +341,8 @@ def measure_wakes(child: Child, fleet: Fleet, names: list[str]) -> list[float]:
     child.wait_logged("resync", timeout=60, after=resyncs)
     pending: dict[str, tuple[str, float]] = {}
     for name in names:
-        token = f"bench-{time.time_ns()}"
-        pending[name] = (token, time.time())
-        fleet.patch(name, {"metadata": {"annotations": {types.WAKE_ANNOTATION: token}}})
+        at = time.time()
+        pending[name] = (fleet.ask_wake(name), at)
     latencies = []
     deadline = time.monotonic() + 120
     while pending:
@@ -366,9 +378,8 @@ def measure_restart(
     child: Child, fleet: Fleet, url: str, postgres_port: int, tick: float, metrics_port: int, woken: str
 ) -> tuple[Child, dict[str, float]]:
     child.stop()
-    token = f"bench-{time.time_ns()}"
     asked = time.time()
-    fleet.patch(woken, {"metadata": {"annotations": {types.WAKE_ANNOTATION: token}}})
+    token = fleet.ask_wake(woken)
     spawned = time.time()
     child = spawn(url, postgres_port, tick, metrics_port)
     leader = logged_at(child.wait_logged("became the leader", timeout=600))
@@ -396,11 +407,12 @@ def measure_restart(
 @contextmanager
 def the_double() -> Iterator[Any]:
     from kubeapi import KubeApiDouble
-    from support.cluster import CRD, activator_slice
+    from support.cluster import CRDS, activator_slice
 
     capacity = {"cpu": "100000", "memory": "1000000Gi", "pods": "1000000"}
     with KubeApiDouble(history_size=200_000, node_capacity=capacity) as double:
-        double.install_crd(CRD)
+        for crd in CRDS:
+            double.install_crd(crd)
         for namespace in (SYSTEM, NAMESPACE):
             double.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
         double.create(activator_slice())

@@ -45,5 +45,5 @@ def of(db: types.ServerlessDatabase, *, otherwise: Priority) -> Priority:
 
 def wake_pending(db: types.ServerlessDatabase) -> bool:
     """A wake request the status has not answered yet, on a database the spec lets clients wake."""
-    request = db.metadata.annotations.get(types.WAKE_ANNOTATION, "")
+    request = db.wake_request
     return bool(request) and request != db.status.wake_request and db.spec.state is types.State.AUTO

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from kubeapi import KubeApiDouble
+from kubernetes import client
 from support.cluster import (
     ACTIVATOR_PORTS,
     activator_slice,
@@ -66,7 +67,7 @@ def test_the_activator_may_ask_for_a_wake_and_change_nothing() -> None:
     assert allowed[("dbscale.io", "serverlessdatabases")] == frozenset({"get", "list", "watch"})
     assert allowed[("dbscale.io", "wakerequests")] == frozenset({"create"})
     assert all(verbs <= {"get", "list", "watch", "create"} for verbs in allowed.values())
-    kube = kc.Kube(None, permissions.ACTIVATOR)  # type: ignore[arg-type]  # refused before any request
+    kube = kc.Kube(client.ApiClient(), permissions.ACTIVATOR)  # refused before any request is made
     with pytest.raises(PermissionError, match=r"patch dbscale\.io/serverlessdatabases"):
         kube.patch(kc.DATABASES, "shop", "victim", {"spec": {"state": "Paused"}})
 

@@ -27,7 +27,7 @@
   verbs: ["patch"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["delete", "get", "list", "watch"]
+  verbs: ["delete", "get"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create", "delete", "get", "patch"]

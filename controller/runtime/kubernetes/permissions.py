@@ -31,7 +31,7 @@ OPERATOR: tuple[Rule, ...] = (
     _rule("discovery.k8s.io", "endpointslices", "get", "list", "watch", "create", "patch", "delete"),
     _rule("", "pods", "get", "list", "watch"),
     _rule("", "pods/resize", "patch"),
-    _rule("", "persistentvolumeclaims", "get", "list", "watch", "delete"),
+    _rule("", "persistentvolumeclaims", "get", "delete"),
     _rule("", "secrets", "get", "create", "patch", "delete"),
     _rule("", "configmaps", "get", "list", "watch", "create", "patch", "delete"),
     _rule("cert-manager.io", "certificates", "patch"),

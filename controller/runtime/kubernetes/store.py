@@ -11,7 +11,7 @@ import asyncio
 import builtins
 import copy
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -59,16 +59,17 @@ class KubeStore:
             key = await self.queue.get()
             raw = self.databases.get(*types.split_key(key))
             try:
-                yield key, codec.decode(raw) if raw is not None else None
+                yield key, self._decode(raw, self._newest_wake(key)) if raw is not None else None
             except ValueError:
                 yield key, None  # reported when that object is reconciled
 
     async def list(self) -> Sequence[types.ServerlessDatabase]:
         await self.databases.synced.wait()
+        newest = self._newest_wakes()
         out = []
         for raw in self.databases.values():
             try:
-                out.append(codec.decode(raw))
+                out.append(self._decode(raw, newest.get(kc.key_of(raw), "")))
             except ValueError:
                 continue  # reported when that object is reconciled
         return out
@@ -88,10 +89,12 @@ class KubeStore:
             raw = await asyncio.to_thread(self.kube.get, kc.DATABASES, namespace, name)
         if raw is None:
             return None
+        return self._decode(raw, self._newest_wake(key))
+
+    @staticmethod
+    def _decode(raw: dict[str, Any], wake_request: str) -> types.ServerlessDatabase:
         # A wake is asked for only with a WakeRequest: an annotation, which any spec author can set, is not.
-        requests = self._wake_requests(key)
-        newest = requests[-1]["metadata"]["name"] if requests else ""
-        return replace(codec.decode(raw), wake_request=newest)
+        return replace(codec.decode(raw), wake_request=wake_request)
 
     async def mark_invalid(self, key: str, message: str, now: datetime) -> None:
         namespace, name = types.split_key(key)
@@ -192,18 +195,24 @@ class KubeStore:
         made = await asyncio.to_thread(self.kube.create, kc.WAKE_REQUESTS, request)
         return str(made["metadata"]["name"])
 
+    def _newest_wake(self, key: str) -> str:
+        requests = self._wake_requests(key)
+        return str(requests[-1]["metadata"]["name"]) if requests else ""
+
+    def _newest_wakes(self) -> dict[str, str]:
+        """Per database, its newest pending WakeRequest: one pass over them all, for a list."""
+        requests = _oldest_first(self.wakes.values()) if self.wakes is not None else []
+        return {f"{r['metadata'].get('namespace')}/{_asks_for(r)}": r["metadata"]["name"] for r in requests}
+
     def _wake_requests(self, key: str) -> builtins.list[dict[str, Any]]:
         """The database's pending WakeRequests, oldest first."""
         if self.wakes is None:
             return []
         namespace, name = types.split_key(key)
-        mine = [
+        return _oldest_first(
             r
             for r in self.wakes.values()
-            if r["metadata"].get("namespace") == namespace and (r.get("spec") or {}).get("database") == name
-        ]
-        return sorted(
-            mine, key=lambda r: (r["metadata"].get("creationTimestamp") or "", r["metadata"]["name"])
+            if r["metadata"].get("namespace") == namespace and _asks_for(r) == name
         )
 
     async def _forget_answered(self, key: str, answered: str) -> None:
@@ -272,3 +281,14 @@ def _event(
         "reportingComponent": f"{types.GROUP}/{COMPONENT}",
         "reportingInstance": instance or COMPONENT,
     }
+
+
+def _asks_for(request: dict[str, Any]) -> Any:
+    """The database a WakeRequest asks to wake (its name, in the request's namespace)."""
+    return (request.get("spec") or {}).get("database")
+
+
+def _oldest_first(requests: Iterable[dict[str, Any]]) -> builtins.list[dict[str, Any]]:
+    return sorted(
+        requests, key=lambda r: (r["metadata"].get("creationTimestamp") or "", r["metadata"]["name"])
+    )
