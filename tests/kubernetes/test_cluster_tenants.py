@@ -81,6 +81,15 @@ def test_the_activator_may_ask_for_a_wake_and_change_nothing() -> None:
             "Secret",
             id="secret",
         ),
+        pytest.param(
+            foreign(
+                "PersistentVolumeClaim",
+                "data-orders-0",
+                spec={"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+            ),
+            "PersistentVolumeClaim",
+            id="claim",
+        ),
     ],
 )
 async def test_an_object_of_the_same_name_is_never_taken_over(

@@ -335,14 +335,15 @@ class KubernetesRuntime:
             (kc.SERVICES, builders.headless_service(db), names.headless),
         ):
             await self._ensure(kind, desired, await asyncio.to_thread(self._read, kind, db, name))
-        # The StatefulSet's claim template would adopt any claim of that name: it must be the database's.
-        claim = await asyncio.to_thread(self._read, kc.CLAIMS, db, names.pvc)
-        if claim is not None:
-            _check_ours(claim, builders.headless_service(db))
+        sts = self._statefulset(db)
+        if sts is None:
+            # Its claim template would adopt any claim of that name: before the StatefulSet is made
+            # (not on every wake of one that exists) the claim must be the database's or none.
+            claim = await asyncio.to_thread(self._read, kc.CLAIMS, db, names.pvc)
+            if claim is not None:
+                _check_ours(claim, builders.headless_service(db))
         await self._ensure(
-            kc.STATEFULSETS,
-            builders.statefulset(db, replicas=replicas, capacity=capacity),
-            self._statefulset(db),
+            kc.STATEFULSETS, builders.statefulset(db, replicas=replicas, capacity=capacity), sts
         )
 
     async def start(self, db: types.ServerlessDatabase, capacity: float) -> None:
