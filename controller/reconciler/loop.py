@@ -295,6 +295,10 @@ class Reconciler:
         again = outcome.plan.requeue_after
         if again is None or (again == self.tuning.tick and db.key in self._running):
             return None  # a running database is looked at on the sampler's tick, not twice
+        if outcome.plan.action is Action.WAIT:
+            # A look to see whether the compute is up yet: its watch event (a change) will say so too,
+            # so a poll never goes ahead of another database's wake.
+            return Requeue(again, Priority.TICK)
         return Requeue(again, priority.of(db, otherwise=Priority.TICK))
 
     async def _act(

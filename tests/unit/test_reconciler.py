@@ -11,7 +11,9 @@ from support.fakes import FakeCompute, FakeMetrics, FakeRuntime, MemoryStore
 
 from controller.api import types
 from controller.policy.inputs import Compute, ComputeState, Observation, Route, Tuning
-from controller.reconciler.loop import Reconciler
+from controller.reconciler import priority
+from controller.reconciler.loop import Reconciler, Requeue
+from controller.reconciler.priority import Priority
 from controller.runtime.base import TransientError
 
 
@@ -179,6 +181,19 @@ async def test_a_failed_wake_tells_waiters_and_leaves_the_database_paused() -> N
     await world.store.request_wake("shop/orders")
     db = await world.reconcile("shop/orders")
     assert db.status.phase is types.Phase.ACTIVE
+
+
+async def test_a_start_under_way_is_looked_at_again_behind_other_wakes() -> None:
+    world = World()
+    await world.active_then_idle()
+    await world.reconcile("shop/orders")
+    world.runtime.start_ready = False
+    await world.store.request_wake("shop/orders")
+    again = await world.reconciler.reconcile("shop/orders")
+    db = world.store.objects["shop/orders"]
+    assert db.status.phase is types.Phase.RESUMING
+    assert priority.of(db, otherwise=Priority.TICK) is Priority.WAKE  # a change of it would be a wake
+    assert again == Requeue(timedelta(milliseconds=100), Priority.TICK)  # its poll is not
 
 
 def resting_fleet(world: World, count: int) -> None:
