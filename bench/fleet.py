@@ -324,6 +324,7 @@ def measure_steady(child: Child, double: Any, seconds: float) -> dict[str, float
         "api_rps": len(requests) / elapsed,
         "api_writes_per_s": len(writes) / elapsed,
         "secret_reads_per_min": len(secret_reads) / elapsed * 60,
+        "machine_load_1m": os.getloadavg()[0],  # others' work on this machine slows every latency
     }
 
 

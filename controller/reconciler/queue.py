@@ -6,6 +6,11 @@ done. Delayed adds wait in one timer heap (no task or timer per key); adding a k
 waits keeps the earlier time. A key whose pass failed backs off: until its time comes only a wake or
 a change brings it forward, never a tick or a resync.
 
+At most `resync_limit` resync passes are in flight at once. Workers share one event loop, so a wake
+handed to a free worker still shares the CPU with every pass in flight: a resync that held all the
+workers would slow a wake down, though it went first. A resync pass of a quiet database waits on
+nothing, so fewer of them at once costs the resync no time.
+
 Time is the event loop's, so a test fast-forwards it (looptime).
 """
 
@@ -21,6 +26,7 @@ from controller.reconciler.priority import Priority
 
 RETRY_FIRST_SECONDS = 0.5
 RETRY_MAX_SECONDS = 300.0
+RESYNC_LIMIT = 4
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,10 @@ class _Pending:
 
 
 class WorkQueue:
-    def __init__(self) -> None:
+    def __init__(self, *, resync_limit: int = RESYNC_LIMIT) -> None:
+        self.resync_limit = resync_limit
+        self._resyncing: set[str] = set()
+        """Keys in flight for a resync pass."""
         self._ready: list[tuple[Priority, int, str]] = []
         self._queued: dict[str, tuple[Priority, float]] = {}
         """Keys due now: their priority, and since when they wait."""
@@ -129,12 +138,18 @@ class WorkQueue:
             now = self._now()
             self._promote(now)
             while self._ready:
-                priority, _, key = heapq.heappop(self._ready)
+                priority, _, key = self._ready[0]
                 queued = self._queued.get(key)
                 if queued is None or queued[0] != priority:
+                    heapq.heappop(self._ready)
                     continue  # raised to a more urgent priority since, or forgotten
+                if priority is Priority.RESYNC and len(self._resyncing) >= self.resync_limit:
+                    break  # nothing more urgent is due: wait for a resync pass to end, or a new key
+                heapq.heappop(self._ready)
                 del self._queued[key]
                 self._active.add(key)
+                if priority is Priority.RESYNC:
+                    self._resyncing.add(key)
                 return Item(key, priority, now - queued[1])
             self._changed.clear()
             while self._timers and self._later.get(self._timers[0][2]) is None:
@@ -146,6 +161,9 @@ class WorkQueue:
 
     def done(self, key: str) -> None:
         self._active.discard(key)
+        if key in self._resyncing:
+            self._resyncing.discard(key)
+            self._changed.set()  # a worker waiting for a resync's turn may take one now
         again = self._again.pop(key, None)
         if again is not None:
             self.add(key, again.priority, again.due - self._now())

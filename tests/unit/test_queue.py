@@ -34,6 +34,29 @@ async def test_a_wake_behind_a_thousand_resyncs_goes_first() -> None:
     assert len(order) == 1002
 
 
+async def test_only_a_few_resync_passes_are_in_flight_and_a_wake_still_finds_a_worker() -> None:
+    queue = WorkQueue(resync_limit=2)
+    for index in range(5):
+        queue.add(f"shop/db{index}", Priority.RESYNC)
+    first, second = await queue.get(), await queue.get()
+    assert first is not None
+    assert second is not None
+    third = asyncio.create_task(queue.get())
+    await asyncio.sleep(10)
+    assert not third.done()  # two resync passes in flight: a third waits, though a worker is free
+    queue.add("shop/woken", Priority.WAKE)
+    woken = await asyncio.wait_for(third, 1)
+    assert woken is not None
+    assert woken.key == "shop/woken"
+    fourth = asyncio.create_task(queue.get())
+    await asyncio.sleep(10)
+    assert not fourth.done()
+    queue.done(first.key)
+    resync = await asyncio.wait_for(fourth, 1)
+    assert resync is not None
+    assert (resync.key, resync.priority) == ("shop/db2", Priority.RESYNC)
+
+
 async def test_a_key_is_queued_once_at_its_most_urgent() -> None:
     queue = WorkQueue()
     queue.add("shop/a", Priority.RESYNC)

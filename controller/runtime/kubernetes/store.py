@@ -26,6 +26,7 @@ from controller.runtime.kubernetes.informer import Informer
 log = structlog.get_logger("store.kubernetes")
 CONFLICT_RETRIES = 5
 READ_OWN_WRITE_SECONDS = 2.0
+LIST_YIELD_EVERY = 200
 """How long a read waits for the watch to bring the operator's own last write, before asking the server."""
 COMPONENT = "serverless-db-operator"
 
@@ -67,7 +68,9 @@ class KubeStore:
         await self.databases.synced.wait()
         newest = self._newest_wakes()
         out = []
-        for raw in self.databases.values():
+        for index, raw in enumerate(self.databases.values()):
+            if index % LIST_YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # ten thousand decodes in one go would hold up a wake meanwhile
             try:
                 out.append(self._decode(raw, newest.get(kc.key_of(raw), "")))
             except ValueError:
