@@ -197,7 +197,7 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted database's series."""
-        for metric in (
+        series: tuple[Gauge | Counter | Histogram | StatusCounter, ...] = (
             *self._compute_gauges(),
             self.capacity_min,
             self.capacity_max,
@@ -210,7 +210,8 @@ class OperatorMetrics:
             self.reconciles,
             self.readings,
             self.held_connections,
-        ):
+        )
+        for metric in series:
             with contextlib.suppress(KeyError):
                 metric.remove(namespace, name)
         for door in ("http", "websocket"):
