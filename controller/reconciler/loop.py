@@ -202,7 +202,8 @@ class Reconciler:
                 for key in readings:
                     self.exposition.readings.labels(*types.split_key(key)).inc()
                 for db in fleet:
-                    self.queue.add(db.key, Priority.TICK, self._offset(db.key))
+                    if db.key in self._running:  # not if it came to rest while it was read
+                        self.queue.add(db.key, Priority.TICK, self._offset(db.key))
             for each, count in self.queue.depth().items():
                 self.exposition.queue_depth.labels(each.label).set(count)
             await asyncio.sleep(max(tick - (loop.time() - started), 0.05))
@@ -434,7 +435,8 @@ class Reconciler:
         if outcome.compute.compute is Compute.RUNNING and status.phase is types.Phase.ACTIVE:
             self._running[db.key] = db
         else:
-            self._running.pop(db.key, None)
+            if self._running.pop(db.key, None) is not None:
+                self.queue.drop_routine(db.key)  # the ticks asked for while it ran were for a running one
             if status.phase in (types.Phase.PAUSED, types.Phase.PARKED):
                 self.observations.pop(db.key, None)
         if status.usage is not None:

@@ -115,6 +115,19 @@ class WorkQueue:
         self._held.pop(key, None)
         self._failures.pop(key, None)
 
+    def drop_routine(self, key: str) -> None:
+        """Drop the key's routine looks asked for so far (ticks, timers, resyncs): its pass has just
+        looked and found it at rest, and says itself when to look again. A change or a wake stays."""
+        again = self._again.get(key)
+        if again is not None and again.priority >= Priority.TICK:
+            del self._again[key]
+        later = self._later.get(key)
+        if later is not None and later.priority >= Priority.TICK:
+            del self._later[key]  # its timer is skipped when it surfaces
+        queued = self._queued.get(key)
+        if queued is not None and queued[0] >= Priority.TICK:
+            del self._queued[key]  # its heap entry is skipped when it surfaces
+
     def forget(self, key: str) -> None:
         """Drop everything about a key (its entries in the heaps are skipped when they surface)."""
         for pending in (self._queued, self._later, self._again, self._held, self._failures):

@@ -141,3 +141,28 @@ async def test_a_forgotten_key_is_never_handed_out() -> None:
     item = await queue.get()
     assert item is not None
     assert item.key == "shop/kept"
+
+
+async def test_a_key_found_at_rest_drops_its_routine_looks_but_not_a_change() -> None:
+    loop = asyncio.get_running_loop()
+    queue = WorkQueue()
+    queue.add("shop/parked")
+    item = await queue.get()
+    assert item is not None
+    queue.add("shop/parked", Priority.TICK)  # the sampler's tick, asked while its pass ran
+    queue.add("shop/timer", Priority.TICK, after=5)
+    queue.add("shop/ticked", Priority.TICK)
+    queue.add("shop/changed", Priority.CHANGE)
+    for key in ("shop/parked", "shop/timer", "shop/ticked", "shop/changed"):
+        queue.drop_routine(key)
+    queue.done("shop/parked")
+    queue.add("shop/last", Priority.TICK, after=10)
+    started = loop.time()
+    seen = []
+    while (next_item := await queue.get()) is not None:
+        queue.done(next_item.key)
+        seen.append(next_item.key)
+        if next_item.key == "shop/last":
+            break
+    assert seen == ["shop/changed", "shop/last"]
+    assert loop.time() - started == pytest.approx(10)
