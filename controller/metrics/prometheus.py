@@ -157,6 +157,8 @@ class _Run:
     rates: dict[str, float] = field(default_factory=dict)
     """Per counter, the rate last computed: it stands until a newer sample arrives."""
     last_activity: datetime | None = None
+    cpu_middle: float | None = None
+    """The middle of the window the CPU rate averages (unix seconds): what the rate describes."""
 
     def unread(self, metric: str, samples: Series) -> Series | None:
         """The samples from the last one read on; a run's first reading starts at the window's oldest.
@@ -276,6 +278,7 @@ class PrometheusSource:
         cpu = run.unread("cpu_seconds", series["cpu_seconds"])
         if cpu is not None:
             run.rates["cpu"] = counters.rate(cpu) or 0.0
+            run.cpu_middle = (cpu[0][0] + cpu[-1][0]) / 2
         periods = run.unread("cpu_periods", series["cpu_periods"]) if series.get("cpu_periods") else None
         throttled = (
             run.unread("cpu_throttled_periods", series["cpu_throttled_periods"])
@@ -306,6 +309,8 @@ class PrometheusSource:
             memory_cache_bytes=round(series["cache"][-1][1]),
             transactions_per_second=run.rates.get("tps"),
             last_activity=run.last_activity,
+            # A scrape interval's rate describes its middle, half an interval before the sample's time.
+            lag=timedelta(seconds=cut - run.cpu_middle) if run.cpu_middle is not None else None,
         )
 
     async def forget(self, key: str) -> None:

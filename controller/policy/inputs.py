@@ -33,6 +33,9 @@ class Observation:
     transactions_per_second: float | None = None
     last_activity: datetime | None = None
     """The latest moment a client was seen, including sessions that came and went between readings."""
+    lag: timedelta | None = None
+    """How far the load figures trail `time`: a rate describes the middle of the window it averages.
+    None: the source does not say, and the policy assumes the local source's."""
 
 
 class Compute(StrEnum):

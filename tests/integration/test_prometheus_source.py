@@ -373,6 +373,7 @@ def test_counters_are_differenced_between_readings(monkeypatch: pytest.MonkeyPat
     assert first.last_activity.timestamp() == 1030  # one session started between 1015 and 1030
     assert first.client_sessions == 2
     assert first.cpu_throttled == 0.3  # (90 - 0) throttled of (300 - 0) periods
+    assert first.lag == timedelta(seconds=15)  # the rate over 1000..1030 describes 1015
 
     # A tick shorter than the scrape interval: nothing newer, the same reading.
     assert asyncio.run(source.observe([ORDERS]))[ORDERS.key] == first
@@ -390,6 +391,7 @@ def test_counters_are_differenced_between_readings(monkeypatch: pytest.MonkeyPat
     assert third.last_activity == first.last_activity  # nobody came since
     assert third.observing_since == first.observing_since == first.time
     assert third.cpu_throttled == 0.0  # no period throttled since the last reading
+    assert third.lag == timedelta(seconds=7.5)  # the rate over 1030..1045 describes 1037.5
 
     # A series missing: no observation, and the next one starts a new run.
     monkeypatch.setattr(source, "_fetch", lambda: {**answers(scrapes), "cache": []})
