@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from controller.api import types, units
-from controller.api.validation import InvalidSpecError, validate
+from controller.api.validation import AUTO, InvalidSpecError, validate
 
 
 def _time(value: Any) -> datetime | None:
@@ -67,8 +67,9 @@ def decode_spec(raw: Mapping[str, Any] | None) -> types.DatabaseSpec:
         auto_pause=types.AutoPauseSpec(
             enabled=bool(pause.get("enabled", d.auto_pause.enabled)),
             idle_after=units.parse_duration(pause["idleAfter"])
-            if "idleAfter" in pause
+            if pause.get("idleAfter", AUTO) != AUTO
             else d.auto_pause.idle_after,
+            idle_after_auto=pause.get("idleAfter") == AUTO,
             ignored_applications=tuple(pause.get("ignoredApplications", d.auto_pause.ignored_applications)),
         ),
         auto_park=types.AutoParkSpec(
@@ -144,7 +145,9 @@ def encode_spec(spec: types.DatabaseSpec) -> dict[str, Any]:
         },
         "autoPause": {
             "enabled": spec.auto_pause.enabled,
-            "idleAfter": units.format_duration(spec.auto_pause.idle_after),
+            "idleAfter": AUTO
+            if spec.auto_pause.idle_after_auto
+            else units.format_duration(spec.auto_pause.idle_after),
             "ignoredApplications": list(spec.auto_pause.ignored_applications),
         },
         "autoPark": {
@@ -245,6 +248,7 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
     raw = raw or {}
     capacity = raw.get("capacity") or {}
     compute = raw.get("compute") or {}
+    pause = raw.get("autoPause") or {}
     conditions = []
     for c in raw.get("conditions") or []:
         try:
@@ -268,11 +272,9 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
         capacity=types.CapacityStatus(
             current=capacity.get("current"),
             desired=capacity.get("desired"),
-            peaks=tuple(
-                types.Peak(capacity=float(p["capacity"]), until=_time(p.get("until")))
-                for p in capacity.get("peaks") or []
-            ),
+            peaks=_decode_peaks(capacity.get("peaks")),
             last_scale_time=_time(capacity.get("lastScaleTime")),
+            learned=_decode_learned(capacity.get("learned") or {}),
         ),
         compute=types.ComputeStatus(
             incarnation=str(compute.get("incarnation") or ""),
@@ -290,18 +292,62 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
         activator_port=raw.get("activatorPort") if isinstance(raw.get("activatorPort"), int) else None,
         failures=int(raw.get("failures") or 0),
         usage=_decode_usage(raw.get("usage")),
+        auto_pause=types.AutoPauseStatus(
+            gaps=tuple(int(g) for g in pause.get("gaps") or ()),
+            idle_after=units.parse_duration(pause["idleAfter"]) if pause.get("idleAfter") else None,
+        ),
     )
+
+
+def _decode_learned(raw: Mapping[str, Any]) -> types.Learned:
+    def samples(key: str) -> tuple[types.LoadSample, ...]:
+        return tuple(
+            types.LoadSample(t, float(s["cores"]))
+            for s in raw.get(key) or ()
+            if (t := _time(s.get("time"))) is not None
+        )
+
+    return types.Learned(
+        load=samples("load"),
+        shortfalls=tuple(t for s in raw.get("shortfalls") or () if (t := _time(s)) is not None),
+        cache_peaks=_decode_peaks(raw.get("cachePeaks")),
+        surges=samples("surges"),
+        grown_at=_time(raw.get("grownAt")),
+    )
+
+
+def _decode_peaks(raw: Any) -> tuple[types.Peak, ...]:
+    return tuple(types.Peak(capacity=float(p["capacity"]), until=_time(p.get("until"))) for p in raw or [])
+
+
+def _encode_peaks(peaks: tuple[types.Peak, ...]) -> list[dict[str, Any]]:
+    return [{"capacity": p.capacity, **({"until": _time_text(p.until)} if p.until else {})} for p in peaks]
+
+
+def _encode_samples(samples: tuple[types.LoadSample, ...]) -> list[dict[str, Any]]:
+    return [{"time": _time_text(s.time), "cores": s.cores} for s in samples]
+
+
+def _encode_learned(learned: types.Learned) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "load": _encode_samples(learned.load),
+        "shortfalls": [_time_text(t) for t in learned.shortfalls],
+        "cachePeaks": _encode_peaks(learned.cache_peaks),
+        "surges": _encode_samples(learned.surges),
+    }
+    if learned.grown_at is not None:
+        out["grownAt"] = _time_text(learned.grown_at)
+    return {key: value for key, value in out.items() if value}
 
 
 def encode_status(status: types.DatabaseStatus) -> dict[str, Any]:
     capacity: dict[str, Any] = {
         "current": status.capacity.current,
         "desired": status.capacity.desired,
-        "peaks": [
-            {"capacity": p.capacity, **({"until": _time_text(p.until)} if p.until else {})}
-            for p in status.capacity.peaks
-        ],
+        "peaks": _encode_peaks(status.capacity.peaks),
     }
+    if learned := _encode_learned(status.capacity.learned):
+        capacity["learned"] = learned
     if status.capacity.last_scale_time:
         capacity["lastScaleTime"] = _time_text(status.capacity.last_scale_time)
     out: dict[str, Any] = {
@@ -342,6 +388,10 @@ def encode_status(status: types.DatabaseStatus) -> dict[str, Any]:
         out["activatorPort"] = status.activator_port
     if status.usage is not None:
         out["usage"] = _encode_usage(status.usage)
+    if status.auto_pause.gaps or status.auto_pause.idle_after is not None:
+        out["autoPause"] = {"gaps": list(status.auto_pause.gaps)}
+        if status.auto_pause.idle_after is not None:
+            out["autoPause"]["idleAfter"] = units.format_duration(status.auto_pause.idle_after)
     return out
 
 

@@ -158,7 +158,7 @@ class ScheduleSpec:
 
 @dataclass(frozen=True)
 class ScalingSpec:
-    target_cpu: float = 0.9
+    target_cpu: float = 0.95
     target_memory: float = 0.8
     scale_down_delay: timedelta = timedelta(seconds=10)
     allow_restart: bool = False
@@ -169,7 +169,10 @@ class ScalingSpec:
 class AutoPauseSpec:
     enabled: bool = True
     idle_after: timedelta = timedelta(minutes=5)
+    """The idle wait; with `idle_after_auto`, the wait until gaps are known, and what a wake is worth."""
     ignored_applications: tuple[str, ...] = ("postgres_exporter", "pgbouncer")
+    idle_after_auto: bool = False
+    """`idleAfter: Auto`: the wait is chosen from the database's own recent idle gaps (status.autoPause)."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +271,31 @@ class Peak:
 
 
 @dataclass(frozen=True)
+class LoadSample:
+    """CPU (cores) at `time`: a reading's, at the middle of what it averaged; or a jump's, from when
+    a reading first showed it, the most it reached."""
+
+    time: datetime
+    cores: float
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What the policy learned of a database's load: bounded, in status, so a restart decides the same."""
+
+    load: tuple[LoadSample, ...] = ()
+    """Recent CPU readings, one per sampling interval, oldest first: the trend and noise come from them."""
+    shortfalls: tuple[datetime, ...] = ()
+    """When recent readings found demand above capacity: each widens the headroom for a while."""
+    cache_peaks: tuple[Peak, ...] = ()
+    """The scale-down window of goals the page cache drove, which shrink more slowly than the others."""
+    surges: tuple[LoadSample, ...] = ()
+    """Recent jumps in load, oldest first: recurring ones are held for, periodic ones pre-warmed for."""
+    grown_at: datetime | None = None
+    """When capacity last grew because CPU was saturated: readings from before it landed saw the old size."""
+
+
+@dataclass(frozen=True)
 class CapacityStatus:
     current: float | None = None
     """The capacity the compute runs at now (None while it has none)."""
@@ -276,6 +304,17 @@ class CapacityStatus:
     peaks: tuple[Peak, ...] = ()
     """Recent goals above the current one, newest last: the scale-down window, kept across restarts."""
     last_scale_time: datetime | None = None
+    learned: Learned = field(default_factory=Learned)
+
+
+@dataclass(frozen=True)
+class AutoPauseStatus:
+    """What `idleAfter: Auto` has learned: the database's recent idle gaps, and the wait they give."""
+
+    gaps: tuple[int, ...] = ()
+    """Recent idle gaps (seconds from the last activity to the next), oldest first."""
+    idle_after: timedelta | None = None
+    """The wait chosen from the gaps (None: not Auto)."""
 
 
 @dataclass(frozen=True)
@@ -343,6 +382,7 @@ class DatabaseStatus:
     """Consecutive failed attempts at the current step, for back-off."""
     usage: UsageStatus | None = None
     """Compute-unit hours and time in each phase; None until the first reconcile starts accounting."""
+    auto_pause: AutoPauseStatus = field(default_factory=AutoPauseStatus)
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)

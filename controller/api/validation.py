@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from croniter import croniter
@@ -153,6 +154,17 @@ class _Checker:
             return None
 
 
+AUTO = "Auto"
+"""`autoPause.idleAfter: Auto`: the wait is chosen from the database's own idle gaps."""
+
+
+def _duration_or_auto(text: str) -> timedelta:
+    try:
+        return units.parse_duration(text)
+    except ValueError:
+        raise ValueError(f"must be Auto or a duration such as 90s, 5m or 168h (got {text!r})") from None
+
+
 def _show(value: Any) -> str:
     return (
         repr(value)
@@ -183,7 +195,7 @@ def validate(obj: Any) -> list[FieldError]:
     _validate_scaling(check, check.mapping(spec.get("scaling"), "spec.scaling", "spec.scaling"), capacity)
     for section in ("autoPause", "autoPark"):
         block = check.mapping(spec.get(section), f"spec.{section}", f"spec.{section}")
-        _validate_idle(check, block, f"spec.{section}")
+        _validate_idle(check, block, f"spec.{section}", auto=section == "autoPause")
     if "superuserAccess" in spec:
         check.boolean(spec["superuserAccess"], "spec.superuserAccess")
     _validate_access(check, check.mapping(spec.get("access"), "spec.access", "spec.access"))
@@ -417,11 +429,12 @@ def _validate_scaling(check: _Checker, scaling: Mapping[str, Any], capacity: tup
             )
 
 
-def _validate_idle(check: _Checker, block: Mapping[str, Any], path: str) -> None:
+def _validate_idle(check: _Checker, block: Mapping[str, Any], path: str, *, auto: bool = False) -> None:
     if "enabled" in block:
         check.boolean(block["enabled"], f"{path}.enabled")
-    if "idleAfter" in block:
-        idle = check.parsed(block["idleAfter"], f"{path}.idleAfter", units.parse_duration)
+    if "idleAfter" in block and not (auto and block["idleAfter"] == AUTO):
+        parse = _duration_or_auto if auto else units.parse_duration
+        idle = check.parsed(block["idleAfter"], f"{path}.idleAfter", parse)
         if idle is not None and idle.total_seconds() < 1:
             check.fail(f"{path}.idleAfter", f"must be at least 1s (got {block['idleAfter']!r})")
     if "ignoredApplications" in block:

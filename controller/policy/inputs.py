@@ -35,7 +35,7 @@ class Observation:
     """The latest moment a client was seen, including sessions that came and went between readings."""
     lag: timedelta | None = None
     """How far the load figures trail `time`: a rate describes the middle of the window it averages.
-    None: the source does not say, and the policy assumes the local source's."""
+    None: the source does not say, and the policy assumes `Tuning.metric_lag`."""
 
 
 class Compute(StrEnum):
@@ -122,6 +122,60 @@ class Tuning:
     with a load nobody has measured yet, and starting short costs them more than a minute of headroom."""
     resize_deferred_limit: timedelta = timedelta(seconds=60)
     """A resize the node defers for longer is taken as refused: the old size stays."""
+    metric_lag: timedelta = timedelta(seconds=5)
+    """How far a reading's load figures trail its time when its source does not say (the local source's)."""
+    resize_latency: timedelta = timedelta(seconds=2)
+    """From asking for a size to having it (in place): part of how far ahead a goal must look."""
+    trend_window: timedelta = timedelta(minutes=2)
+    """How far back readings count toward the load's trend and noise."""
+    sample_every: timedelta = timedelta(seconds=10)
+    """One reading per this long is kept in status: enough for a trend, and a busy database's status
+    is not rewritten at every reading."""
+    trend_readings: int = 4
+    """Kept readings the window needs (since a start) before they say anything of trend or noise."""
+    noise_headroom: float = 1.0
+    """Headroom above the expected load, in standard deviations of the readings about their trend."""
+    noise_floor: float = 0.03
+    """The least noise assumed, as a share of the load: a few readings can look flatter than load is."""
+    shortfall_memory: timedelta = timedelta(minutes=10)
+    """How long a reading that found demand above capacity widens the headroom."""
+    shortfall_headroom: float = 0.5
+    """How much each remembered shortfall widens the noise headroom (a share of it)."""
+    shortfall_limit: int = 8
+    """The most shortfalls remembered."""
+    shortfall_throttled: float = 0.1
+    """Throttled in this share of CPU periods: the reading found the database short."""
+    scale_down_step: float | None = None
+    """The most one reading scales down by once the window allows; None: down to what the window
+    still asks for, since the goal carries its own headroom."""
+    surge_ratio: float = 2.0
+    """A reading this many times the window's median load is a jump..."""
+    surge_min_cores: float = 0.25
+    """...and so is one at least this many cores above it."""
+    surge_limit: int = 8
+    """The most jumps remembered."""
+    surge_periods: int = 3
+    """Jumps this many intervals in a row at one period make the next one expected."""
+    surge_tolerance: timedelta = timedelta(seconds=15)
+    """How far an interval may stray from the period, and how early a due jump is prepared for."""
+    surge_min_period: timedelta = timedelta(minutes=2)
+    """Jumps closer than this are one busy stretch, not a schedule."""
+    surge_missed: int = 2
+    """Due jumps that may fail to come before the period is no longer trusted."""
+    wake_for_jumps: bool = True
+    """A woken database starts big enough for the jumps it remembers (their median)."""
+    cache_share: float = 0.5
+    """Page cache counts at most this share of the working set: what work keeps hot grows with the work."""
+    cache_scale_down_delay: timedelta = timedelta(minutes=2)
+    """Goals the page cache drove wait at least this long to shrink: a shrink evicts what a rise re-reads."""
+    idle_gaps: int = 32
+    """How many recent idle gaps `idleAfter: Auto` keeps in status."""
+    idle_min_gaps: int = 4
+    """Fewer gaps than this known: `idleAfter: Auto` waits the spec's idle_after."""
+    idle_choices: tuple[timedelta, ...] = tuple(
+        timedelta(minutes=m) for m in (1, 2, 3, 5, 10, 15, 20, 30, 60)
+    )
+    """The waits `idleAfter: Auto` chooses among."""
     max_backoff: timedelta = timedelta(minutes=5)
     activity_resolution: timedelta = timedelta(seconds=30)
     """How stale status.lastActivityTime may be while clients are active (at most idleAfter / 10)."""

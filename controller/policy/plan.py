@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from croniter import croniter
 
 from controller.api import types, units
-from controller.policy import access, capacity, lifecycle, schedule
+from controller.policy import access, capacity, idle, lifecycle, schedule
 from controller.policy.capacity import Goal
 from controller.policy.inputs import (
     DEFAULT_TUNING,
@@ -57,6 +57,10 @@ class Plan:
     goal: Goal | None = None
     wake: bool = False
     """True when the plan moves toward Active because a client asked."""
+    learned: types.Learned = field(default_factory=types.Learned)
+    """What status keeps of the load for the next decision (status.capacity.learned)."""
+    auto_pause: types.AutoPauseStatus = field(default_factory=types.AutoPauseStatus)
+    """The idle gaps `idleAfter: Auto` learns from, and the wait they gave (status.autoPause)."""
 
 
 def decide(
@@ -67,7 +71,8 @@ def decide(
     now: datetime,
     tuning: Tuning = DEFAULT_TUNING,
 ) -> Plan:
-    spec, status = db.spec, db.status
+    status = db.status
+    spec = _with_idle_wait(db.spec, status.auto_pause.gaps, tuning)
     wake_request = db.wake_request
     fresh = lifecycle.is_fresh(observation, now, tuning)
     schedule_floor = schedule.active_floor(spec.scaling.schedules, now, prewarm=tuning.prewarm)
@@ -104,10 +109,17 @@ def decide(
     plan_capacity: float | None = None
     peaks: tuple[types.Peak, ...] = ()
     goal: Goal | None = None
+    # Load learned while running says nothing of the next run; shortfalls are remembered across it.
+    learned = types.Learned(
+        shortfalls=status.capacity.learned.shortfalls, surges=status.capacity.learned.surges
+    )
     action, reason, message = move.action, move.reason, move.message
 
     # Woken by a client, a database starts warm: the load is unknown and the client is waiting.
-    wake_capacity = capacity.clamp(max(floor, tuning.wake_capacity), spec.capacity)
+    wake_capacity = capacity.clamp(
+        max(floor, tuning.wake_capacity, capacity.jump_capacity(spec, status.capacity.learned, tuning)),
+        spec.capacity,
+    )
     if move.action is Action.STOP:
         plan_capacity = wake_capacity  # what the stop prepares the settings for
     elif move.action is Action.START:
@@ -116,23 +128,17 @@ def decide(
         peaks = (types.Peak(plan_capacity),)
     elif move.action is Action.CONFIGURE:
         plan_capacity = compute.capacity  # the settings follow the size the server has
-        peaks = status.capacity.peaks
+        peaks, learned = status.capacity.peaks, status.capacity.learned
     elif running:
         current = compute.capacity if compute.capacity is not None else status.capacity.current or floor
         peaks = status.capacity.peaks
+        learned = status.capacity.learned
         plan_capacity = capacity.clamp(current, spec.capacity)
         if fresh and observation is not None:
-            goal = capacity.goal(spec, observation, current=current, tuning=tuning)
-            peaks = capacity.record_goal(
-                status.capacity.peaks, goal.capacity, now, spec.scaling.scale_down_delay
+            sized = capacity.size(
+                spec, status, observation, current=current, floor=floor, now=now, tuning=tuning
             )
-            high = capacity.window_max(peaks) or goal.capacity
-            plan_capacity = capacity.clamp(
-                capacity.next_capacity(
-                    current=current, goal_capacity=goal.capacity, window_high=high, floor=floor
-                ),
-                spec.capacity,
-            )
+            goal, plan_capacity, peaks, learned = sized.goal, sized.capacity, sized.peaks, sized.learned
         elif floor > current:
             plan_capacity = floor  # a floor applies whatever the metrics say
         if known.limit is not None and plan_capacity > current:
@@ -174,7 +180,33 @@ def decide(
         else _requeue_after(action, move.phase, spec, status, now, tuning),
         goal=goal,
         wake=want.wake,
+        learned=learned,
+        auto_pause=_auto_pause(db, last_activity, tuning),
     )
+
+
+def _with_idle_wait(spec: types.DatabaseSpec, gaps: tuple[int, ...], tuning: Tuning) -> types.DatabaseSpec:
+    """The spec with the idle wait in force: for `idleAfter: Auto`, the one the recent gaps chose."""
+    waited = idle.idle_after(spec.auto_pause, gaps, tuning)
+    if waited == spec.auto_pause.idle_after:
+        return spec
+    return replace(spec, auto_pause=replace(spec.auto_pause, idle_after=waited))
+
+
+def _auto_pause(
+    db: types.ServerlessDatabase, last_activity: datetime | None, tuning: Tuning
+) -> types.AutoPauseStatus:
+    """For `idleAfter: Auto`: the gap that just ended, if one did, and the wait in force."""
+    if not db.spec.auto_pause.idle_after_auto:
+        return types.AutoPauseStatus()
+    status = db.status
+    gaps = status.auto_pause.gaps
+    if status.connections == 0 and last_activity != status.last_activity_time:
+        # No session at the last reading, and activity since: an idle gap ended.
+        gaps = idle.record_gap(
+            gaps, idle_since=status.last_activity_time, active_again=last_activity, tuning=tuning
+        )
+    return types.AutoPauseStatus(gaps=gaps, idle_after=idle.idle_after(db.spec.auto_pause, gaps, tuning))
 
 
 def _known(

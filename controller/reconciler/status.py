@@ -82,6 +82,7 @@ def next_status(
         desired=plan.capacity if running_after is not None or plan.action is Action.START else None,
         peaks=plan.peaks if running_after is not None else (),
         last_scale_time=now if plan.action is Action.RESIZE and not failure else old.capacity.last_scale_time,
+        learned=plan.learned,
     )
     status = replace(
         old,
@@ -97,6 +98,7 @@ def next_status(
         wake_request=plan.wake_request,
         failures=old.failures + 1 if failure else old.failures if failed_earlier else 0,
         usage=metering.accrue_status(old, now, tuning),  # up to now at the phase and size that held
+        auto_pause=plan.auto_pause,
     )
     conditions = _conditions(db, status, outcome, now)
     if failed_earlier:

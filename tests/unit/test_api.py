@@ -48,8 +48,20 @@ BAD_SPECS = [
     pytest.param(
         {"autoPause": {"idleAfter": "soon"}},
         "spec.autoPause.idleAfter",
-        "must be a duration",
+        "must be Auto or a duration",
         id="idleAfter-soon",
+    ),
+    pytest.param(
+        {"autoPause": {"idleAfter": "auto"}},
+        "spec.autoPause.idleAfter",
+        "must be Auto or a duration",
+        id="idleAfter-auto-lower-case",
+    ),
+    pytest.param(
+        {"autoPark": {"idleAfter": "Auto"}},
+        "spec.autoPark.idleAfter",
+        "must be a duration",
+        id="park-idleAfter-auto",
     ),
     pytest.param(
         {"autoPause": {"idleAfter": "500ms"}},
@@ -285,6 +297,36 @@ def test_codec_round_trips_a_full_spec() -> None:
     again = codec.decode(codec.encode(db))
     assert again.spec == db.spec
     assert again.metadata.key == "shop/orders"
+
+
+def test_idle_after_auto_is_accepted_by_both_and_round_trips() -> None:
+    obj = database(autoPause={"idleAfter": "Auto"})
+    assert validate(obj) == []
+    assert crd_schema.validate(obj) == []
+    db = codec.decode(obj)
+    assert db.spec.auto_pause.idle_after_auto
+    assert db.spec.auto_pause.idle_after == types.AutoPauseSpec().idle_after  # until gaps are known
+    assert codec.encode(db)["spec"]["autoPause"]["idleAfter"] == "Auto"
+    assert codec.decode(codec.encode(db)).spec == db.spec
+
+
+def test_learned_status_round_trips() -> None:
+    now = units.parse_time("2026-11-26T10:00:00.123456Z")
+    learned = types.Learned(
+        load=(types.LoadSample(now, 0.5), types.LoadSample(now + timedelta(seconds=10), 0.75)),
+        shortfalls=(now,),
+        cache_peaks=(types.Peak(1.5, now), types.Peak(0.5)),
+        surges=(types.LoadSample(now, 2.25),),
+        grown_at=now,
+    )
+    status = types.DatabaseStatus(
+        capacity=types.CapacityStatus(current=1.0, desired=1.0, learned=learned),
+        auto_pause=types.AutoPauseStatus(gaps=(90, 4000), idle_after=timedelta(minutes=2)),
+    )
+    assert codec.decode_status(codec.encode_status(status)) == status
+    empty = codec.encode_status(types.DatabaseStatus())
+    assert "learned" not in empty["capacity"]  # nothing learned: nothing written
+    assert "autoPause" not in empty
 
 
 def test_status_round_trips() -> None:

@@ -21,7 +21,10 @@ BAD = {
     "capacity-0.3": ("capacity: {min: 0.3}", "spec.capacity.min: must be a multiple of 0.25 compute units"),
     "negative-storage": ("storage: {size: -10Gi}", "spec.storage.size: must be greater than zero"),
     "unknown-state": ("state: Sleeping", "spec.state: must be one of Auto, Active, Paused, Parked"),
-    "idleAfter-soon": ("autoPause: {idleAfter: soon}", "spec.autoPause.idleAfter: must be a duration"),
+    "idleAfter-soon": (
+        "autoPause: {idleAfter: soon}",
+        "spec.autoPause.idleAfter: must be Auto or a duration",
+    ),
 }
 
 

@@ -1,0 +1,129 @@
+"""The CPU a database will use when a resize decided now is in force, from the trend of recent readings.
+
+A reading describes the past: its figures trail its time by the source's lag, and a size asked for
+now lands a resize latency later and must last until the next decision lands. So the goal looks that
+far ahead along the recent trend, with headroom that grows with the readings' noise and with recent
+shortfalls, and shrinks when the load is flat. The readings it learns from are kept in status, one
+per sampling interval over a short window, so a restarted operator forecasts exactly as before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from dataclasses import dataclass
+from datetime import datetime
+
+from controller.api import types
+from controller.policy.inputs import Observation, Tuning
+
+MAD_TO_SIGMA = 1.4826
+"""A normal distribution's standard deviation per unit of median absolute deviation."""
+
+
+@dataclass(frozen=True)
+class Forecast:
+    level: float
+    """Cores used at the newest reading."""
+    slope: float
+    """Cores per second, from the readings of the trend window (0 with too few to say)."""
+    noise: float
+    """How far readings stray from their trend (a standard deviation, in cores)."""
+    horizon: float
+    """Seconds from the newest reading to when the next decision's size is in force."""
+    headroom: float
+    """Cores above the expected load, for the noise and for recent shortfalls."""
+
+    @property
+    def expected(self) -> float:
+        """A falling trend is not extrapolated: the scale-down window already waits for it to show."""
+        return self.level + max(self.slope, 0.0) * self.horizon
+
+    @property
+    def upper(self) -> float:
+        return self.expected + self.headroom
+
+
+def reading_time(observation: Observation, tuning: Tuning) -> datetime:
+    """The moment the observation's load figures describe."""
+    return observation.time - (observation.lag if observation.lag is not None else tuning.metric_lag)
+
+
+def forecast(
+    load: tuple[types.LoadSample, ...],
+    observation: Observation,
+    *,
+    now: datetime,
+    shortfalls: int,
+    tuning: Tuning,
+) -> Forecast | None:
+    """None when the observation has no CPU figure."""
+    if observation.cpu_cores is None:
+        return None
+    at = reading_time(observation, tuning)
+    points = [
+        ((s.time - at).total_seconds(), s.cores) for s in load if at - tuning.trend_window <= s.time < at
+    ]
+    points.append((0.0, observation.cpu_cores))
+    level = observation.cpu_cores
+    slope, noise = 0.0, 0.0
+    if len(points) > tuning.trend_readings:
+        # Medians of the steps between readings: a ramp moves every step, a jump only one, so a jump
+        # is neither a trend nor noise, and the next readings show it as a level.
+        steps = [(b - a, u - t) for (t, a), (u, b) in itertools.pairwise(points)]
+        slope = statistics.median(rise / seconds for rise, seconds in steps)
+        typical = statistics.median(rise for rise, _ in steps)
+        spread = statistics.median(abs(rise - typical) for rise, _ in steps)
+        noise = MAD_TO_SIGMA * spread / math.sqrt(2)  # a step between two readings has both their noise
+    noise = max(noise, tuning.noise_floor * level)
+    horizon = (now - at + tuning.resize_latency + tuning.tick).total_seconds()
+    widen = 1.0 + tuning.shortfall_headroom * shortfalls
+    return Forecast(level, slope, noise, horizon, tuning.noise_headroom * noise * widen)
+
+
+def baseline(load: tuple[types.LoadSample, ...], observation: Observation, tuning: Tuning) -> float | None:
+    """The window's usual load before this reading (its median), when enough readings are known."""
+    at = reading_time(observation, tuning)
+    recent = [s.cores for s in load if at - tuning.trend_window <= s.time < at]
+    return statistics.median(recent) if len(recent) >= tuning.trend_readings else None
+
+
+def record_load(
+    load: tuple[types.LoadSample, ...], observation: Observation, tuning: Tuning
+) -> tuple[types.LoadSample, ...]:
+    """Keep one reading per sampling interval over the trend window, so status stays small and calm."""
+    if observation.cpu_cores is None:
+        return load
+    at = reading_time(observation, tuning)
+    if load and load[-1].time <= at < load[-1].time + tuning.sample_every:
+        return load  # old readings go when a new one comes: one change of status per interval
+    kept = tuple(s for s in load if at - tuning.trend_window <= s.time < at)
+    return (*kept, types.LoadSample(at, round(observation.cpu_cores, 3)))
+
+
+def record_shortfall(
+    shortfalls: tuple[datetime, ...], observation: Observation, *, short: bool, tuning: Tuning
+) -> tuple[datetime, ...]:
+    """Remember when readings found the database short, at most one per sampling interval."""
+    at = reading_time(observation, tuning)
+    kept = tuple(t for t in shortfalls if at - tuning.shortfall_memory < t <= at)
+    if short and (not kept or at - kept[-1] >= tuning.sample_every):
+        kept = (*kept, at)
+    return kept[-tuning.shortfall_limit :]
+
+
+def is_short(observation: Observation, current: float, tuning: Tuning) -> bool:
+    """Demand was above capacity for part of the reading: throttled, or pinned at the limit."""
+    throttled = (observation.cpu_throttled or 0.0) >= tuning.shortfall_throttled
+    pinned = (observation.cpu_cores or 0.0) >= tuning.saturation * current
+    return throttled or pinned
+
+
+def answered(observation: Observation, grown_at: datetime | None, tuning: Tuning) -> bool:
+    """The reading saw the size before the last growth for saturation: what it says was answered.
+
+    A reading's time is the middle of what it averages; a tick on, all of it saw the new size.
+    """
+    landed = tuning.resize_latency + tuning.tick
+    return grown_at is not None and reading_time(observation, tuning) < grown_at + landed
