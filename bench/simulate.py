@@ -1,41 +1,51 @@
 """Replay demand traces through autoscaling policies, with time injected, and compare what they cost.
 
-    .venv/bin/python bench/simulate.py                 # the shipped traces (seeded)
-    .venv/bin/python bench/simulate.py --trace F.csv   # any CSV trace (seconds,[database,]demand_cu)
-    .venv/bin/python bench/simulate.py --plot out.png  # demand and every policy's capacity over time
+    .venv/bin/python bench/simulate.py                      # the held-out traces, metric lag 5 s
+    .venv/bin/python bench/simulate.py --metric-lag 30      # ... as read through Prometheus
+    .venv/bin/python bench/simulate.py --set tuning         # the traces the defaults were tuned on
+    .venv/bin/python bench/simulate.py --family visits      # one family of load shapes
+    .venv/bin/python bench/simulate.py --trace F.csv        # any CSV trace (seconds,[database,]demand_cu)
+    .venv/bin/python bench/simulate.py --plot out.png       # demand and every policy's capacity
 
-Policies, all with min 0.25, max 4, the same pause rule (no client session for 5 minutes) and the
-same model of the world (metric lag, resize latency, wake latency):
-  ours      the operator's own policy: controller.policy.plan.decide, run as the reconciler runs it
-  max       always at the ceiling while active
-  hpa       a Kubernetes-HPA-style target tracker: CPU at 0.7, a 15 s sync, 5 minutes of downscale
-            stabilization, the 10% tolerance
-  neon      Neon's published algorithm: the highest of the CPU goal at 90% and the memory goal at 75%,
-            read every 5 s, applied at once; memory counts the page cache whole, as its users report
-  neon-ws   the same, with memory counting only the working set: shown for fairness, so a reader sees
-            how much of neon's cost is the cache; not in the last line
-  oracle    demand rounded up to 0.25, the floor while within idleAfter of activity, zero otherwise;
-            it sees the future and pays no latency, so it is the bound, not a contender
+Traces come from bench/traces.py: seeded families of load shapes, the seeds split once into a
+tuning set and a held-out set. Policies, all with min 0.25, max 4, the same pause rule (no client
+session for 5 minutes) and the same model of the world (metric lag, resize latency, wake latency):
+  ours       the operator's own policy: controller.policy.plan.decide, run as the reconciler runs it;
+             it is told the metric lag, as the Prometheus source tells it
+  ours-auto  the same with `autoPause.idleAfter: Auto` (its own pause rule); not in the last line
+  max        always at the ceiling while active: its time short is what the wakes alone cost
+  hpa        a Kubernetes-HPA-style target tracker: CPU at 0.7, a 15 s sync, 5 minutes of downscale
+             stabilization, the 10% tolerance
+  neon       Neon's published algorithm: the highest of the CPU goal at 90% and the memory goal at 75%,
+             read every 5 s, applied at once; memory counts the page cache whole, as its users report
+  neon-ws    the same, with memory counting only the working set
+  oracle     demand rounded up to 0.25, the floor while within idleAfter of activity, zero otherwise;
+             it sees the future and pays no latency, so it is the bound, not a contender
 
 For each trace and policy: CU-hours, under-provisioned (the share of the time with demand > 0 in
-which demand exceeded capacity; paused or waking counts as capacity 0), resizes, pauses, wakes.
-Last line: ours/hpa/neon CU-hours as a ratio to the oracle's, and their under-provisioning.
+which demand exceeded capacity; paused or waking counts as capacity 0), resizes, pauses, wakes; per
+family, the sums; and the issue's goals per trace: ours at most 1.20x the oracle's CU-hours, short
+at most 0.5 points longer than always-at-max, and no baseline both cheaper and less often short.
+Last line, over every trace run (every lag given): each policy's CU-hours as a ratio to the
+oracle's, and its share of time short.
 """
 
 from __future__ import annotations
 
 import abc
 import argparse
+import math
 import multiprocessing
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from traces import Trace, read_csv, shipped
+from traces import FAMILIES, HELD_OUT_SEEDS, TUNING_SEEDS, Trace, library, read_csv, write_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,7 +57,7 @@ from controller.reconciler import status as status_of
 
 GIB = 1024**3
 EPOCH = datetime(2026, 1, 5, tzinfo=UTC)
-POLICIES = ("ours", "max", "hpa", "neon", "neon-ws", "oracle")
+POLICIES = ("ours", "ours-auto", "max", "hpa", "neon", "neon-ws", "oracle")
 
 
 @dataclass(frozen=True)
@@ -287,15 +297,21 @@ def run_baseline(sim: Simulation, policy_: Baseline) -> Replay:
 
 
 def run_ours(
-    sim: Simulation, tuning: Tuning = DEFAULT_TUNING, scaling: types.ScalingSpec | None = None
+    sim: Simulation,
+    tuning: Tuning = DEFAULT_TUNING,
+    scaling: types.ScalingSpec | None = None,
+    *,
+    auto_idle: bool = False,
 ) -> Replay:
-    """The real policy with its defaults (tuning and scaling are for experiments)."""
+    """The real policy with its defaults (tuning and scaling are for experiments); `idleAfter: Auto`."""
     model = sim.model
     tick = int(tuning.tick.total_seconds())
     spec = types.DatabaseSpec(
         scaling=scaling or types.ScalingSpec(),
         capacity=types.CapacitySpec(model.min_cu, model.max_cu),
-        auto_pause=types.AutoPauseSpec(idle_after=timedelta(seconds=model.idle_after)),
+        auto_pause=types.AutoPauseSpec(
+            idle_after=timedelta(seconds=model.idle_after), idle_after_auto=auto_idle
+        ),
         auto_park=types.AutoParkSpec(enabled=False),
     )
     db = types.ServerlessDatabase(
@@ -346,6 +362,8 @@ def run_ours(
                 last_activity=EPOCH + timedelta(seconds=reading.last_active)
                 if reading.last_active >= 0
                 else None,
+                # As the Prometheus source reports its own: to the middle of the period the reading averages.
+                lag=timedelta(seconds=model.metric_lag + tick / 2),
             )
             plan = policy.decide(
                 db=db, compute=compute, observation=observation if running else None, now=when, tuning=tuning
@@ -423,33 +441,47 @@ class Score:
 
 
 PLOT_BUCKET = 60
+RATIO_GOAL = 1.20
+"""Ours may spend at most this multiple of the oracle's CU-hours, on every trace."""
+SHORT_MARGIN = 0.005
+"""Ours may be under-provisioned at most this much longer than always-at-max (whose share is the wakes')."""
+BASELINES = ("max", "hpa", "neon", "neon-ws")
+"""The policies ours must not be beaten by on both axes at once."""
 
 
-def simulate_database(
-    args: tuple[np.ndarray, float, Model],
-) -> tuple[dict[str, Score], dict[str, np.ndarray]]:
+@dataclass(frozen=True)
+class Job:
+    trace: int
+    demand: np.ndarray
+    data_bytes: float
+    model: Model
+
+
+def simulate_database(job: Job) -> tuple[int, dict[str, Score], dict[str, np.ndarray]]:
     """Every policy on one database; the scores, and capacity per minute for plotting."""
-    demand, data_bytes, model = args
+    demand, model = job.demand, job.model
 
     def world() -> Simulation:
-        return Simulation(demand, model, data_bytes)
+        return Simulation(demand, model, job.data_bytes)
 
-    runners: dict[str, Callable[[], Replay]] = {
-        "ours": lambda: run_ours(world()),
-        "max": lambda: run_baseline(world(), AlwaysMax(model)),
-        "hpa": lambda: run_baseline(world(), HpaStyle(model)),
-        "neon": lambda: run_baseline(world(), Neon(model)),
-        "neon-ws": lambda: run_baseline(world(), NeonWorkingSet(model)),
-        "oracle": lambda: run_oracle(demand, model),
+    ours = run_ours(world())
+    outcomes = {
+        "ours": ours,
+        # Without a second of zero demand there is no idle gap, and Auto waits as the fixed wait does.
+        "ours-auto": run_ours(world(), auto_idle=True) if (demand == 0).any() else ours,
+        "max": run_baseline(world(), AlwaysMax(model)),
+        "hpa": run_baseline(world(), HpaStyle(model)),
+        "neon": run_baseline(world(), Neon(model)),
+        "neon-ws": run_baseline(world(), NeonWorkingSet(model)),
+        "oracle": run_oracle(demand, model),
     }
     scores: dict[str, Score] = {}
     series: dict[str, np.ndarray] = {"demand": _buckets(demand)}
-    for name, run in runners.items():
-        outcome = run()
+    for name, outcome in outcomes.items():
         scores[name] = Score()
         scores[name].add(demand, outcome)
         series[name] = _buckets(outcome.capacity)
-    return scores, series
+    return job.trace, scores, series
 
 
 def _buckets(values: np.ndarray) -> np.ndarray:
@@ -461,44 +493,114 @@ def _buckets(values: np.ndarray) -> np.ndarray:
 @dataclass
 class TraceResult:
     name: str
+    family: str
     scores: dict[str, Score]
     series: dict[str, np.ndarray]
     databases: int
 
+    def ratio(self, policy_name: str) -> float:
+        oracle = self.scores["oracle"].cu_seconds
+        return self.scores[policy_name].cu_seconds / oracle if oracle else 1.0
 
-def simulate(trace: Trace, model: Model, *, workers: int) -> TraceResult:
+    def goals(self) -> dict[str, bool]:
+        """The issue's three goals for this trace: cost, under-provisioning, and not dominated."""
+        ours = self.scores["ours"]
+        dominated_by = [
+            name
+            for name in BASELINES
+            if self.scores[name].cu_seconds < ours.cu_seconds
+            and self.scores[name].underprovisioned < ours.underprovisioned
+        ]
+        return {
+            "cost": self.ratio("ours") <= RATIO_GOAL,
+            "short": ours.underprovisioned <= self.scores["max"].underprovisioned + SHORT_MARGIN,
+            "undominated": not dominated_by,
+        }
+
+
+def simulate(traces: Sequence[Trace], model: Model, *, workers: int) -> list[TraceResult]:
+    """Every database of every trace as one job, the longest first, so two workers stay busy."""
     jobs = [
-        (demand, trace.data_bytes.get(name, model.data_bytes), model) for name, demand in trace.demand.items()
+        Job(index, demand, trace.data_bytes.get(name, model.data_bytes), model)
+        for index, trace in enumerate(traces)
+        for name, demand in trace.demand.items()
     ]
+    jobs.sort(key=lambda job: -int(np.count_nonzero(job.demand)))
     if workers > 1 and len(jobs) > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = pool.map(simulate_database, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+            results = list(pool.imap_unordered(simulate_database, jobs))
     else:
         results = [simulate_database(job) for job in jobs]
-    scores = {name: Score() for name in POLICIES}
-    series: dict[str, np.ndarray] = {}
-    for db_scores, db_series in results:
+    out = [TraceResult(t.name, t.family, {n: Score() for n in POLICIES}, {}, len(t.demand)) for t in traces]
+    for index, db_scores, db_series in results:
+        result = out[index]
         for name, score in db_scores.items():
-            scores[name].merge(score)
+            result.scores[name].merge(score)
         for name, values in db_series.items():
-            series[name] = series[name] + values if name in series else values.copy()
-    return TraceResult(trace.name, scores, series, len(jobs))
+            result.series[name] = result.series[name] + values if name in result.series else values.copy()
+    return out
 
 
 def table(results: Sequence[TraceResult]) -> str:
     lines = [
-        f"{'trace':<14}{'policy':<8}{'CU-hours':>11}{'vs oracle':>11}{'under-prov':>12}"
+        f"{'trace':<18}{'policy':<10}{'CU-hours':>9}{'vs oracle':>11}{'under-prov':>12}"
         f"{'resizes':>9}{'pauses':>8}{'wakes':>7}"
     ]
     for result in results:
-        oracle = result.scores["oracle"].cu_hours
         for name in POLICIES:
             score = result.scores[name]
             lines.append(
-                f"{result.name:<14}{name:<8}{score.cu_hours:>11.1f}{score.cu_hours / oracle:>11.3f}"
+                f"{result.name:<18}{name:<10}{score.cu_hours:>9.1f}{result.ratio(name):>11.3f}"
                 f"{score.underprovisioned:>12.4f}{score.resizes:>9}{score.pauses:>8}{score.wakes:>7}"
             )
     return "\n".join(lines)
+
+
+def family_table(results: Sequence[TraceResult]) -> str:
+    """Per family, summed over its traces: each policy's CU-hours against the oracle's, and time short."""
+    columns = ("ours", "hpa", "neon", "neon-ws", "max")
+    lines = [f"{'family':<15}" + "".join(f"{name:>17}" for name in columns)]
+    for family, group in _by_family(results).items():
+        total = totals(group)
+        oracle = total["oracle"].cu_seconds
+        cells = "".join(
+            f"{f'{total[n].cu_seconds / oracle:.2f}x / {100 * total[n].underprovisioned:.2f}%':>17}"
+            for n in columns
+        )
+        lines.append(f"{family:<15}{cells}")
+    return "\n".join(lines)
+
+
+def goals_table(results: Sequence[TraceResult]) -> str:
+    """Per family: on how many traces each goal holds, and the worst trace for the first two."""
+    lines = [
+        f"{'family':<15}{'traces':>7}{'<=1.20x':>9}{'short ok':>10}{'undominated':>13}"
+        f"{'worst x':>9}{'worst short-max':>17}"
+    ]
+    for family, group in _by_family(results).items():
+        met = [r.goals() for r in group]
+        worst_ratio = max(r.ratio("ours") for r in group)
+        worst_excess = max(
+            r.scores["ours"].underprovisioned - r.scores["max"].underprovisioned for r in group
+        )
+        lines.append(
+            f"{family:<15}{len(group):>7}{sum(m['cost'] for m in met):>9}{sum(m['short'] for m in met):>10}"
+            f"{sum(m['undominated'] for m in met):>13}{worst_ratio:>9.3f}{100 * worst_excess:>16.2f}%"
+        )
+    every = [r.goals() for r in results]
+    lines.append(
+        f"all goals met on {sum(all(m.values()) for m in every)} of {len(every)} traces "
+        f"(cost {sum(m['cost'] for m in every)}, short {sum(m['short'] for m in every)}, "
+        f"undominated {sum(m['undominated'] for m in every)})"
+    )
+    return "\n".join(lines)
+
+
+def _by_family(results: Sequence[TraceResult]) -> dict[str, list[TraceResult]]:
+    groups: dict[str, list[TraceResult]] = {}
+    for result in results:
+        groups.setdefault(result.family or result.name, []).append(result)
+    return groups
 
 
 def totals(results: Sequence[TraceResult]) -> dict[str, Score]:
@@ -510,12 +612,16 @@ def totals(results: Sequence[TraceResult]) -> dict[str, Score]:
 
 
 def plot(results: Sequence[TraceResult], path: Path) -> None:
+    """One panel per family: its first trace, demand against every policy's capacity."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(results), 1, figsize=(13, 3.6 * len(results)), squeeze=False)
+    shown = [group[0] for group in _by_family(results).values()]
+    columns = 2 if len(shown) > 1 else 1
+    rows = math.ceil(len(shown) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(9 * columns, 3.4 * rows), squeeze=False)
     colours = {
         "ours": "#d62728",
         "max": "#7f7f7f",
@@ -524,7 +630,9 @@ def plot(results: Sequence[TraceResult], path: Path) -> None:
         "neon-ws": "#98df8a",
         "oracle": "#000000",
     }
-    for axis, result in zip(axes[:, 0], results, strict=True):
+    for axis in axes.flat[len(shown) :]:
+        axis.set_visible(False)
+    for axis, result in zip(axes.flat, shown, strict=False):
         hours = np.arange(len(result.series["demand"])) * PLOT_BUCKET / 3600
         axis.fill_between(
             hours, result.series["demand"], color="#ffbb78", alpha=0.7, label="demand", step="mid"
@@ -536,60 +644,116 @@ def plot(results: Sequence[TraceResult], path: Path) -> None:
                 result.series[name],
                 style,
                 color=colours[name],
-                linewidth=1.1 if name != "ours" else 1.6,
-                label=f"{name} ({result.scores[name].cu_hours:.0f} CU-h, "
+                linewidth=1.0 if name != "ours" else 1.5,
+                label=f"{name} ({result.ratio(name):.2f}x, "
                 f"{100 * result.scores[name].underprovisioned:.2f}% short)",
             )
-        suffix = f" ({result.databases} databases, summed)" if result.databases > 1 else ""
-        axis.set_title(f"{result.name}{suffix}: capacity against demand, minute averages")
+        suffix = f", {result.databases} databases summed" if result.databases > 1 else ""
+        axis.set_title(f"{result.name}{suffix}", fontsize=10)
         axis.set_xlabel("hours")
         axis.set_ylabel("compute units")
-        axis.legend(loc="upper right", fontsize=8, ncols=2)
+        axis.legend(loc="upper right", fontsize=7, ncols=2)
         axis.set_xlim(0, hours[-1] if len(hours) else 1)
+    figure.suptitle("capacity against demand, minute averages: CU-hours against the oracle's, time short")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=90)
+
+
+def figures(results: Sequence[TraceResult]) -> dict[str, float]:
+    """The last line: every trace pooled, each policy's CU-hours against the oracle's, and time short."""
+    total = totals(results)
+    oracle = total["oracle"].cu_hours
+    out: dict[str, float] = {}
+    for name in ("ours", "hpa", "neon", "neon-ws"):
+        key = name.replace("-", "")
+        out[f"{key}_vs_oracle"] = total[name].cu_hours / oracle
+        out[f"{key}_underprovisioned"] = total[name].underprovisioned
+    out["max_underprovisioned"] = total["max"].underprovisioned
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trace", type=Path, help="a CSV trace to run instead of the shipped ones")
+    parser.add_argument("--trace", type=Path, action="append", help="a CSV trace to run (repeatable)")
+    parser.add_argument("--set", choices=("held-out", "tuning"), default="held-out", dest="seed_set")
+    parser.add_argument("--family", action="append", choices=FAMILIES, help="only these families")
+    parser.add_argument("--seeds", type=int, nargs="+", help="these seeds instead of the set's")
+    parser.add_argument("--metric-lag", type=int, nargs="+", default=[Model.metric_lag], metavar="S")
+    parser.add_argument("--resize-latency", type=int, default=Model.resize_latency, metavar="S")
     parser.add_argument("--plot", type=Path, help="draw demand and capacities to this PNG")
-    parser.add_argument("--seed", type=int, default=20261126)
     parser.add_argument("--workers", type=int, default=max(1, multiprocessing.cpu_count()))
-    parser.add_argument("--write-traces", type=Path, help="also write the shipped traces as CSV files here")
+    parser.add_argument("--write-traces", type=Path, help="also write the traces as CSV files here")
+    parser.add_argument("--name", help="the report's name (default: from the set, lag and latency)")
     args = parser.parse_args()
-    model = Model()
-    traces = [read_csv(args.trace)] if args.trace else shipped(args.seed)
+    if args.trace:
+        traces = [read_csv(path) for path in args.trace]
+    else:
+        seeds = args.seeds or (HELD_OUT_SEEDS if args.seed_set == "held-out" else TUNING_SEEDS)
+        traces = library(seeds, args.family or FAMILIES)
     if args.write_traces:
-        from traces import write_csv
-
         args.write_traces.mkdir(parents=True, exist_ok=True)
         for trace in traces:
-            write_csv(trace, args.write_traces / f"{trace.name}.csv")
-    started = time.monotonic()
-    results = [simulate(trace, model, workers=args.workers) for trace in traces]
-    print(
-        f"model: metric lag {model.metric_lag}s, resize latency {model.resize_latency}s, "
-        f"wake latency {model.wake_latency}s, idleAfter {model.idle_after}s, "
-        f"capacity [{model.min_cu}, {model.max_cu}] CU; simulated in {time.monotonic() - started:.0f}s"
-    )
-    print(table(results))
-    if args.plot:
-        plot(results, args.plot)
-        print(f"plot: {args.plot}")
-    total = totals(results)
-    oracle = total["oracle"].cu_hours
-    figures = {}
-    for name in ("ours", "hpa", "neon"):
-        figures[f"{name}_vs_oracle"] = total[name].cu_hours / oracle
-        figures[f"{name}_underprovisioned"] = total[name].underprovisioned
+            write_csv(trace, args.write_traces / f"{trace.name.replace('/', '-')}.csv")
+    results: list[TraceResult] = []
+    detail: dict[str, Any] = {"traces": [t.name for t in traces]}
+    for lag in args.metric_lag:
+        model = Model(metric_lag=lag, resize_latency=args.resize_latency)
+        started = time.monotonic()
+        run = simulate(traces, model, workers=args.workers)
+        print(
+            f"model: metric lag {model.metric_lag}s, resize latency {model.resize_latency}s, "
+            f"wake latency {model.wake_latency}s, idleAfter {model.idle_after}s, "
+            f"capacity [{model.min_cu}, {model.max_cu}] CU; {len(traces)} traces simulated in "
+            f"{time.monotonic() - started:.0f}s"
+        )
+        print(table(run))
+        print(family_table(run))
+        print(goals_table(run))
+        detail[f"lag{lag}"] = {
+            "results": [
+                {
+                    "trace": r.name,
+                    "family": r.family,
+                    "goals": r.goals(),
+                    "policies": {
+                        name: {
+                            "cu_hours": round(score.cu_hours, 3),
+                            "vs_oracle": round(r.ratio(name), 4),
+                            "underprovisioned": round(score.underprovisioned, 6),
+                            "resizes": score.resizes,
+                            "pauses": score.pauses,
+                            "wakes": score.wakes,
+                        }
+                        for name, score in r.scores.items()
+                    },
+                }
+                for r in run
+            ],
+            "table": table(run).splitlines(),
+            "families": family_table(run).splitlines(),
+            "goals": goals_table(run).splitlines(),
+            "figures": figures(run),
+        }
+        results += run
+        if args.plot and lag == args.metric_lag[0]:
+            plot(run, args.plot)
+            print(f"plot: {args.plot}")
     from common import report
 
-    report(
-        "simulate" if not args.trace else f"simulate-{args.trace.stem}",
-        figures,
-        {"traces": [r.name for r in results], "table": table(results).splitlines()},
-    )
+    report(args.name or _report_name(args), figures(results), detail)
+
+
+def _report_name(args: argparse.Namespace) -> str:
+    if args.trace:
+        return "simulate-" + "-".join(path.stem for path in args.trace)
+    parts = ["simulate"]
+    if args.seed_set == "tuning" or args.seeds or args.family:
+        parts.append(args.seed_set if not args.seeds else "seeds")
+    if args.metric_lag != [Model.metric_lag]:
+        parts.append("lag" + "-".join(str(lag) for lag in args.metric_lag))
+    if args.resize_latency != Model.resize_latency:
+        parts.append(f"resize{args.resize_latency}")
+    return "-".join(parts)
 
 
 if __name__ == "__main__":
