@@ -292,7 +292,8 @@ class Learned:
     surges: tuple[LoadSample, ...] = ()
     """Recent jumps in load, oldest first: recurring ones are held for, periodic ones pre-warmed for."""
     grown_at: datetime | None = None
-    """When capacity last grew because CPU was saturated: readings from before it landed saw the old size."""
+    """When capacity last grew because CPU was saturated: readings from before it landed saw the old size.
+    Cleared once it shrinks."""
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,7 @@ def size(
         floor=floor,
         step=tuning.scale_down_step,
     )
+    grew = found.saturated and capacity > current
     return Sizing(
         goal=found,
         capacity=clamp(capacity, spec.capacity),
@@ -227,6 +228,7 @@ def size(
             shortfalls=shortfalls,
             cache_peaks=cache_peaks,
             surges=jumps,
-            grown_at=now if found.saturated and capacity > current else learned.grown_at,
+            # Forgotten once it shrinks: saturation at the smaller size is news, however soon.
+            grown_at=now if grew else None if capacity < current else learned.grown_at,
         ),
     )

@@ -229,6 +229,27 @@ def test_a_saturated_reading_from_before_the_last_growth_does_not_grow_it_again(
     assert plan.decide(db=db, compute=running(3.0), observation=at_three, now=seen).capacity == 4.0
 
 
+def test_saturation_after_a_shrink_grows_it_again_however_soon() -> None:
+    """A short scaleDownDelay can take the growth back within a lag of it: the next saturation is news."""
+    quick = types.ScalingSpec(scale_down_delay=timedelta(seconds=2))
+    db = database(current=0.25, scaling=quick)
+    saturated = [replace(reading(0.25, at=NOW + TICK * i), cpu_throttled=0.9) for i in range(8)]
+    idle = [reading(0.05, at=NOW + TICK * i) for i in range(8)]
+    current, sizes = 0.25, []
+    for i, observation in enumerate([saturated[0], *idle[1:4], *saturated[4:8]]):
+        now = NOW + TICK * i
+        got = plan.decide(db=db, compute=running(current), observation=observation, now=now)
+        db = replace(db, status=status_of.next_status(db, status_of.Outcome(got, running(current)), now))
+        current = got.capacity if got.action is Action.RESIZE and got.capacity is not None else current
+        sizes.append(current)
+    assert sizes[0] == 0.75  # saturated at 0.25: three times that at once
+    shrunk = sizes.index(0.25, 1)
+    assert shrunk < 4  # the load went, and the short window gave it back
+    # saturated at 0.25 again: three times that at once, not held as old news of the first growth,
+    # and then held while the readings still describe the size before it
+    assert sizes[4:] == [0.75] * 4
+
+
 # -- jumps that recur -----------------------------------------------------------------------------
 
 
