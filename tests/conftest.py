@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from kubeapi import KubeApiDouble
 from support.cluster import cluster
 from support.operator import Operator, running_operator
@@ -15,6 +16,10 @@ from support.postgres import Server, running_server
 from support.requirements import require_postgres
 
 from controller.runtime.local import accounts
+
+# Property tests judge what is decided, not how fast: on a busy machine an example's time is noise.
+settings.register_profile("untimed", deadline=None)
+settings.load_profile("untimed")
 
 
 @pytest.fixture
