@@ -128,6 +128,24 @@ def render(spec: types.DatabaseSpec, capacity: float, layout: Layout) -> str:
     return "\n".join(lines) + "\n"
 
 
+POOL_SIZE_SETTINGS = ("default_pool_size", "max_db_connections")
+"""What a resize changes: set on the console (`resize`), never by a reload."""
+
+
+def needs_reload(before: str, after: str) -> bool:
+    """Whether a running pooler must read its configuration again to go from `before` to `after`.
+
+    Not for the pool size alone: a RELOAD drops the server connections still logging in, and
+    PgBouncer then turns every waiting client away for server_login_retry, which a wake (when the
+    size changes) would turn into refused clients.
+    """
+
+    def shape(ini: str) -> list[str]:
+        return [line for line in ini.splitlines() if line.split(" = ", 1)[0] not in POOL_SIZE_SETTINGS]
+
+    return shape(before) != shape(after)
+
+
 def with_prepared_statements(ini: str) -> str:
     """The file for PgBouncer 1.21 and later: protocol-level prepared statements in transaction mode."""
     return ini + f"max_prepared_statements = {MAX_PREPARED_STATEMENTS}\n"
@@ -144,7 +162,7 @@ class Secrets:
 
 def auth_file(secrets: Secrets) -> str:
     """PgBouncer's auth_file: one `"user" "secret"` line per login."""
-    entries = {**secrets.verifiers, ADMIN_USER: roles.scram_verifier(secrets.admin_password)}
+    entries = {**secrets.verifiers, ADMIN_USER: roles.role_verifier(secrets.admin_password)}
     return "".join(f'"{_quoted(user)}" "{_quoted(secret)}"\n' for user, secret in sorted(entries.items()))
 
 
@@ -254,7 +272,7 @@ async def read(console: Console) -> Stats:
 
 def _resize(console: Console, pool: int) -> None:
     with _connect(console) as conn:
-        for name in ("default_pool_size", "max_db_connections"):
+        for name in POOL_SIZE_SETTINGS:
             conn.execute(f"SET {name} = {int(pool)}")
 
 

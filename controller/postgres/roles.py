@@ -88,7 +88,8 @@ def plan(desired: Desired, catalog: Catalog) -> list[Statement]:
         out.append(sql("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE").format(ident(APP_ROLE)))
     elif not app.login or app.superuser:
         out.append(sql("ALTER ROLE {} LOGIN NOSUPERUSER").format(ident(APP_ROLE)))
-    if app is None or app.password != (verifier := role_verifier(desired.app_password)):
+    verifier = role_verifier(desired.app_password)
+    if app is None or app.password != verifier:
         out.append(sql("ALTER ROLE {} PASSWORD {}").format(ident(APP_ROLE), literal(verifier)))
     if APP_DATABASE not in catalog.databases:
         out.append(sql("CREATE DATABASE {} OWNER {}").format(ident(APP_DATABASE), ident(APP_ROLE)))
@@ -103,7 +104,8 @@ def plan(desired: Desired, catalog: Catalog) -> list[Statement]:
             out.append(sql("CREATE ROLE {} LOGIN SUPERUSER").format(ident(SUPERUSER_ROLE)))
         elif not superuser.login or not superuser.superuser:
             out.append(sql("ALTER ROLE {} LOGIN SUPERUSER").format(ident(SUPERUSER_ROLE)))
-        if superuser is None or superuser.password != (verifier := role_verifier(desired.superuser_password)):
+        verifier = role_verifier(desired.superuser_password)
+        if superuser is None or superuser.password != verifier:
             out.append(sql("ALTER ROLE {} PASSWORD {}").format(ident(SUPERUSER_ROLE), literal(verifier)))
     elif superuser is not None and (superuser.login or superuser.password is not None):
         out.append(sql("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(ident(SUPERUSER_ROLE)))

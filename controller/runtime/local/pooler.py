@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from controller.api import types
+from controller.postgres import pooler
 from controller.runtime.base import PermanentError, TransientError
 from controller.runtime.local import files
 from controller.runtime.local.accounts import ServerUser
@@ -60,16 +61,20 @@ class Pooler:
     # -- files -----------------------------------------------------------------------------------
 
     def write(self, ini: str, users: str) -> bool:
-        """Write the configuration and the logins where they differ; returns whether anything changed."""
+        """Write the configuration and the logins where they differ; returns whether a running
+        pooler must reload them (not for a new pool size: the console sets that)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.directory.chmod(0o711)
         changed = False
         for path, text, mode in ((self.config, ini, 0o644), (self.users, users, 0o640)):
-            with contextlib.suppress(FileNotFoundError):
-                if path.read_text() == text:
-                    continue
+            try:
+                before = path.read_text()
+            except FileNotFoundError:
+                before = ""
+            if before == text:
+                continue
             files.write_private(path, text, mode=mode if self.user.switches else 0o600)
-            changed = True
+            changed = changed or path != self.config or pooler.needs_reload(before, text)
         if self.user.switches:
             # Root's file, readable by the pooler's group only: the pooler cannot rewrite its logins.
             os.chown(self.users, 0, self.user.gid, follow_symlinks=False)

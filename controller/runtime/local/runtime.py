@@ -691,8 +691,11 @@ class Endpoint:
     """The identity endpoint's port, where a token is the password; None without one."""
 
 
-def read_endpoint(state_dir: Path, key: str, *, superuser: bool = False) -> Endpoint | None:
-    """The application role's way in (or the clients' superuser's), from the database's files."""
+def read_endpoint(
+    state_dir: Path, key: str, *, superuser: bool = False, pooled: bool = False
+) -> Endpoint | None:
+    """The application role's way in (or the clients' superuser's), from the database's files; with
+    `pooled`, through its pooler's port."""
     directory = database_directory(state_dir, key)
     credentials = Credentials(directory)
     try:
@@ -700,7 +703,7 @@ def read_endpoint(state_dir: Path, key: str, *, superuser: bool = False) -> Endp
         password = credentials.read(credentials.superuser if superuser else credentials.app)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    port = state.get("endpointPort")
+    port = state.get("poolerPort" if pooled else "endpointPort")
     if not isinstance(port, int):
         return None
     identity = state.get("identityPort")
