@@ -47,7 +47,7 @@ def server_idle_timeout(spec: types.DatabaseSpec) -> int:
     as activity; closing it within a tenth of autoPause.idleAfter (30 s at most) lets an idle pooled
     database pause at most that much later than a direct one.
     """
-    seconds = min(spec.auto_pause.idle_after, SERVER_IDLE_TIMEOUT_MAX).total_seconds() / 10
+    seconds = min(spec.auto_pause.idle_after / 10, SERVER_IDLE_TIMEOUT_MAX).total_seconds()
     return max(1, math.ceil(seconds)) if spec.auto_pause.enabled else 600
 
 
