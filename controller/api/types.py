@@ -202,8 +202,8 @@ MAX_CLIENT_CONNECTIONS_LIMIT = 100_000
 @dataclass(frozen=True)
 class PoolingSpec:
     enabled: bool = False
-    """Run a pooler (PgBouncer) in front of the database: `NAME-pooler` in a cluster, a port of its own
-    locally."""
+    """Run a pooler (PgBouncer) in front of the database: a port of its own on the local runtime (a
+    cluster does not run it yet, and says so in the Degraded condition)."""
     mode: PoolMode = PoolMode.TRANSACTION
     max_client_connections: int = 10_000
     """Clients the pooler holds at once; each beyond it is refused."""
