@@ -7,7 +7,11 @@ from one server connection to the next, so psycopg clients set `prepare_threshol
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import threading
+import urllib.error
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -186,3 +190,39 @@ def test_turning_pooling_off_stops_the_pooler_and_the_endpoint_stays(fast: Opera
     assert "spec.pooling.enabled" in err
     with fast.connect("switch") as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+
+
+def test_a_pooler_that_dies_is_started_again_and_a_restarted_operator_keeps_it(fast: Operator) -> None:
+    fast.apply(pooled("sturdy", superuserAccess=True))
+    fast.wait_phase("sturdy", types.Phase.ACTIVE)
+    dsn = pooled_dsn(fast, "sturdy")
+    with connect(pooled_dsn(fast, "sturdy", "--superuser")) as conn:
+        assert conn.execute("select current_user, current_database()").fetchone() == ("superuser", "postgres")
+    record = fast.pgdata("sturdy").parent / "pooler" / "pooler.json"
+    first = json.loads(record.read_text())["pid"]
+    os.kill(first, signal.SIGKILL)
+
+    def serves() -> bool:
+        try:
+            with connect(dsn, connect_timeout=2) as conn:
+                return conn.execute("select 1").fetchone() == (1,)
+        except psycopg.OperationalError:
+            return False
+
+    wait_for(serves, timeout=30, what="the pooler to be started again")
+    second = json.loads(record.read_text())["pid"]
+    assert second != first
+    fast.kill()  # the pooler has a session of its own: it outlives the operator's SIGKILL
+    assert serves()
+    fast.start()
+
+    def read_by_the_restarted_operator() -> bool:
+        # It reads the pooler's console once it has taken the pooler back (and serves /metrics).
+        try:
+            return fast.metric("sdb_pooler_transactions_total", database="sturdy") > 0
+        except urllib.error.URLError:
+            return False
+
+    wait_for(read_by_the_restarted_operator, timeout=30, what="the restarted operator to read the pooler")
+    assert serves()
+    assert json.loads(record.read_text())["pid"] == second  # adopted, not started twice
