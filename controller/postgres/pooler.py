@@ -35,8 +35,6 @@ ADMIN_DATABASE = "pgbouncer"
 SUPERUSER_POOL_SIZE = 5
 """Server connections for the clients' superuser's own database: administration, not traffic."""
 SERVER_IDLE_TIMEOUT_MAX = timedelta(seconds=30)
-MAX_PREPARED_STATEMENTS = 200
-"""Per server connection, for PgBouncer 1.21+ (protocol-level prepared statements in transaction mode)."""
 CONNECT_TIMEOUT_SECONDS = 5
 
 
@@ -70,7 +68,6 @@ class Layout:
     server_port: int
     auth_file: str
     tls: Tls | None = None
-    pidfile: str = ""
     server_tls_sslmode: str = "prefer"
 
 
@@ -112,8 +109,6 @@ def render(spec: types.DatabaseSpec, capacity: float, layout: Layout) -> str:
         "syslog": "0",
         "server_tls_sslmode": layout.server_tls_sslmode,
     }
-    if layout.pidfile:
-        settings["pidfile"] = layout.pidfile
     if layout.tls is not None:
         settings |= {
             "client_tls_sslmode": "require" if spec.tls.required else "allow",
@@ -144,11 +139,6 @@ def needs_reload(before: str, after: str) -> bool:
         return [line for line in ini.splitlines() if line.split(" = ", 1)[0] not in POOL_SIZE_SETTINGS]
 
     return shape(before) != shape(after)
-
-
-def with_prepared_statements(ini: str) -> str:
-    """The file for PgBouncer 1.21 and later: protocol-level prepared statements in transaction mode."""
-    return ini + f"max_prepared_statements = {MAX_PREPARED_STATEMENTS}\n"
 
 
 @dataclass(frozen=True)
