@@ -35,6 +35,7 @@ def decode_spec(raw: Mapping[str, Any] | None) -> types.DatabaseSpec:
     scaling = raw.get("scaling") or {}
     pause = raw.get("autoPause") or {}
     park = raw.get("autoPark") or {}
+    pooling = raw.get("pooling") or {}
     d = types.DatabaseSpec()
     return types.DatabaseSpec(
         postgres=types.PostgresSpec(
@@ -85,6 +86,11 @@ def decode_spec(raw: Mapping[str, Any] | None) -> types.DatabaseSpec:
             identities=tuple(decode_identity(i) for i in (raw.get("access") or {}).get("identities") or ()),
         ),
         tls=types.TlsSpec(required=bool((raw.get("tls") or {}).get("required", d.tls.required))),
+        pooling=types.PoolingSpec(
+            enabled=bool(pooling.get("enabled", d.pooling.enabled)),
+            mode=types.PoolMode(pooling.get("mode", d.pooling.mode.value)),
+            max_client_connections=int(pooling.get("maxClientConnections", d.pooling.max_client_connections)),
+        ),
     )
 
 
@@ -158,6 +164,11 @@ def encode_spec(spec: types.DatabaseSpec) -> dict[str, Any]:
         "superuserAccess": spec.superuser_access,
         "access": _encode_access(spec.access),
         "tls": {"required": spec.tls.required},
+        "pooling": {
+            "enabled": spec.pooling.enabled,
+            "mode": spec.pooling.mode.value,
+            "maxClientConnections": spec.pooling.max_client_connections,
+        },
     }
 
 

@@ -126,6 +126,8 @@ class Reason(StrEnum):
     RESOURCE_CONFLICT = "ResourceConflict"
     """An object the database needs exists under its name and is not its own: it is never taken over."""
     SETTINGS_FAILED = "SettingsFailed"
+    POOLER_FAILED = "PoolerFailed"
+    """The pooled endpoint is asked for (spec.pooling) and does not serve."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,29 @@ class TlsSpec:
     """Refuse clients that do not use TLS (every endpoint serves it either way)."""
 
 
+class PoolMode(StrEnum):
+    """When a pooled client gives its server connection back (PgBouncer's pool_mode)."""
+
+    TRANSACTION = "transaction"
+    """After each transaction: many clients share few server connections; session state does not last."""
+    SESSION = "session"
+    """When the client disconnects: every session feature works, and each client holds a connection."""
+
+
+MAX_CLIENT_CONNECTIONS_LIMIT = 100_000
+"""The most pooled clients a spec may ask for (each costs the pooler a descriptor and a little memory)."""
+
+
+@dataclass(frozen=True)
+class PoolingSpec:
+    enabled: bool = False
+    """Run a pooler (PgBouncer) in front of the database: a port of its own on the local runtime (a
+    cluster does not run it yet, and says so in the Degraded condition)."""
+    mode: PoolMode = PoolMode.TRANSACTION
+    max_client_connections: int = 10_000
+    """Clients the pooler holds at once; each beyond it is refused."""
+
+
 @dataclass(frozen=True)
 class ServiceAccountRef:
     namespace: str
@@ -226,6 +251,7 @@ class DatabaseSpec:
     """Whether a client may have the superuser (from its own Secret, or `sdb dsn --superuser`)."""
     access: AccessSpec = field(default_factory=AccessSpec)
     tls: TlsSpec = field(default_factory=TlsSpec)
+    pooling: PoolingSpec = field(default_factory=PoolingSpec)
 
 
 def split_key(key: str) -> tuple[str, str]:

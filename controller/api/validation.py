@@ -82,9 +82,11 @@ _FIELDS: dict[str, frozenset[str]] = {
             "superuserAccess",
             "access",
             "tls",
+            "pooling",
         }
     ),
     "spec.tls": frozenset({"required"}),
+    "spec.pooling": frozenset({"enabled", "mode", "maxClientConnections"}),
     "spec.access": frozenset({"allowedNamespaces", "identities"}),
     "spec.access.identities[]": frozenset({"role", "serviceAccount", "issuer", "subject", "audience"}),
     "spec.access.identities[].serviceAccount": frozenset({"namespace", "name"}),
@@ -202,6 +204,7 @@ def validate(obj: Any) -> list[FieldError]:
     tls = check.mapping(spec.get("tls"), "spec.tls", "spec.tls")
     if "required" in tls:
         check.boolean(tls["required"], "spec.tls.required")
+    _validate_pooling(check, check.mapping(spec.get("pooling"), "spec.pooling", "spec.pooling"))
     if "state" in spec and spec["state"] not in {s.value for s in types.State}:
         allowed = ", ".join(s.value for s in types.State)
         check.fail("spec.state", f"must be one of {allowed} (got {_show(spec['state'])})")
@@ -361,6 +364,25 @@ def _validate_identities(check: _Checker, identities: Any) -> None:
                     )
         elif "issuer" not in entry or "subject" not in entry:
             check.fail(path, "needs serviceAccount, or both issuer and subject")
+
+
+def _validate_pooling(check: _Checker, pooling: Mapping[str, Any]) -> None:
+    if "enabled" in pooling:
+        check.boolean(pooling["enabled"], "spec.pooling.enabled")
+    if "mode" in pooling and pooling["mode"] not in {m.value for m in types.PoolMode}:
+        modes = " or ".join(m.value for m in types.PoolMode)
+        check.fail("spec.pooling.mode", f"must be {modes} (got {_show(_short(pooling['mode']))})")
+    if "maxClientConnections" in pooling:
+        count = pooling["maxClientConnections"]
+        if isinstance(count, bool) or not isinstance(count, int):
+            check.fail(
+                "spec.pooling.maxClientConnections", f"must be an integer (got {_show(_short(count))})"
+            )
+        elif not 1 <= count <= types.MAX_CLIENT_CONNECTIONS_LIMIT:
+            check.fail(
+                "spec.pooling.maxClientConnections",
+                f"must be between 1 and {types.MAX_CLIENT_CONNECTIONS_LIMIT} (got {count})",
+            )
 
 
 def _validate_storage(check: _Checker, storage: Mapping[str, Any]) -> None:

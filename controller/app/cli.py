@@ -196,6 +196,9 @@ def _database_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
     dsn.add_argument("name")
     dsn.add_argument("--direct", action="store_true", help="Postgres's own port, bypassing the endpoint")
     dsn.add_argument(
+        "--pooled", action="store_true", help="the pooled endpoint (PgBouncer, with spec.pooling.enabled)"
+    )
+    dsn.add_argument(
         "--show-password",
         action="store_true",
         help="the password in the URI itself (for drivers configured by a string), not in the passfile",
@@ -593,9 +596,14 @@ def _cmd_dsn(args: argparse.Namespace) -> int:
             f"superuser access is off for {db.key}: clients get the application role; "
             "set spec.superuserAccess: true to have a superuser as well"
         )
-    endpoint = runtime.read_endpoint(_state_dir(args), db.key, superuser=args.superuser)
+    if args.pooled and (args.direct or args.http or args.ws):
+        raise CliError("--pooled is an endpoint of its own: not with --direct, --http or --ws")
+    if args.pooled and not db.spec.pooling.enabled:
+        raise CliError(f"{db.key} has no pooled endpoint: set spec.pooling.enabled: true to have one")
+    endpoint = runtime.read_endpoint(_state_dir(args), db.key, superuser=args.superuser, pooled=args.pooled)
     if endpoint is None:
-        raise CliError(f"{db.key} has no endpoint yet (phase {db.status.phase.value}); is `sdb up` running?")
+        which = "pooled endpoint" if args.pooled else "endpoint"
+        raise CliError(f"{db.key} has no {which} yet (phase {db.status.phase.value}); is `sdb up` running?")
     if args.http or args.ws:
         return _driver_settings(args, db, endpoint)
     if args.identity is not None:

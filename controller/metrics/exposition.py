@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from controller.api import types
 from controller.metrics.status_counter import StatusCounter
+from controller.postgres.pooler import Stats
 
 DB_LABELS = ("namespace", "database")
 
@@ -138,6 +139,38 @@ class OperatorMetrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+        self.pooler_clients = Gauge(
+            "sdb_pooler_clients",
+            "Clients on the pooled endpoint, by state (active: paired or ready; waiting: for a server "
+            "connection, as while the database wakes).",
+            (*DB_LABELS, "state"),
+            registry=r,
+        )
+        self.pooler_servers = Gauge(
+            "sdb_pooler_server_connections",
+            "The pooler's connections to the database, by state (active or idle).",
+            (*DB_LABELS, "state"),
+            registry=r,
+        )
+        self.pooler_max_wait = Gauge(
+            "sdb_pooler_max_wait_seconds",
+            "How long the oldest waiting pooled client has waited for a server connection.",
+            DB_LABELS,
+            registry=r,
+        )
+        self.pooler_transactions = Counter(
+            "sdb_pooler_transactions", "Transactions run through the pooled endpoint.", DB_LABELS, registry=r
+        )
+        self.pooler_queries = Counter(
+            "sdb_pooler_queries", "Queries run through the pooled endpoint.", DB_LABELS, registry=r
+        )
+        self.pooler_wait_seconds = Counter(
+            "sdb_pooler_wait_seconds",
+            "Time pooled clients spent waiting for a server connection, summed.",
+            DB_LABELS,
+            registry=r,
+        )
+        self._pooler_totals: dict[tuple[str, str], Stats] = {}
         self.errors = Counter("sdb_errors", "Failed steps, by reason.", (*DB_LABELS, "reason"), registry=r)
         self.databases = Gauge("sdb_databases", "Databases the operator manages.", registry=r)
         self.queue_wait = Histogram(
@@ -176,6 +209,39 @@ class OperatorMetrics:
                     self.phase.remove(namespace, name, each.value)
         self.phase.labels(namespace, name, phase.value).set(1)
 
+    def observe_pooler(self, namespace: str, name: str, stats: Stats) -> None:
+        """One reading of a database's pooler: its gauges as read, its counters by what its totals
+        grew (PgBouncer's own totals start again at 0 when it restarts)."""
+        self.pooler_clients.labels(namespace, name, "active").set(stats.clients_active)
+        self.pooler_clients.labels(namespace, name, "waiting").set(stats.clients_waiting)
+        self.pooler_servers.labels(namespace, name, "active").set(stats.servers_active)
+        self.pooler_servers.labels(namespace, name, "idle").set(stats.servers_idle)
+        self.pooler_max_wait.labels(namespace, name).set(stats.max_wait_seconds)
+        last = self._pooler_totals.get((namespace, name))
+        for counter, now, before in (
+            (self.pooler_transactions, stats.transactions, last.transactions if last else 0),
+            (self.pooler_queries, stats.queries, last.queries if last else 0),
+            (self.pooler_wait_seconds, stats.wait_seconds, last.wait_seconds if last else 0.0),
+        ):
+            counter.labels(namespace, name).inc(now - before if now >= before else now)
+        self._pooler_totals[(namespace, name)] = stats
+
+    def forget_pooler(self, namespace: str, name: str) -> None:
+        """Drop a database's pooler series (its pooling turned off, or the database deleted)."""
+        self._pooler_totals.pop((namespace, name), None)
+        for metric in (
+            self.pooler_max_wait,
+            self.pooler_transactions,
+            self.pooler_queries,
+            self.pooler_wait_seconds,
+        ):
+            with contextlib.suppress(KeyError):
+                metric.remove(namespace, name)
+        for state in ("active", "waiting", "idle"):
+            for metric in (self.pooler_clients, self.pooler_servers):
+                with contextlib.suppress(KeyError):
+                    metric.remove(namespace, name, state)
+
     def at_rest(self, namespace: str, name: str) -> None:
         """A paused or parked database has no compute: its size and sessions are 0, and there are no
         series for the load it does not have."""
@@ -197,6 +263,7 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted database's series."""
+        self.forget_pooler(namespace, name)
         series: tuple[Gauge | Counter | Histogram | StatusCounter, ...] = (
             *self._compute_gauges(),
             self.capacity_min,

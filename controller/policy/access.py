@@ -8,8 +8,9 @@ import json
 
 from controller.api import types
 
-ACCESS_VERSION = 2
-"""Bumped when the roles the operator makes change shape, so every database gets them again."""
+ACCESS_VERSION = 3
+"""Bumped when the roles the operator makes change shape, so every database gets them again
+(2: plaintext as a role membership; 3: each role's SCRAM secret is the one the pooler holds too)."""
 
 
 def digest(spec: types.DatabaseSpec) -> str:

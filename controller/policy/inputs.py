@@ -92,6 +92,8 @@ class ComputeState:
     """False where the runtime can only advise limits (no writable cgroup)."""
     limits_message: str = ""
     endpoint: str = ""
+    pooler_message: str = ""
+    """Why the pooled endpoint (spec.pooling) does not serve, when it is asked for and does not."""
     activator_port: int | None = None
     """In a cluster, the database's port on the activator: the one status records, or the free one the
     runtime assigns it (status records it from this)."""

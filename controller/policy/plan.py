@@ -349,6 +349,8 @@ def _degraded(
             Reason.METRICS_STALE,
             f"last observation at {observation.time.isoformat()}: holding size, not pausing",
         )
+    if compute.pooler_message:
+        return Reason.POOLER_FAILED, compute.pooler_message
     if compute.compute is not Compute.ABSENT and not compute.limits_enforced:
         return (
             Reason.LIMITS_ADVISORY,

@@ -14,6 +14,8 @@ from controller.api import types, units
 CONNECTIONS_PER_GIB = 1024**3 / 9_531_392
 """Aurora's max_connections rule (memory / 9531392 bytes): 450 per compute unit, as Neon's."""
 MAX_CONNECTIONS_LIMIT = 5000
+RESERVED_CONNECTIONS = 3
+"""Connection slots only a superuser may take: the operator's monitor, its settings, a pause's recheck."""
 KIB = 1024
 MIB = 1024**2
 
@@ -53,3 +55,19 @@ def reloadable_settings(capacity: float) -> dict[str, str]:
         "max_parallel_workers_per_gather": str(min(int(cores // 2), 4)),
         "max_parallel_maintenance_workers": str(min(int(cores // 2), 4)),
     }
+
+
+POOL_SHARE = 0.9
+"""The share of a size's connections the pooler may hold (Neon's rule); the rest stay for direct clients."""
+
+
+def connections_for(capacity: float) -> int:
+    """The connections a size allows by the max_connections rule (the server's own is the ceiling's)."""
+    return min(int(capacity * units.MEMORY_PER_CU / 1024**3 * CONNECTIONS_PER_GIB), MAX_CONNECTIONS_LIMIT)
+
+
+def pool_size(spec: types.DatabaseSpec, capacity: float) -> int:
+    """The pooler's server connections at `capacity`: 90% of what the current size allows, never more
+    than the server accepts from clients (its max_connections less the operator's reserved slots)."""
+    server_limit = int(restart_settings(spec)["max_connections"]) - RESERVED_CONNECTIONS
+    return max(1, min(int(connections_for(capacity) * POOL_SHARE), server_limit))

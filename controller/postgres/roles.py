@@ -3,13 +3,15 @@ the application database (what clients get), and a superuser for clients only wh
 
 `plan` is pure, the desired roles and the observed catalog in, ordered SQL out; `apply` reads the
 catalog over the operator's own session and runs the plan. Passwords go in pre-hashed (SCRAM), so
-they never reach Postgres's logs nor the operator's.
+they never reach Postgres's logs nor the operator's; each role's secret is `role_verifier`'s, which
+the pooler checks clients against too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,16 +39,17 @@ def scram_verifier(password: str, *, salt: bytes | None = None, iterations: int 
     return f"SCRAM-SHA-256${iterations}:{b64(salt).decode()}${b64(stored).decode()}:{b64(server).decode()}"
 
 
-def matches(verifier: str | None, password: str) -> bool:
-    """Whether a stored SCRAM secret is that of `password` (so it need not be set again)."""
-    try:
-        kind, rest = (verifier or "").split("$", 1)
-        head, _ = rest.split("$", 1)
-        iterations, salt = head.split(":", 1)
-        expected = scram_verifier(password, salt=base64.b64decode(salt), iterations=int(iterations))
-    except ValueError:
-        return False
-    return kind == "SCRAM-SHA-256" and hmac.compare_digest(expected, verifier or "")
+def role_verifier(password: str) -> str:
+    """The one SCRAM secret the operator gives a role for `password`, the same wherever it is computed.
+
+    The pooler checks clients against the secret the server stores, and logs in to the server with
+    the client's SCRAM keys, which works only when both hold the very same secret. The salt is
+    derived from the password, so each runtime can compute that secret from the credentials alone,
+    even while the server is down. The passwords are the operator's own random 192 bits, so a
+    salt that is a function of them gives an attacker no table to precompute.
+    """
+    salt = hmac.new(password.encode(), b"dbscale.io/scram-salt", hashlib.sha256).digest()[:16]
+    return scram_verifier(password, salt=salt)
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,8 @@ def plan(desired: Desired, catalog: Catalog) -> list[Statement]:
         out.append(sql("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEROLE").format(ident(APP_ROLE)))
     elif not app.login or app.superuser:
         out.append(sql("ALTER ROLE {} LOGIN NOSUPERUSER").format(ident(APP_ROLE)))
-    if app is None or not matches(app.password, desired.app_password):
-        verifier = scram_verifier(desired.app_password)
+    verifier = role_verifier(desired.app_password)
+    if app is None or app.password != verifier:
         out.append(sql("ALTER ROLE {} PASSWORD {}").format(ident(APP_ROLE), literal(verifier)))
     if APP_DATABASE not in catalog.databases:
         out.append(sql("CREATE DATABASE {} OWNER {}").format(ident(APP_DATABASE), ident(APP_ROLE)))
@@ -101,8 +104,8 @@ def plan(desired: Desired, catalog: Catalog) -> list[Statement]:
             out.append(sql("CREATE ROLE {} LOGIN SUPERUSER").format(ident(SUPERUSER_ROLE)))
         elif not superuser.login or not superuser.superuser:
             out.append(sql("ALTER ROLE {} LOGIN SUPERUSER").format(ident(SUPERUSER_ROLE)))
-        if superuser is None or not matches(superuser.password, desired.superuser_password):
-            verifier = scram_verifier(desired.superuser_password)
+        verifier = role_verifier(desired.superuser_password)
+        if superuser is None or superuser.password != verifier:
             out.append(sql("ALTER ROLE {} PASSWORD {}").format(ident(SUPERUSER_ROLE), literal(verifier)))
     elif superuser is not None and (superuser.login or superuser.password is not None):
         out.append(sql("ALTER ROLE {} NOLOGIN PASSWORD NULL").format(ident(SUPERUSER_ROLE)))

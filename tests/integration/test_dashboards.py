@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from support.operator import Operator, database, wait_for
 from support.prometheus import Prometheus, Target, running_prometheus
-from support.requirements import require_postgres
+from support.requirements import require_pgbouncer, require_postgres
 
 from controller.api import types
 from controller.runtime.local.runtime import free_port
@@ -135,8 +136,9 @@ SPEC: dict[str, Any] = {
     "autoPause": {"idleAfter": "1s"},
     "autoPark": {"idleAfter": "2s"},
     "scaling": {"scaleDownDelay": "1s"},
+    "pooling": {"enabled": True},
 }
-"""orders: quick to pause and park, quick to scale down."""
+"""orders: quick to pause and park, quick to scale down, with a pooled endpoint."""
 
 
 @dataclass
@@ -151,6 +153,7 @@ class Lived:
 @pytest.fixture(scope="module")
 def lived() -> Iterator[Lived]:
     require_postgres()
+    require_pgbouncer()
     root = Path(tempfile.mkdtemp(prefix="sdb-dashboards-"))
     operator = Operator(root / "state", tick=0.2, metrics_port=free_port())
     operator.start()
@@ -195,6 +198,12 @@ def live_a_little(operator: Operator, prometheus: Prometheus) -> None:
             seen(prometheus, 'sdb_resizes_total{database="orders", direction="up"}', ups)
         operator.apply(database("orders", **SPEC))
         seen(prometheus, 'sdb_resizes_total{database="orders", direction="down"}', 1)
+        # Through the pooler too: its clients and transactions, for the pooled endpoint's panels.
+        pooled = operator.sdb("dsn", "orders", "--pooled")[1].strip()
+        for transactions in (1, 2):
+            with psycopg.connect(pooled, autocommit=True, prepare_threshold=None) as conn:
+                conn.execute("select 1")
+            seen(prometheus, f"sdb_pooler_transactions_total{orders}", transactions)
     seen(prometheus, f"sdb_parks_total{orders}", 1)  # paused, then parked
     for wakes in (1, 2):
         with operator.connect("orders") as conn:  # wakes it

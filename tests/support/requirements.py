@@ -32,3 +32,14 @@ def require_commands(*names: str, package: str) -> None:
     absent = [name for name in names if shutil.which(name) is None]
     if absent:
         missing(f"{' and '.join(absent)} on PATH (Debian's {package}; ./dev test installs it)")
+
+
+def require_pgbouncer() -> str:
+    """PgBouncer's executable, where the local runtime finds it (Debian's is in /usr/sbin)."""
+    from controller.runtime.base import PermanentError
+    from controller.runtime.local import pooler
+
+    try:
+        return pooler.binary()
+    except PermanentError as error:
+        missing(f"PgBouncer ({error.message}; ./dev test installs it)")

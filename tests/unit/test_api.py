@@ -109,6 +109,33 @@ BAD_SPECS = [
         {"postgres": {"version": "sixteen"}}, "spec.postgres.version", "major version", id="bad-version"
     ),
     pytest.param({"tls": {"required": "yes"}}, "spec.tls.required", "true or false", id="tls-required-word"),
+    pytest.param(
+        {"pooling": {"enabled": 1}}, "spec.pooling.enabled", "true or false", id="pooling-enabled-1"
+    ),
+    pytest.param(
+        {"pooling": {"mode": "statement"}},
+        "spec.pooling.mode",
+        "must be transaction or session (got 'statement')",
+        id="pooling-statement-mode",
+    ),
+    pytest.param(
+        {"pooling": {"maxClientConnections": 0}},
+        "spec.pooling.maxClientConnections",
+        "between 1 and 100000",
+        id="pooling-no-clients",
+    ),
+    pytest.param(
+        {"pooling": {"maxClientConnections": 1_000_000}},
+        "spec.pooling.maxClientConnections",
+        "between 1 and 100000",
+        id="pooling-a-million-clients",
+    ),
+    pytest.param(
+        {"pooling": {"maxClientConnections": "many"}},
+        "spec.pooling.maxClientConnections",
+        "must be an integer",
+        id="pooling-clients-word",
+    ),
     # Each of these ran a command, loaded a library, wrote outside the database or re-set how the
     # server is reached, when a spec could set them (the tenant-boundary review).
     *[

@@ -35,6 +35,11 @@ log = structlog.get_logger("runtime.kubernetes")
 
 READ_OWN_WRITE_SECONDS = 2.0
 """How long a step waits for the watch to bring the runtime's own last write before it goes on."""
+POOLING_UNSERVED = (
+    "spec.pooling is served by the local runtime only so far: this cluster has no <name>-pooler; "
+    "clients use the database's own endpoint"
+)
+"""Said in the Degraded condition rather than leaving a pooled endpoint that is asked for silently absent."""
 
 Locate = Callable[[Mapping[str, Any]], tuple[str, int] | None]
 """Where the operator reaches a pod's Postgres: (host, port), or None while it has no address."""
@@ -216,6 +221,7 @@ class KubernetesRuntime:
             resize_pending_since=resize.pending_since,
             endpoint=f"{db.metadata.name}.{db.metadata.namespace}.svc:{builders.POSTGRES_PORT}",
             activator_port=self._activator_port(db),
+            pooler_message=POOLING_UNSERVED if db.spec.pooling.enabled else "",
         )
 
     def _route(self, db: types.ServerlessDatabase, pod: dict[str, Any] | None) -> Route:

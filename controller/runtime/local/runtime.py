@@ -8,7 +8,9 @@ Per database, under `<state>/databases/<namespace>/<name>/` (the operator's own 
   server.json       the operator's record of the server (its port, how far initdb got)
   password          the operator's superuser password; app-password the application role's;
   superuser-password  the clients' superuser's, when spec.superuserAccess (all 0600, never logged)
-  runtime.json      the endpoint port, the capacity last applied
+  runtime.json      the endpoint port, the pooled endpoint's port, the capacity last applied
+  pooler/           the database's PgBouncer, with spec.pooling (`pooler`); pooler-password is the
+                    operator's login to its admin console
   server.crt, .key  the server's certificate from the operator's CA (<state>/ca/), the key 0640 to
                     the server's group
   pg_ident.conf     which roles the identity endpoint's client certificate may become
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import structlog
 
 from controller import pki
@@ -45,12 +48,13 @@ from controller.api import types, units
 from controller.identity.endpoint import IdentityEndpoint
 from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, Route
-from controller.postgres import encryption, roles, settings
+from controller.postgres import encryption, pooler, roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
 from controller.postgres.usage import Usage
-from controller.runtime.base import PermanentError, TransientError, settings_step
+from controller.runtime.base import PermanentError, StepError, TransientError, settings_step
 from controller.runtime.local import accounts, files, server
 from controller.runtime.local.cgroups import Cgroups
+from controller.runtime.local.pooler import Pooler
 from controller.runtime.local.redirect import KernelRedirect
 
 log = structlog.get_logger("runtime.local")
@@ -90,6 +94,10 @@ class Credentials:
     def superuser(self) -> Path:
         return self.directory / "superuser-password"
 
+    @property
+    def pooler(self) -> Path:
+        return self.directory / "pooler-password"
+
     def read(self, path: Path) -> str:
         return path.read_text().strip()
 
@@ -111,6 +119,10 @@ class _Database:
     @property
     def credentials(self) -> Credentials:
         return Credentials(self.directory)
+
+    @property
+    def pooler(self) -> Pooler:
+        return Pooler(directory=self.directory / "pooler", user=self.cluster.user)
 
     @property
     def state_file(self) -> Path:
@@ -153,6 +165,9 @@ class LocalRuntime:
         self._databases: dict[str, _Database] = {}
         self._routes: dict[str, Route] = {}
         self._installs: dict[str, server.Install] = {}
+        self._poolers: dict[str, Pooler] = {}
+        self._pool_sizes: dict[str, int] = {}
+        """The pool size last set on each running pooler's console."""
         self.authority: pki.KeyPair | None = None
 
     # -- life of the runtime ---------------------------------------------------------------------
@@ -175,7 +190,10 @@ class LocalRuntime:
         )
 
     async def close(self) -> None:
-        """Stop every server cleanly and drop the redirect table; data stays for the next start."""
+        """Stop every pooler and server cleanly and drop the redirect table; data stays for the next start."""
+        for key, running in list(self._poolers.items()):
+            log.info("stopping the pooler", database=key)
+            await running.stop()
         for database in list(self._databases.values()):
             if database.cluster.postmaster() is not None:
                 log.info("stopping Postgres", database=database.key)
@@ -228,9 +246,11 @@ class LocalRuntime:
             compute = Compute.STARTING
         else:
             compute = Compute.STOPPED if state.get("provisioned", False) else Compute.ABSENT
+        storage = cluster.initialized and endpoint_port is not None
+        pooler_message = await self._serve_pooled(db, database) if storage else ""
         return ComputeState(
             # Storage is whole with its endpoint: a database whose record went missing gets one again.
-            storage=cluster.initialized and endpoint_port is not None,
+            storage=storage,
             compute=compute,
             route=self._routes.get(db.key, Route.ACTIVATOR),
             capacity=state.get("capacity") if compute is Compute.RUNNING else None,
@@ -238,7 +258,89 @@ class LocalRuntime:
             limits_enforced=self.cgroups.enforced,
             limits_message=self.cgroups.message,
             endpoint=f"{HOST}:{endpoint_port}" if endpoint_port else "",
+            pooler_message=pooler_message,
         )
+
+    # -- the pooled endpoint ---------------------------------------------------------------------
+
+    async def _serve_pooled(self, db: types.ServerlessDatabase, database: _Database) -> str:
+        """Keep the database's pooler as its spec says, at the pool size of its current capacity;
+        returns why it does not serve when it should ("" when it does, or is not asked for)."""
+        try:
+            await self._pool(db, database)
+        except (StepError, OSError, psycopg.Error) as error:
+            message = error.message if isinstance(error, StepError) else str(error)
+            log.warning("the pooled endpoint does not serve", database=db.key, error=message)
+            return f"the pooled endpoint does not serve: {message}"
+        return ""
+
+    async def _pool(self, db: types.ServerlessDatabase, database: _Database) -> None:
+        running = self._poolers.get(db.key) or database.pooler
+        if not db.spec.pooling.enabled:
+            if running.pid() is not None or running.directory.exists():
+                log.info("stopping the pooler: spec.pooling.enabled is false", database=db.key)
+                await running.stop()
+                await asyncio.to_thread(running.remove)
+            self._poolers.pop(db.key, None)
+            self._pool_sizes.pop(db.key, None)
+            return
+        self._poolers[db.key] = running
+        state = database.read_state()
+        port = state.get("poolerPort")
+        if not isinstance(port, int):
+            port = free_port()
+            database.write_state(poolerPort=port)
+        # A paused database's pool is sized for its floor; a wake brings it to the size it runs at.
+        capacity = float(state.get("capacity") or db.spec.capacity.min)
+        ini, users = await asyncio.to_thread(self._pooler_files, db, database, port)
+        changed = await asyncio.to_thread(running.write, ini, users)
+        console = self._console(database, port)
+        if running.pid() is None:
+            if (why := running.exited()) is not None:
+                log.warning("the pooler exited; starting it again", database=db.key, error=why)
+            await running.start(port=port)
+            self._pool_sizes[db.key] = sizing.pool_size(db.spec, capacity)
+            log.info("pooler started", database=db.key, port=port, pool=self._pool_sizes[db.key])
+            return
+        if changed:
+            await pooler.reload(console)
+        pool = sizing.pool_size(db.spec, capacity)
+        if self._pool_sizes.get(db.key) != pool:
+            await pooler.resize(console, pool)
+            log.info("pool resized", database=db.key, pool=pool, capacity=capacity)
+            self._pool_sizes[db.key] = pool
+
+    def _pooler_files(self, db: types.ServerlessDatabase, database: _Database, port: int) -> tuple[str, str]:
+        credentials = database.credentials
+        endpoint_port = database.read_state()["endpointPort"]
+        certificate, key = self._server_certificate(db, database)
+        layout = pooler.Layout(
+            listen_address=HOST,
+            listen_port=port,
+            server_host=HOST,
+            server_port=int(endpoint_port),
+            auth_file=str(database.pooler.users),
+            tls=pooler.Tls(str(certificate), str(key), str(self.state_dir / CA_CERTIFICATE)),
+        )
+        capacity = float(database.read_state().get("capacity") or db.spec.capacity.min)
+        verifiers = {roles.APP_ROLE: roles.role_verifier(credentials.ensure(credentials.app))}
+        if db.spec.superuser_access:
+            verifiers[roles.SUPERUSER_ROLE] = roles.role_verifier(credentials.ensure(credentials.superuser))
+        secrets_ = pooler.Secrets(verifiers, credentials.ensure(credentials.pooler))
+        return pooler.render(db.spec, capacity, layout), pooler.auth_file(secrets_)
+
+    def _console(self, database: _Database, port: int) -> pooler.Console:
+        credentials = database.credentials
+        return pooler.Console(HOST, port, credentials.ensure(credentials.pooler))
+
+    def pooler_console(self, db: types.ServerlessDatabase) -> pooler.Console | None:
+        """Where the operator reads the pooler's statistics, while it runs."""
+        database = self._database(db)
+        running = self._poolers.get(db.key)
+        port = database.read_state().get("poolerPort")
+        if running is None or not isinstance(port, int) or running.pid() is None:
+            return None
+        return self._console(database, port)
 
     async def _listen(self, database: _Database, port: int) -> None:
         try:
@@ -334,6 +436,7 @@ class LocalRuntime:
         await cluster.start(cgroup_procs=procs)
         self._set_limits(database, capacity)
         database.write_state(capacity=capacity)
+        await self._follow_capacity(db, database)
 
     def _set_limits(self, database: _Database, capacity: float) -> None:
         try:
@@ -417,6 +520,11 @@ class LocalRuntime:
         roles = [i.role for i in db.spec.access.identities] if self.identity is not None else []
         return server.ident_rules(IDENTITY_CLIENT_NAME, roles)
 
+    async def _follow_capacity(self, db: types.ServerlessDatabase, database: _Database) -> None:
+        """The pool follows the size at once, not at the next pass (which reports it if it cannot)."""
+        if db.spec.pooling.enabled:
+            await self._serve_pooled(db, database)
+
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         database = self._database(db)
 
@@ -431,6 +539,7 @@ class LocalRuntime:
             previous=database.read_state().get("capacity"), capacity=capacity, limits=limits, settings=apply
         )
         database.write_state(capacity=capacity)
+        await self._follow_capacity(db, database)
 
     async def route(self, db: types.ServerlessDatabase, route: Route) -> None:
         database = self._database(db)
@@ -472,6 +581,10 @@ class LocalRuntime:
         await self.activator.unlisten(db.key)
         if self.identity is not None:
             await self.identity.unlisten(db.key)
+        await database.pooler.stop()
+        await asyncio.to_thread(database.pooler.remove)
+        self._poolers.pop(db.key, None)
+        self._pool_sizes.pop(db.key, None)
         await database.cluster.stop()
         self.cgroups.remove(database.cgroup)
         self._routes.pop(db.key, None)
@@ -578,8 +691,11 @@ class Endpoint:
     """The identity endpoint's port, where a token is the password; None without one."""
 
 
-def read_endpoint(state_dir: Path, key: str, *, superuser: bool = False) -> Endpoint | None:
-    """The application role's way in (or the clients' superuser's), from the database's files."""
+def read_endpoint(
+    state_dir: Path, key: str, *, superuser: bool = False, pooled: bool = False
+) -> Endpoint | None:
+    """The application role's way in (or the clients' superuser's), from the database's files; with
+    `pooled`, through its pooler's port."""
     directory = database_directory(state_dir, key)
     credentials = Credentials(directory)
     try:
@@ -587,7 +703,7 @@ def read_endpoint(state_dir: Path, key: str, *, superuser: bool = False) -> Endp
         password = credentials.read(credentials.superuser if superuser else credentials.app)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    port = state.get("endpointPort")
+    port = state.get("poolerPort" if pooled else "endpointPort")
     if not isinstance(port, int):
         return None
     identity = state.get("identityPort")

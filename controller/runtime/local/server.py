@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from controller.api import types
+from controller.policy import sizing
 from controller.postgres import conf, encryption
 from controller.postgres.usage import Usage
 from controller.runtime.base import PermanentError, TransientError
@@ -38,8 +39,7 @@ READY_POLL_SECONDS = 0.002
 """How often a starting server's pid file is read; pg_ctl's 100 ms would dominate a wake."""
 STOP_TIMEOUT_SECONDS = 120.0
 LOG_MAX_BYTES = 10 * 1024**2
-RESERVED_CONNECTIONS = 3
-"""Connection slots only a superuser may take: the operator's monitor, its settings, a pause's recheck."""
+RESERVED_CONNECTIONS = sizing.RESERVED_CONNECTIONS
 
 
 class PostgresNotFoundError(PermanentError):
