@@ -91,6 +91,8 @@ def decode_spec(raw: Mapping[str, Any] | None) -> types.DatabaseSpec:
             mode=types.PoolMode(pooling.get("mode", d.pooling.mode.value)),
             max_client_connections=int(pooling.get("maxClientConnections", d.pooling.max_client_connections)),
         ),
+        roles=tuple(_decode_role(r) for r in raw.get("roles") or ()),
+        databases=tuple(_decode_database(x) for x in raw.get("databases") or ()),
     )
 
 
@@ -124,6 +126,78 @@ def _encode_access(access: types.AccessSpec) -> dict[str, Any]:
     if access.identities:
         out["identities"] = [encode_identity(i) for i in access.identities]
     return out
+
+
+def _decode_role(raw: Mapping[str, Any]) -> types.RoleSpec:
+    d = types.RoleSpec(name="")
+    return types.RoleSpec(
+        name=str(raw["name"]),
+        ensure=types.Ensure(raw.get("ensure", d.ensure.value)),
+        login=bool(raw.get("login", d.login)),
+        createdb=bool(raw.get("createdb", d.createdb)),
+        inherit=bool(raw.get("inherit", d.inherit)),
+        connection_limit=int(raw.get("connectionLimit", d.connection_limit)),
+        in_roles=tuple(str(r) for r in raw.get("inRoles") or ()),
+        valid_until=_time(raw.get("validUntil")),
+        password_secret=str((raw.get("passwordSecret") or {}).get("name") or ""),
+    )
+
+
+def _encode_role(role: types.RoleSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": role.name,
+        "ensure": role.ensure.value,
+        "login": role.login,
+        "createdb": role.createdb,
+        "inherit": role.inherit,
+        "connectionLimit": role.connection_limit,
+        "inRoles": list(role.in_roles),
+    }
+    if role.valid_until is not None:
+        out["validUntil"] = _time_text(role.valid_until)
+    if role.password_secret:
+        out["passwordSecret"] = {"name": role.password_secret}
+    return out
+
+
+def _decode_database(raw: Mapping[str, Any]) -> types.DeclaredDatabase:
+    return types.DeclaredDatabase(
+        name=str(raw["name"]),
+        owner=str(raw["owner"]),
+        extensions=tuple(str(e) for e in raw.get("extensions") or ()),
+        ensure=types.Ensure(raw.get("ensure", types.Ensure.PRESENT.value)),
+        drop_with_data=bool(raw.get("dropWithData", False)),
+    )
+
+
+def _encode_database(database: types.DeclaredDatabase) -> dict[str, Any]:
+    return {
+        "name": database.name,
+        "owner": database.owner,
+        "extensions": list(database.extensions),
+        "ensure": database.ensure.value,
+        "dropWithData": database.drop_with_data,
+    }
+
+
+def _decode_objects(raw: Any) -> tuple[types.ObjectStatus, ...]:
+    out = []
+    for entry in raw if isinstance(raw, list) else []:
+        try:
+            out.append(
+                types.ObjectStatus(
+                    str(entry["name"]), types.Applied(entry["state"]), str(entry.get("error") or "")
+                )
+            )
+        except (KeyError, TypeError, ValueError):
+            continue  # written by another release of the operator; the next pass writes it again
+    return tuple(out)
+
+
+def _encode_objects(objects: tuple[types.ObjectStatus, ...]) -> list[dict[str, Any]]:
+    return [
+        {"name": o.name, "state": o.state.value, **({"error": o.error} if o.error else {})} for o in objects
+    ]
 
 
 def encode_spec(spec: types.DatabaseSpec) -> dict[str, Any]:
@@ -169,6 +243,8 @@ def encode_spec(spec: types.DatabaseSpec) -> dict[str, Any]:
             "mode": spec.pooling.mode.value,
             "maxClientConnections": spec.pooling.max_client_connections,
         },
+        **({"roles": [_encode_role(r) for r in spec.roles]} if spec.roles else {}),
+        **({"databases": [_encode_database(x) for x in spec.databases]} if spec.databases else {}),
     }
 
 
@@ -293,6 +369,7 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
             limit=_number(compute.get("limit")),
             limit_message=str(compute.get("limitMessage") or ""),
             access=str(compute.get("access") or ""),
+            access_time=_time(compute.get("accessTime")),
         ),
         connections=int(raw.get("connections") or 0),
         last_activity_time=_time(raw.get("lastActivityTime")),
@@ -307,6 +384,8 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
             gaps=tuple(int(g) for g in pause.get("gaps") or ()),
             idle_after=units.parse_duration(pause["idleAfter"]) if pause.get("idleAfter") else None,
         ),
+        roles=_decode_objects(raw.get("roles")),
+        databases=_decode_objects(raw.get("databases")),
     )
 
 
@@ -386,6 +465,7 @@ def encode_status(status: types.DatabaseStatus) -> dict[str, Any]:
         "limit": status.compute.limit,
         "limitMessage": status.compute.limit_message,
         "access": status.compute.access,
+        "accessTime": _time_text(status.compute.access_time),
     }
     if any(compute.values()):
         out["compute"] = {k: v for k, v in compute.items() if v}
@@ -403,6 +483,10 @@ def encode_status(status: types.DatabaseStatus) -> dict[str, Any]:
         out["autoPause"] = {"gaps": list(status.auto_pause.gaps)}
         if status.auto_pause.idle_after is not None:
             out["autoPause"]["idleAfter"] = units.format_duration(status.auto_pause.idle_after)
+    if status.roles:
+        out["roles"] = _encode_objects(status.roles)
+    if status.databases:
+        out["databases"] = _encode_objects(status.databases)
     return out
 
 

@@ -238,6 +238,43 @@ class AccessSpec:
     identities: tuple[IdentitySpec, ...] = ()
 
 
+class Ensure(StrEnum):
+    PRESENT = "present"
+    ABSENT = "absent"
+    """Dropped by the operator; an entry merely removed from the spec is left alone."""
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """A role declared in `spec.roles`: made, kept as declared (drift is reverted), or dropped."""
+
+    name: str
+    ensure: Ensure = Ensure.PRESENT
+    login: bool = False
+    createdb: bool = False
+    inherit: bool = True
+    connection_limit: int = -1
+    """-1: no limit (Postgres's own default)."""
+    in_roles: tuple[str, ...] = ()
+    """The roles it is a member of, exactly: declared roles, `app`, or predefined roles (pg_*)."""
+    valid_until: datetime | None = None
+    password_secret: str = ""
+    """The Secret (kubernetes.io/basic-auth; locally `<state>/secrets/<namespace>/<name>/`) holding its
+    password; empty: the role has no password (one that logs in by other means, or not at all)."""
+
+
+@dataclass(frozen=True)
+class DeclaredDatabase:
+    """A database declared in `spec.databases`."""
+
+    name: str
+    owner: str
+    extensions: tuple[str, ...] = ()
+    ensure: Ensure = Ensure.PRESENT
+    drop_with_data: bool = False
+    """With `ensure: absent`, drop it even when it holds tables; otherwise only an empty one is dropped."""
+
+
 @dataclass(frozen=True)
 class DatabaseSpec:
     postgres: PostgresSpec = field(default_factory=PostgresSpec)
@@ -252,6 +289,8 @@ class DatabaseSpec:
     access: AccessSpec = field(default_factory=AccessSpec)
     tls: TlsSpec = field(default_factory=TlsSpec)
     pooling: PoolingSpec = field(default_factory=PoolingSpec)
+    roles: tuple[RoleSpec, ...] = ()
+    databases: tuple[DeclaredDatabase, ...] = ()
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -358,6 +397,25 @@ class ComputeStatus:
     access: str = ""
     """The digest of the spec's access (roles) last applied; unlike the rest it is the data's, and
     outlives the server (policy.access.digest)."""
+    access_time: datetime | None = None
+    """When the declared roles and databases were last applied: drift and new passwords are looked
+    for again once this is older than the policy's catalog resync."""
+
+
+class Applied(StrEnum):
+    APPLIED = "Applied"
+    """The object is as declared (made, altered, or dropped for `ensure: absent`)."""
+    FAILED = "Failed"
+    """Some of it could not be applied; `error` says why (a Postgres error with its SQLSTATE)."""
+
+
+@dataclass(frozen=True)
+class ObjectStatus:
+    """What the last pass over a declared role or database did."""
+
+    name: str
+    state: Applied
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -410,6 +468,9 @@ class DatabaseStatus:
     usage: UsageStatus | None = None
     """Compute-unit hours and time in each phase; None until the first reconcile starts accounting."""
     auto_pause: AutoPauseStatus = field(default_factory=AutoPauseStatus)
+    roles: tuple[ObjectStatus, ...] = ()
+    """The declared roles, as the last pass on a running server left them (one entry per spec entry)."""
+    databases: tuple[ObjectStatus, ...] = ()
 
     def condition(self, kind: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)

@@ -83,8 +83,27 @@ _FIELDS: dict[str, frozenset[str]] = {
             "access",
             "tls",
             "pooling",
+            "roles",
+            "databases",
         }
     ),
+    "spec.roles[]": frozenset(
+        {
+            "name",
+            "ensure",
+            "login",
+            "createdb",
+            "inherit",
+            "connectionLimit",
+            "inRoles",
+            "validUntil",
+            "passwordSecret",
+            "superuser",
+            "replication",
+        }
+    ),
+    "spec.roles[].passwordSecret": frozenset({"name"}),
+    "spec.databases[]": frozenset({"name", "owner", "extensions", "ensure", "dropWithData"}),
     "spec.tls": frozenset({"required"}),
     "spec.pooling": frozenset({"enabled", "mode", "maxClientConnections"}),
     "spec.access": frozenset({"allowedNamespaces", "identities"}),
@@ -201,6 +220,7 @@ def validate(obj: Any) -> list[FieldError]:
     if "superuserAccess" in spec:
         check.boolean(spec["superuserAccess"], "spec.superuserAccess")
     _validate_access(check, check.mapping(spec.get("access"), "spec.access", "spec.access"))
+    _validate_declared(check, spec.get("roles"), spec.get("databases"))
     tls = check.mapping(spec.get("tls"), "spec.tls", "spec.tls")
     if "required" in tls:
         check.boolean(tls["required"], "spec.tls.required")
@@ -383,6 +403,141 @@ def _validate_pooling(check: _Checker, pooling: Mapping[str, Any]) -> None:
                 "spec.pooling.maxClientConnections",
                 f"must be between 1 and {types.MAX_CLIENT_CONNECTIONS_LIMIT} (got {count})",
             )
+
+
+MAX_DECLARED = 64
+"""Roles (and databases) a spec may declare: each has an entry in status, which must stay bounded."""
+RESERVED_ROLES = frozenset({"postgres", "app", "superuser", "public"})
+"""The operator's own roles (and PUBLIC): a spec cannot declare them."""
+RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
+GRANTABLE_PREDEFINED = (
+    "pg_checkpoint",
+    "pg_monitor",
+    "pg_read_all_data",
+    "pg_read_all_settings",
+    "pg_read_all_stats",
+    "pg_signal_backend",
+    "pg_stat_scan_tables",
+    "pg_write_all_data",
+)
+"""Predefined roles a declared role may be a member of. The others read or write the server's files or
+run programs as its account (pg_read_server_files, pg_write_server_files, pg_execute_server_program):
+out of a tenant's reach, as a superuser is."""
+_SQL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_EXTENSION = re.compile(r"[a-z0-9_][-a-z0-9_]{0,62}")
+
+
+def _validate_declared(check: _Checker, roles: Any, databases: Any) -> None:
+    declared: set[str] = set()
+    for index, role in enumerate(_entries(check, roles, "spec.roles")):
+        path = f"spec.roles[{index}]"
+        name = _validate_sql_name(check, role.get("name"), f"{path}.name", declared)
+        if name in RESERVED_ROLES or (name or "").startswith("pg_"):
+            check.fail(f"{path}.name", f"is reserved (the operator's roles, PUBLIC and pg_*): {name!r}")
+        for attribute in ("superuser", "replication"):
+            if role.get(attribute, False) is not False:
+                check.fail(f"{path}.{attribute}", "is refused: the operator makes no such role")
+        for attribute in ("login", "createdb", "inherit"):
+            if attribute in role:
+                check.boolean(role[attribute], f"{path}.{attribute}")
+        _validate_ensure(check, role, path)
+        limit = role.get("connectionLimit", -1)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not -1 <= limit <= 10_000:
+            check.fail(f"{path}.connectionLimit", f"must be an integer from -1 to 10000 (got {_show(limit)})")
+        if "validUntil" in role:
+            check.parsed(role["validUntil"], f"{path}.validUntil", units.parse_time)
+        secret = check.mapping(
+            role.get("passwordSecret"), f"{path}.passwordSecret", "spec.roles[].passwordSecret"
+        )
+        if "passwordSecret" in role:
+            secret_name = check.string(secret.get("name"), f"{path}.passwordSecret.name")
+            if secret_name is not None and (
+                len(secret_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(secret_name)
+            ):
+                check.fail(
+                    f"{path}.passwordSecret.name", f"must name a Secret (got {_show(_short(secret_name))})"
+                )
+        in_roles = role.get("inRoles") or []
+        if not isinstance(in_roles, list) or len(in_roles) > MAX_DECLARED:
+            check.fail(f"{path}.inRoles", f"must be a list of at most {MAX_DECLARED} role names")
+            continue
+        for at, member_of in enumerate(in_roles):
+            if not isinstance(member_of, str) or not _SQL_NAME.fullmatch(member_of):
+                check.fail(f"{path}.inRoles[{at}]", f"must be a role name (got {_show(_short(member_of))})")
+            elif member_of in ("postgres", "superuser", "public") or (
+                member_of.startswith("pg_") and member_of not in GRANTABLE_PREDEFINED
+            ):
+                check.fail(
+                    f"{path}.inRoles[{at}]",
+                    f"may not be {member_of!r}: only declared roles, app, and "
+                    + ", ".join(GRANTABLE_PREDEFINED),
+                )
+    present_roles = {
+        r.get("name")
+        for r in (roles if isinstance(roles, list) else [])
+        if isinstance(r, Mapping) and r.get("ensure", "present") == "present"
+    } | {"app"}
+    names: set[str] = set()
+    for index, database in enumerate(_entries(check, databases, "spec.databases")):
+        path = f"spec.databases[{index}]"
+        name = _validate_sql_name(check, database.get("name"), f"{path}.name", names)
+        if name in RESERVED_DATABASES:
+            check.fail(f"{path}.name", f"is reserved: {name!r}")
+        owner = check.string(database.get("owner"), f"{path}.owner")
+        if owner is not None and owner not in present_roles:
+            check.fail(
+                f"{path}.owner",
+                f"must be app or a role in spec.roles that is present (got {_show(_short(owner))})",
+            )
+        elif name == "app" and owner != "app":
+            check.fail(f"{path}.owner", "of the application database is app")
+        ensure = _validate_ensure(check, database, path)
+        if name == "app" and ensure == "absent":
+            check.fail(f"{path}.ensure", "the application database cannot be dropped")
+        if "dropWithData" in database:
+            check.boolean(database["dropWithData"], f"{path}.dropWithData")
+        extensions = database.get("extensions") or []
+        if not isinstance(extensions, list) or len(extensions) > MAX_DECLARED:
+            check.fail(f"{path}.extensions", f"must be a list of at most {MAX_DECLARED} extension names")
+            continue
+        for at, extension in enumerate(extensions):
+            if not isinstance(extension, str) or not _EXTENSION.fullmatch(extension):
+                check.fail(
+                    f"{path}.extensions[{at}]", f"must be an extension name (got {_show(_short(extension))})"
+                )
+
+
+def _entries(check: _Checker, value: Any, path: str) -> list[Mapping[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_DECLARED:
+        check.fail(path, f"must be a list of at most {MAX_DECLARED} entries")
+        return []
+    return [check.mapping(entry, f"{path}[{i}]", f"{path}[]") for i, entry in enumerate(value)]
+
+
+def _validate_sql_name(check: _Checker, value: Any, path: str, seen: set[str]) -> str | None:
+    name = check.string(value, path)
+    if name is None:
+        return None
+    if not _SQL_NAME.fullmatch(name):
+        check.fail(
+            path,
+            "must be at most 63 lower-case letters, digits and '_', starting with a letter or '_' "
+            f"(got {_show(_short(name))})",
+        )
+        return None
+    if name in seen:
+        check.fail(path, f"is declared twice: {name!r}")
+    seen.add(name)
+    return name
+
+
+def _validate_ensure(check: _Checker, entry: Mapping[str, Any], path: str) -> str:
+    ensure = entry.get("ensure", types.Ensure.PRESENT.value)
+    if ensure not in {e.value for e in types.Ensure}:
+        check.fail(f"{path}.ensure", f"must be present or absent (got {_show(_short(ensure))})")
+    return str(ensure)
 
 
 def _validate_storage(check: _Checker, storage: Mapping[str, Any]) -> None:

@@ -41,21 +41,23 @@ class OperatorSessions:
         """Sessions opened on this database so far (a counter: compare two readings)."""
         return self._opened[key]
 
-    def _parameters(self, address: Address) -> dict[str, object]:
+    def _parameters(self, address: Address, dbname: str = "postgres") -> dict[str, object]:
         return {
             "host": address.host,
             "port": address.port,
             "user": USER,
             "password": address.password,
-            "dbname": "postgres",
+            "dbname": dbname,
             "application_name": types.MONITOR_APPLICATION,
             "connect_timeout": CONNECT_TIMEOUT_SECONDS,
             "autocommit": True,
         }
 
-    def connect(self, key: str, address: Address) -> psycopg.Connection[tuple[object, ...]]:
+    def connect(
+        self, key: str, address: Address, *, dbname: str = "postgres"
+    ) -> psycopg.Connection[tuple[object, ...]]:
         self._opened[key] += 1
-        return psycopg.connect(**self._parameters(address))  # type: ignore[arg-type]
+        return psycopg.connect(**self._parameters(address, dbname))  # type: ignore[arg-type]
 
     async def connect_async(self, key: str, address: Address) -> psycopg.AsyncConnection[tuple[object, ...]]:
         self._opened[key] += 1
