@@ -107,6 +107,13 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
         help="seconds between readings of a running database (default: %(default)s)",
     )
     up.add_argument(
+        "--catalog-resync",
+        type=float,
+        default=DEFAULT_TUNING.catalog_resync.total_seconds(),
+        help="seconds between passes over a running database's declared roles and databases, which "
+        "revert drift (default: %(default)s)",
+    )
+    up.add_argument(
         "--endpoints",
         choices=["auto", "userspace"],
         default="auto",
@@ -325,7 +332,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
             return cluster.run(args)
 
         state_dir = _state_dir(args)
-        tuning = Tuning(tick=timedelta(seconds=args.tick))
+        tuning = Tuning(
+            tick=timedelta(seconds=args.tick), catalog_resync=timedelta(seconds=args.catalog_resync)
+        )
         issuers = _issuers(args)
         with local.exclusive(state_dir):
             built = local.build(

@@ -260,7 +260,9 @@ def run(args: argparse.Namespace) -> int:
         lease_name=args.lease_name,
         identity=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
         prometheus_url=args.prometheus_url or "",
-        tuning=Tuning(tick=timedelta(seconds=args.tick)),
+        tuning=Tuning(
+            tick=timedelta(seconds=args.tick), catalog_resync=timedelta(seconds=args.catalog_resync)
+        ),
         cert_manager_issuer=args.cert_manager_issuer,
     )
 

@@ -3,6 +3,7 @@ whether the roles in the data directory still follow the spec (status.compute.ac
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -23,4 +24,13 @@ def digest(spec: types.DatabaseSpec) -> str:
     }
     if spec.access.identities:  # absent when empty: the digest of every database without them stays
         wanted["identityRoles"] = sorted({i.role for i in spec.access.identities})
-    return hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+    # Declared roles and databases change the digest only when declared: older digests stay valid.
+    if spec.roles or spec.databases:
+        wanted["roles"] = [dataclasses.asdict(r) for r in spec.roles]
+        wanted["databases"] = [dataclasses.asdict(d) for d in spec.databases]
+    return hashlib.sha256(json.dumps(wanted, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def declares(spec: types.DatabaseSpec) -> bool:
+    """Whether the spec declares roles or databases, which are looked at again now and then for drift."""
+    return bool(spec.roles or spec.databases)

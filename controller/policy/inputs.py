@@ -191,6 +191,9 @@ class Tuning:
     """How much of an operator's absence is billed at the size it left recorded: a restart or a
     leader's failover takes less; beyond it the compute may have stopped unseen, and the rest is set
     apart as unmetered instead of billed."""
+    catalog_resync: timedelta = timedelta(seconds=30)
+    """How often a running database's declared roles and databases are applied again, which reverts
+    drift and picks up a changed password; a wake applies them first when they are older."""
 
 
 DEFAULT_TUNING = Tuning()

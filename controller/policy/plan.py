@@ -88,7 +88,10 @@ def decide(
     )
     known = _known(status.compute, compute, now, tuning)
     wanted_access = access.digest(spec)
-    configure_access = compute.compute is Compute.RUNNING and known.access != wanted_access
+    catalog_due = access.declares(spec) and (
+        known.access_time is None or now - known.access_time >= tuning.catalog_resync
+    )
+    configure_access = compute.compute is Compute.RUNNING and (known.access != wanted_access or catalog_due)
     configured = _configured(spec, compute, known) and not configure_access
     running_compute = compute.compute is Compute.RUNNING
     move = lifecycle.step(
@@ -155,7 +158,12 @@ def decide(
 
     return Plan(
         compute=_compute_after(
-            action, plan_capacity, known, compute.capacity, access=wanted_access if configure_access else None
+            action,
+            plan_capacity,
+            known,
+            compute.capacity,
+            access=wanted_access if configure_access else None,
+            now=now,
         ),
         configure_access=configure_access,
         known=known,
@@ -219,7 +227,11 @@ def _known(
     starts on that data directory runs with them.
     """
     pending = recorded.incarnation == ""
-    carried = types.ComputeStatus(settings=recorded.settings if pending else None, access=recorded.access)
+    carried = types.ComputeStatus(
+        settings=recorded.settings if pending else None,
+        access=recorded.access,
+        access_time=recorded.access_time,
+    )
     if compute.compute is not Compute.RUNNING:
         return carried
     known = (
@@ -263,6 +275,7 @@ def _compute_after(
     current: float | None,
     *,
     access: str | None,
+    now: datetime,
 ) -> types.ComputeStatus:
     """What is known of the server once the action is done (`access`: the digest a Configure applies).
 
@@ -270,12 +283,14 @@ def _compute_after(
     larger ones only once the larger limits hold, which the server's reported size then shows. A stop
     leaves the settings of the size a wake starts at, for whichever server starts next.
     """
+    if action is Action.CONFIGURE and access is not None:
+        return replace(known, settings=capacity_, access=access, access_time=now)
     if action is Action.CONFIGURE:
-        return replace(known, settings=capacity_, access=access if access is not None else known.access)
+        return replace(known, settings=capacity_)
     if action is Action.RESIZE and capacity_ is not None and current is not None and capacity_ < current:
         return replace(known, settings=capacity_)
     if action is Action.STOP:
-        return types.ComputeStatus(settings=capacity_, access=known.access)
+        return types.ComputeStatus(settings=capacity_, access=known.access, access_time=known.access_time)
     return known
 
 

@@ -106,6 +106,38 @@ class Report:
     databases: tuple[types.ObjectStatus, ...] = ()
 
 
+@dataclass(frozen=True)
+class Credential:
+    """What a role's password Secret holds (in a cluster a kubernetes.io/basic-auth Secret; locally its
+    files), or why it cannot be used."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    problem: str = ""
+
+
+def desired(spec: types.DatabaseSpec, credentials: Mapping[str, Credential]) -> Desired:
+    """What the spec declares, each role with its password from `credentials` (by Secret name).
+
+    A Secret that is missing, has no password, or names another user is a problem of the role's:
+    reported, and its password is left as it is (never guessed, never emptied).
+    """
+    out = []
+    for role in spec.roles:
+        secret = role.password_secret
+        if role.ensure is types.Ensure.ABSENT or not secret:
+            out.append(DesiredRole(role))
+            continue
+        found = credentials.get(secret) or Credential(problem=f"the password Secret {secret} was not found")
+        problem = found.problem
+        if not problem and found.username not in (None, role.name):
+            problem = f"the password Secret {secret} is for user {found.username!r}, not {role.name!r}"
+        if not problem and not found.password:
+            problem = f"the password Secret {secret} has no password"
+        out.append(DesiredRole(role, None if problem else found.password, problem))
+    return Desired(tuple(out), spec.databases)
+
+
 def is_verifier(password: str) -> bool:
     return password.startswith(SCRAM_PREFIX)
 

@@ -305,6 +305,7 @@ class Reconciler:
     async def _act(
         self, db: types.ServerlessDatabase, plan: Plan, compute: ComputeState
     ) -> status_of.Outcome:
+        declared = None
         try:
             match plan.action:
                 case Action.CREATE_STORAGE:
@@ -328,7 +329,7 @@ class Reconciler:
                     await self.runtime.release(db)
                 case Action.CONFIGURE:
                     assert plan.capacity is not None
-                    await self.runtime.configure(db, plan.capacity, access=plan.configure_access)
+                    declared = await self.runtime.configure(db, plan.capacity, access=plan.configure_access)
                 case Action.RESIZE:
                     assert plan.capacity is not None
                     await self.runtime.resize(db, plan.capacity)
@@ -344,7 +345,7 @@ class Reconciler:
                 error=failure.message,
             )
             return status_of.Outcome(plan, compute, failure)
-        return status_of.Outcome(plan, compute)
+        return status_of.Outcome(plan, compute, declared=declared)
 
     async def _recheck(self, db: types.ServerlessDatabase) -> None:
         """A reading taken after new connections were routed to the activator."""

@@ -14,6 +14,7 @@ from controller.policy import metering
 from controller.policy.inputs import DEFAULT_TUNING, Compute, ComputeState, ResizeState, Tuning
 from controller.policy.lifecycle import Action
 from controller.policy.plan import IMMEDIATELY, Plan
+from controller.postgres.declared import Report
 from controller.runtime.base import EventType, StepError
 
 Phase = types.Phase
@@ -30,6 +31,8 @@ class Outcome:
     plan: Plan
     compute: ComputeState
     failure: StepError | None = None
+    declared: Report | None = None
+    """What a Configure did with the declared roles and databases (None: it did not look at them)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ def next_status(
         failures=old.failures + 1 if failure else old.failures if failed_earlier else 0,
         usage=metering.accrue_status(old, now, tuning),  # up to now at the phase and size that held
         auto_pause=plan.auto_pause,
+        roles=outcome.declared.roles if outcome.declared is not None else old.roles,
+        databases=outcome.declared.databases if outcome.declared is not None else old.databases,
     )
     conditions = _conditions(db, status, outcome, now)
     if failed_earlier:

@@ -18,6 +18,7 @@ import psycopg
 from controller.api import types
 from controller.policy import metering
 from controller.policy.inputs import DEFAULT_TUNING, ComputeState, Route
+from controller.postgres.declared import Report
 
 
 class StepError(Exception):
@@ -113,9 +114,11 @@ class Runtime(Protocol):
     async def release(self, db: types.ServerlessDatabase) -> None:
         """Remove compute objects; storage and credentials stay."""
 
-    async def configure(self, db: types.ServerlessDatabase, capacity: float, *, access: bool) -> None:
+    async def configure(
+        self, db: types.ServerlessDatabase, capacity: float, *, access: bool
+    ) -> Report | None:
         """Put `capacity`'s reloadable settings in force on the running server, and with `access` the
-        roles the spec asks for (policy.access)."""
+        roles the spec asks for (policy.access) and those it declares, whose report it returns."""
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         """Move the running server to `capacity`: its limits and its settings, in the order that keeps

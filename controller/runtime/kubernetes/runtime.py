@@ -22,7 +22,7 @@ import structlog
 
 from controller.api import types, units
 from controller.policy.inputs import Compute, ComputeState, ResizeState, Route
-from controller.postgres import encryption, roles, settings
+from controller.postgres import declared, encryption, roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
 from controller.runtime.base import PermanentError, TransientError, settings_step
 from controller.runtime.kubernetes import builders
@@ -419,16 +419,17 @@ class KubernetesRuntime:
             raise _transient(error, types.Reason.PARKING) from error
         self.informers.statefulsets.expect(f"{namespace}/{names.statefulset}", None)
 
-    async def configure(self, db: types.ServerlessDatabase, capacity: float, *, access: bool) -> None:
+    async def configure(
+        self, db: types.ServerlessDatabase, capacity: float, *, access: bool
+    ) -> declared.Report | None:
         address = self.address(db)
         if address is None:
             raise TransientError(types.Reason.SETTINGS_FAILED, "the pod has no address yet")
         async with settings_step():
             await settings.configure(self.sessions, db.key, address, capacity)
-        if access:
-            await self._access(db, address)
+        return await self._access(db, address) if access else None
 
-    async def _access(self, db: types.ServerlessDatabase, address: Address) -> None:
+    async def _access(self, db: types.ServerlessDatabase, address: Address) -> declared.Report:
         """Who may connect: the namespaces allowed (the NetworkPolicy), the application role from its
         Secret, a superuser only when allowed."""
         names = Names.of(db.metadata.name)
@@ -442,11 +443,34 @@ class KubernetesRuntime:
                 )
             else:
                 await self._delete_ours(db, kc.SECRETS, names.superuser_secret)
+            credentials = {
+                name: await self._role_credential(db, name)
+                for name in sorted({r.password_secret for r in db.spec.roles if r.password_secret})
+            }
         except kc.ApiError as error:
             raise _transient(error, types.Reason.SETTINGS_FAILED) from error
         async with settings_step():
             await roles.apply(self.sessions, db.key, address, roles.Desired(app, superuser))
+            wanted = declared.desired(db.spec, credentials)
+            report = await declared.apply(
+                self.sessions, db.key, address, wanted, salt=secrets.token_bytes(16)
+            )
+            # After the declared roles: those that log in get plaintext, or not, as the others do.
             await encryption.apply(self.sessions, db.key, address, required=db.spec.tls.required)
+            return report
+
+    async def _role_credential(self, db: types.ServerlessDatabase, name: str) -> declared.Credential:
+        """A declared role's password Secret: the user's own, of type kubernetes.io/basic-auth."""
+        found = await asyncio.to_thread(self.kube.get, kc.SECRETS, db.metadata.namespace, name)
+        if found is None:
+            return declared.Credential(problem=f"the password Secret {name} was not found")
+        if found.get("type") != BASIC_AUTH:
+            return declared.Credential(problem=f"the password Secret {name} is not of type {BASIC_AUTH}")
+        try:
+            username = _decoded(found, "username") or None
+            return declared.Credential(username, _decoded(found, "password"))
+        except (ValueError, UnicodeDecodeError):
+            return declared.Credential(problem=f"the password Secret {name} is not valid base64 UTF-8")
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         pod = self._pod(db)
@@ -604,6 +628,9 @@ def _contains(observed: Any, desired: Any) -> bool:
             and all(_contains(o, d) for o, d in zip(observed, desired, strict=True))
         )
     return bool(observed == desired or str(observed) == str(desired))
+
+
+BASIC_AUTH = "kubernetes.io/basic-auth"
 
 
 def _decoded(secret: dict[str, Any], key: str) -> str:

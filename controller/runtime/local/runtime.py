@@ -15,6 +15,8 @@ Per database, under `<state>/databases/<namespace>/<name>/` (the operator's own 
                     the server's group
   pg_ident.conf     which roles the identity endpoint's client certificate may become
   postgres.log      the server's log, 0600
+A role's password Secret (spec.roles[].passwordSecret) is a directory, <state>/secrets/<namespace>/<name>/,
+holding the files `password` and, optionally, `username`: the layout of a Secret mounted in a pod.
 The CA's certificate is published as <state>/ca.crt, for clients (`sdb dsn NAME --verify`); the
 gateway's certificate is <state>/gateway.crt (its key gateway.key, 0600). With identities on, each
 database also has an identity endpoint (127.0.0.1:<identity port>), where a token is the password;
@@ -48,7 +50,7 @@ from controller.api import types, units
 from controller.identity.endpoint import IdentityEndpoint
 from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, Route
-from controller.postgres import encryption, pooler, roles, settings
+from controller.postgres import declared, encryption, pooler, roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
 from controller.postgres.usage import Usage
 from controller.runtime.base import PermanentError, StepError, TransientError, settings_step
@@ -487,15 +489,16 @@ class LocalRuntime:
         async with settings_step():
             await settings.configure(self.sessions, database.key, address, capacity)
 
-    async def configure(self, db: types.ServerlessDatabase, capacity: float, *, access: bool) -> None:
+    async def configure(
+        self, db: types.ServerlessDatabase, capacity: float, *, access: bool
+    ) -> declared.Report | None:
         database = self._database(db)
         # A stop leaves the wake's settings in place: a wake at that size finds them and needs no session.
         if database.cluster.persisted_settings() != sizing.reloadable_settings(capacity):
             await self._settings(database, capacity)
-        if access:
-            await self._access(db, database)
+        return await self._access(db, database) if access else None
 
-    async def _access(self, db: types.ServerlessDatabase, database: _Database) -> None:
+    async def _access(self, db: types.ServerlessDatabase, database: _Database) -> declared.Report:
         address = self._address(database)
         if address is None:
             raise TransientError(types.Reason.SETTINGS_FAILED, "Postgres is not running")
@@ -510,10 +513,16 @@ class LocalRuntime:
             credentials.superuser.unlink(missing_ok=True)
         async with settings_step():
             await roles.apply(self.sessions, db.key, address, desired)
+            wanted = declared.desired(db.spec, await asyncio.to_thread(self._role_credentials, db))
+            report = await declared.apply(
+                self.sessions, db.key, address, wanted, salt=secrets.token_bytes(16)
+            )
+            # After the declared roles: those that log in get plaintext, or not, as the others do.
             await encryption.apply(self.sessions, db.key, address, required=db.spec.tls.required)
             # Which roles the identity endpoint may become is in pg_ident.conf, which a reload reads.
             if database.cluster.write_ident(self._ident(db)):
                 await self.sessions.reload(db.key, address)
+            return report
 
     def _ident(self, db: types.ServerlessDatabase) -> str:
         """pg_ident.conf for the spec: the roles bound to identities, when there is an identity endpoint."""
@@ -524,6 +533,15 @@ class LocalRuntime:
         """The pool follows the size at once, not at the next pass (which reports it if it cannot)."""
         if db.spec.pooling.enabled:
             await self._serve_pooled(db, database)
+
+    def _role_credentials(self, db: types.ServerlessDatabase) -> dict[str, declared.Credential]:
+        """The password Secrets the spec names, as files: <state>/secrets/<namespace>/<name>/password
+        (and username), the layout of a Secret mounted in a pod."""
+        namespace = db.metadata.namespace
+        return {
+            name: read_secret(self.state_dir / SECRETS_DIRECTORY / namespace / name)
+            for name in sorted({r.password_secret for r in db.spec.roles if r.password_secret})
+        }
 
     async def resize(self, db: types.ServerlessDatabase, capacity: float) -> None:
         database = self._database(db)
@@ -672,6 +690,33 @@ def identity_client_tls(state_dir: Path) -> ssl.SSLContext:
     tls.minimum_version = ssl.TLSVersion.TLSv1_2
     tls.load_cert_chain(certificate, key)
     return tls
+
+
+SECRETS_DIRECTORY = "secrets"
+SECRET_READ_LIMIT = 4096
+
+
+def read_secret(directory: Path) -> declared.Credential:
+    """A role's password Secret as files (`password`, and `username` when it names the user)."""
+    if not directory.is_dir():
+        return declared.Credential(problem=f"the password Secret {directory.name} was not found")
+    values: dict[str, str | None] = {}
+    for key in ("username", "password"):
+        try:
+            with open(directory / key, encoding="utf-8") as file:
+                text = file.read(SECRET_READ_LIMIT + 1)
+        except FileNotFoundError:
+            values[key] = None
+            continue
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not UTF-8"
+            return declared.Credential(
+                problem=f"the password Secret {directory.name} cannot be read: {reason}"
+            )
+        if len(text) > SECRET_READ_LIMIT:
+            return declared.Credential(problem=f"the password Secret {directory.name} is too large")
+        values[key] = text.removesuffix("\n")
+    return declared.Credential(values["username"], values["password"])
 
 
 def database_directory(state_dir: Path, key: str) -> Path:
