@@ -200,6 +200,78 @@ BAD_SPECS = [
     ),
     pytest.param({"capacity": {"min": "1"}}, "spec.capacity.min", "must be a number", id="capacity-string"),
     pytest.param(
+        {"roles": [{"name": "root", "superuser": True}]},
+        "spec.roles[0].superuser",
+        "the operator makes no such role",
+        id="role-superuser",
+    ),
+    pytest.param(
+        {"roles": [{"name": "copier", "replication": True}]},
+        "spec.roles[0].replication",
+        "the operator makes no such role",
+        id="role-replication",
+    ),
+    *[
+        pytest.param(
+            {"roles": [{"name": name}]}, "spec.roles[0].name", "is reserved", id=f"role-named-{name}"
+        )
+        for name in ("app", "postgres", "superuser", "pg_evil")
+    ],
+    pytest.param(
+        {"roles": [{"name": "Alice"}]}, "spec.roles[0].name", "lower-case letters", id="role-name-upper-case"
+    ),
+    *[
+        pytest.param(
+            {"roles": [{"name": "alice", "inRoles": [group]}]},
+            "spec.roles[0].inRoles[0]",
+            f"may not be {group!r}",
+            id=f"member-of-{group}",
+        )
+        for group in ("superuser", "postgres", "pg_write_server_files", "pg_execute_server_program")
+    ],
+    pytest.param(
+        {"roles": [{"name": "alice", "connectionLimit": -5}]},
+        "spec.roles[0].connectionLimit",
+        "from -1 to 10000",
+        id="connection-limit-below-minus-one",
+    ),
+    pytest.param(
+        {"roles": [{"name": "alice", "ensure": "gone"}]},
+        "spec.roles[0].ensure",
+        "present or absent",
+        id="role-ensure-unknown",
+    ),
+    pytest.param(
+        {"databases": [{"name": "shop", "owner": "nobody"}]},
+        "spec.databases[0].owner",
+        "must be app or a role in spec.roles that is present",
+        id="database-owner-undeclared",
+    ),
+    pytest.param(
+        {"roles": [{"name": "alice", "ensure": "absent"}], "databases": [{"name": "shop", "owner": "alice"}]},
+        "spec.databases[0].owner",
+        "must be app or a role in spec.roles that is present",
+        id="database-owner-absent",
+    ),
+    pytest.param(
+        {"databases": [{"name": "template1", "owner": "app"}]},
+        "spec.databases[0].name",
+        "is reserved",
+        id="database-template1",
+    ),
+    pytest.param(
+        {"databases": [{"name": "app", "owner": "app", "ensure": "absent"}]},
+        "spec.databases[0].ensure",
+        "cannot be dropped",
+        id="app-database-dropped",
+    ),
+    pytest.param(
+        {"databases": [{"name": "shop", "owner": "app", "extensions": ["bad name"]}]},
+        "spec.databases[0].extensions[0]",
+        "must be an extension name",
+        id="extension-name",
+    ),
+    pytest.param(
         {"autoPause": {"enabled": "yes"}}, "spec.autoPause.enabled", "true or false", id="enabled-string"
     ),
 ]
@@ -356,6 +428,29 @@ def test_learned_status_round_trips() -> None:
     assert "autoPause" not in empty
 
 
+def test_codec_round_trips_declared_roles_and_databases() -> None:
+    db = codec.decode(yaml.safe_load((ROOT / "manifests/samples/roles.yaml").read_text()))
+    writer, analyst, legacy = db.spec.roles
+    assert (writer.login, writer.password_secret, writer.inherit, writer.connection_limit) == (
+        True,
+        "orders-writer",
+        True,
+        -1,
+    )
+    assert (analyst.in_roles, analyst.connection_limit) == (("pg_read_all_data",), 5)
+    assert legacy.ensure is types.Ensure.ABSENT
+    assert db.spec.databases[0] == types.DeclaredDatabase("ledger", "writer", ("pgcrypto",))
+    assert codec.decode(codec.encode(db)).spec == db.spec
+    # the API server's defaults and the Python ones agree for a declared role, too
+    defaulted = crd_schema.apply_defaults(crd_schema.openapi_schema(), database(roles=[{"name": "x"}]))
+    assert codec.decode(defaulted).spec.roles == (types.RoleSpec("x"),)
+
+
+def test_a_role_name_declared_twice_is_refused() -> None:
+    errors = validate(database(roles=[{"name": "alice"}, {"name": "alice"}]))
+    assert [(e.path, e.message) for e in errors] == [("spec.roles[1].name", "is declared twice: 'alice'")]
+
+
 def test_status_round_trips() -> None:
     now = units.parse_time("2026-11-26T10:00:00.123456Z")
     status = types.DatabaseStatus(
@@ -372,6 +467,12 @@ def test_status_round_trips() -> None:
         ),
         observed_generation=3,
         wake_request="t1",
+        compute=types.ComputeStatus(access="abc", access_time=now),
+        roles=(
+            types.ObjectStatus("alice", types.Applied.APPLIED),
+            types.ObjectStatus("bob", types.Applied.FAILED, "2BP01: role bob cannot be dropped"),
+        ),
+        databases=(types.ObjectStatus("shop", types.Applied.APPLIED),),
     )
     assert codec.decode_status(codec.encode_status(status)) == status
 

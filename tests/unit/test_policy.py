@@ -417,7 +417,9 @@ def test_a_server_gets_the_settings_of_its_size_before_clients_reach_it_and_afte
     assert (configure.action, configure.capacity) == (Action.CONFIGURE, 2.0)
     # ... and the roles the spec asks for (the data never had them)
     assert configure.configure_access
-    assert configure.compute == types.ComputeStatus("pod-a", settings=2.0, access=access.digest(unknown.spec))
+    assert configure.compute == types.ComputeStatus(
+        "pod-a", settings=2.0, access=access.digest(unknown.spec), access_time=NOW
+    )
     # Active, it grew to 3 CU (the kubelet reports the new size): its settings follow, a tick later.
     grown = replace(RUNNING, incarnation="pod-a", capacity=3.0)
     active = db(current=3.0, peaks=(types.Peak(3.0),))
@@ -728,3 +730,54 @@ def test_sizing_follows_floor_and_ceiling() -> None:
     assert sizing.reloadable_settings(0.25)["work_mem"] == "4MB"
     assert sizing.reloadable_settings(2.0)["effective_cache_size"] == "6GB"
     assert sizing.reloadable_settings(4.0)["max_parallel_workers_per_gather"] == "2"
+
+
+# -- declared roles and databases -------------------------------------------------------------------
+
+DECLARING = spec(roles=(types.RoleSpec("alice", login=True, password_secret="alice-pw"),))
+
+
+def applied_at(database: types.ServerlessDatabase, when: datetime) -> types.ServerlessDatabase:
+    compute = replace(database.status.compute, access_time=when)
+    return replace(database, status=replace(database.status, compute=compute))
+
+
+def test_declared_roles_are_applied_again_once_a_resync_has_passed() -> None:
+    fresh = applied_at(db(DECLARING), NOW - TUNING.catalog_resync + timedelta(seconds=1))
+    reading = observation(0.85, 1)  # a goal of 1 CU, the size it has
+    assert plan.decide(db=fresh, compute=RUNNING, observation=reading, now=NOW).action is Action.NONE
+    due = applied_at(db(DECLARING), NOW - TUNING.catalog_resync)
+    again = plan.decide(db=due, compute=RUNNING, observation=reading, now=NOW)
+    assert (again.action, again.configure_access, again.compute.access_time) == (Action.CONFIGURE, True, NOW)
+    # a spec that declares nothing has nothing to drift: no pass over the catalog on a timer
+    plain = applied_at(db(), NOW - timedelta(days=1))
+    assert plan.decide(db=plain, compute=RUNNING, observation=reading, now=NOW).action is Action.NONE
+
+
+def test_a_role_change_never_wakes_a_resting_database_and_is_applied_before_its_clients() -> None:
+    absent = ComputeState(storage=True, compute=Compute.ABSENT, route=Route.ACTIVATOR)
+    stopped = replace(absent, compute=Compute.STOPPED)
+    for resting, compute in ((types.Phase.PARKED, absent), (types.Phase.PAUSED, stopped)):
+        before = applied_at(db(phase=resting, current=None, phase_since=NOW), NOW - timedelta(days=3))
+        changed = replace(before, spec=DECLARING)  # the digest in status is the old spec's
+        rest = plan.decide(db=changed, compute=compute, observation=None, now=NOW)
+        assert (rest.action, rest.phase) == (Action.NONE, resting)
+        assert rest.compute.access == before.status.compute.access  # still owed, kept for the wake
+        woken = replace(changed, wake_request="w1")
+        assert plan.decide(db=woken, compute=compute, observation=None, now=NOW).action is Action.START
+        # started, still behind the activator: the roles go in first, then the clients
+        up = ComputeState(storage=True, compute=Compute.RUNNING, route=Route.ACTIVATOR, capacity=1.0)
+        resuming = replace(woken, status=replace(woken.status, phase=types.Phase.RESUMING, wake_request="w1"))
+        configure = plan.decide(db=resuming, compute=up, observation=None, now=NOW)
+        assert (configure.action, configure.configure_access) == (Action.CONFIGURE, True)
+        configured = replace(resuming, status=replace(resuming.status, compute=configure.compute))
+        route = plan.decide(db=configured, compute=up, observation=None, now=NOW)
+        assert route.action is Action.ROUTE_DIRECT
+
+
+def test_a_wake_applies_declared_roles_again_when_they_are_older_than_a_resync() -> None:
+    """The Secret may hold a new password, or the catalog have drifted, while it rested."""
+    up = ComputeState(storage=True, compute=Compute.RUNNING, route=Route.ACTIVATOR, capacity=1.0)
+    resuming = applied_at(db(DECLARING, phase=types.Phase.RESUMING), NOW - timedelta(hours=2))
+    configure = plan.decide(db=resuming, compute=up, observation=None, now=NOW)
+    assert (configure.action, configure.configure_access) == (Action.CONFIGURE, True)
