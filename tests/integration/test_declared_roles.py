@@ -89,16 +89,14 @@ def role_row(conn: psycopg.Connection[Any], role: str) -> tuple[Any, ...] | None
     ).fetchone()
 
 
-SHOP = {
-    "roles": [
-        {
-            "name": "alice",
-            "login": True,
-            "inRoles": ["pg_read_all_data"],
-            "passwordSecret": {"name": "alice-password"},
-        },
-        {"name": "reporting"},
-    ],
+ALICE = {
+    "name": "alice",
+    "login": True,
+    "inRoles": ["pg_read_all_data"],
+    "passwordSecret": {"name": "alice-password"},
+}
+SHOP: dict[str, Any] = {
+    "roles": [ALICE, {"name": "reporting"}],
     "databases": [{"name": "shop", "owner": "alice", "extensions": ["pgcrypto"]}],
 }
 
@@ -149,7 +147,7 @@ def test_removed_from_the_spec_is_left_alone_and_absent_drops(declaring: Operato
         database(
             "shop",
             autoPause={"enabled": False},
-            roles=[SHOP["roles"][0], {"name": "reporting", "ensure": "absent"}],
+            roles=[ALICE, {"name": "reporting", "ensure": "absent"}],
             databases=[{"name": "shop", "owner": "alice", "ensure": "absent"}],
         )
     )
