@@ -128,6 +128,8 @@ class Reason(StrEnum):
     SETTINGS_FAILED = "SettingsFailed"
     POOLER_FAILED = "PoolerFailed"
     """The pooled endpoint is asked for (spec.pooling) and does not serve."""
+    DECLARED_NOT_APPLIED = "DeclaredNotApplied"
+    """A declared role or database could not be made as declared (status.roles, status.databases)."""
 
 
 @dataclass(frozen=True)
@@ -407,6 +409,8 @@ class Applied(StrEnum):
     """The object is as declared (made, altered, or dropped for `ensure: absent`)."""
     FAILED = "Failed"
     """Some of it could not be applied; `error` says why (a Postgres error with its SQLSTATE)."""
+    PENDING = "Pending"
+    """Declared while the database rests: applied when it next runs, before its first client."""
 
 
 @dataclass(frozen=True)

@@ -241,6 +241,9 @@ def _database(database: types.DeclaredDatabase, found: ObservedDatabase | None) 
     out: list[Step] = []
     if found is None:
         out.append(Step(Kind.DATABASE, database.name, SQL("CREATE DATABASE {} OWNER {}").format(name, owner)))
+        # As the maintenance databases (roles.plan): its owner and the owner's members connect, not PUBLIC.
+        revoke = SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(name)
+        out.append(Step(Kind.DATABASE, database.name, revoke))
     elif found.owner != database.owner:
         out.append(
             Step(Kind.DATABASE, database.name, SQL("ALTER DATABASE {} OWNER TO {}").format(name, owner))

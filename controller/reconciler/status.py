@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from controller.api import types
-from controller.policy import metering
+from controller.policy import access, metering
 from controller.policy.inputs import DEFAULT_TUNING, Compute, ComputeState, ResizeState, Tuning
 from controller.policy.lifecycle import Action
 from controller.policy.plan import IMMEDIATELY, Plan
@@ -102,9 +102,9 @@ def next_status(
         failures=old.failures + 1 if failure else old.failures if failed_earlier else 0,
         usage=metering.accrue_status(old, now, tuning),  # up to now at the phase and size that held
         auto_pause=plan.auto_pause,
-        roles=outcome.declared.roles if outcome.declared is not None else old.roles,
-        databases=outcome.declared.databases if outcome.declared is not None else old.databases,
     )
+    roles, databases = _declared(db, outcome, status.compute)
+    status = replace(status, roles=roles, databases=databases)
     conditions = _conditions(db, status, outcome, now)
     if failed_earlier:
         conditions = tuple(
@@ -180,6 +180,26 @@ def _scaling(
     return F, Reason.STABLE.value, ""
 
 
+def _declared(
+    db: types.ServerlessDatabase, outcome: Outcome, compute: types.ComputeStatus
+) -> tuple[tuple[types.ObjectStatus, ...], tuple[types.ObjectStatus, ...]]:
+    """What status says of the declared roles and databases: the report of the pass that applied them;
+    else the last report while the spec is still the one it applied; else Pending, until the server
+    runs (a resting database is not woken for them)."""
+    report, old = outcome.declared, db.status
+    if report is not None and outcome.failure is None:
+        return report.roles, report.databases
+    if compute.access == access.digest(db.spec):
+        return old.roles, old.databases
+
+    def pending(
+        entries: tuple[types.RoleSpec, ...] | tuple[types.DeclaredDatabase, ...],
+    ) -> tuple[types.ObjectStatus, ...]:
+        return tuple(types.ObjectStatus(e.name, types.Applied.PENDING) for e in entries)
+
+    return pending(db.spec.roles), pending(db.spec.databases)
+
+
 def events(db: types.ServerlessDatabase, status: types.DatabaseStatus, outcome: Outcome) -> list[EventNote]:
     """The events one step is worth: transitions, resizes, failures."""
     plan, failure = outcome.plan, outcome.failure
@@ -203,6 +223,16 @@ def events(db: types.ServerlessDatabase, status: types.DatabaseStatus, outcome: 
     )
     if degraded_now and not was_same and after is not None:
         notes.append(EventNote(EventType.WARNING, after.reason, after.message))
+    # A declared object that newly fails, or fails otherwise than it did: told once, not every pass.
+    for kind, before_entries, after_entries in (
+        ("role", db.status.roles, status.roles),
+        ("database", db.status.databases, status.databases),
+    ):
+        known = {(e.name, e.error) for e in before_entries if e.state is types.Applied.FAILED}
+        for entry in after_entries:
+            if entry.state is types.Applied.FAILED and (entry.name, entry.error) not in known:
+                message = f"{kind} {entry.name} not as declared: {entry.error}"
+                notes.append(EventNote(EventType.WARNING, Reason.DECLARED_NOT_APPLIED.value, message))
     return notes
 
 

@@ -149,6 +149,7 @@ CASES = [
         [
             'GRANT "reader" TO "owner"',
             'CREATE DATABASE "shop" OWNER "owner"',
+            'REVOKE CONNECT, TEMPORARY ON DATABASE "shop" FROM PUBLIC',
             '[shop as owner] CREATE EXTENSION IF NOT EXISTS "pgcrypto"',
             '[shop as owner] CREATE EXTENSION IF NOT EXISTS "citext"',
         ],

@@ -10,8 +10,12 @@ import pytest
 from support.fakes import FakeCompute, FakeMetrics, FakeRuntime, MemoryStore
 
 from controller.api import types
+from controller.policy import access
+from controller.policy import plan as policy
 from controller.policy.inputs import Compute, ComputeState, Observation, Route, Tuning
+from controller.postgres.declared import Report
 from controller.reconciler import priority
+from controller.reconciler import status as status_of
 from controller.reconciler.loop import Reconciler, Requeue
 from controller.reconciler.priority import Priority
 from controller.runtime.base import TransientError
@@ -347,3 +351,34 @@ async def test_deleting_keeps_storage_unless_asked(monkeypatch: pytest.MonkeyPat
         assert db.key not in world.store.objects
     assert world.runtime.databases["shop/kept"].storage
     assert "shop/dropped" not in world.runtime.databases
+
+
+def test_declared_roles_in_status_are_the_last_pass_then_pending_until_applied() -> None:
+
+    now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    alice = (types.RoleSpec("alice", login=True),)
+    db = new_db(roles=alice)
+    running = ComputeState(storage=True, compute=Compute.RUNNING, route=Route.DIRECT, capacity=0.25)
+    plan = policy.decide(db=db, compute=running, observation=None, now=now)
+    assert plan.configure_access  # never applied: the server gets them now
+    failed = Report(roles=(types.ObjectStatus("alice", types.Applied.FAILED, "42501: permission denied"),))
+    step = status_of.advance(db, status_of.Outcome(plan, running, declared=failed), now)
+    assert step.db.status.roles == failed.roles
+    warnings = [n.message for n in step.notes if n.reason == "DeclaredNotApplied"]
+    assert warnings == ["role alice not as declared: 42501: permission denied"]
+    again = status_of.advance(step.db, status_of.Outcome(plan, running, declared=failed), now)
+    assert [n for n in again.notes if n.reason == "DeclaredNotApplied"] == []  # told once
+    # a pass that does not look at them keeps the report; a spec they do not follow yet makes them Pending
+    quiet = status_of.advance(
+        step.db, status_of.Outcome(replace(plan, compute=step.db.status.compute), running), now
+    )
+    assert quiet.db.status.roles == failed.roles
+    changed = replace(step.db, spec=replace(step.db.spec, roles=(*alice, types.RoleSpec("bob"))))
+    assert step.db.status.compute.access != access.digest(changed.spec)
+    parked = ComputeState(storage=True, compute=Compute.ABSENT, route=Route.ACTIVATOR)
+    rest = policy.decide(db=changed, compute=parked, observation=None, now=now)
+    pending = status_of.advance(changed, status_of.Outcome(rest, parked), now).db.status.roles
+    assert pending == (
+        types.ObjectStatus("alice", types.Applied.PENDING),
+        types.ObjectStatus("bob", types.Applied.PENDING),
+    )
