@@ -559,6 +559,13 @@ def _cmd_describe(args: argparse.Namespace) -> int:
             for c in status.conditions
         ]
     )
+    declared = [("role", o) for o in status.roles] + [("database", o) for o in status.databases]
+    if declared:
+        print("Declared:")
+        _table(
+            [["  KIND", "NAME", "STATE", "ERROR"]]
+            + [["  " + kind, o.name, o.state.value, o.error or "-"] for kind, o in declared]
+        )
     events = store.events(db.key)
     print("Events:")
     if not events:

@@ -17,8 +17,9 @@ Postgres as SCRAM verifiers only, so no log line of Postgres's or the operator's
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -147,12 +148,35 @@ def _salt(salt: bytes, name: str) -> bytes:
     return hashlib.sha256(salt + name.encode()).digest()[:16]
 
 
-def _password_matches(stored: str | None, password: str | None) -> bool:
+def password_matches(stored: str | None, password: str | None) -> bool:
+    """Whether the stored secret is that of `password` (None: no password at all)."""
     if password is None:
         return stored is None
     if is_verifier(password):
         return stored == password
     return roles.matches(stored, password)
+
+
+class Verified:
+    """`password_matches`, remembered: checking a SCRAM secret costs 4096 rounds of PBKDF2 (about 10 ms),
+    which a resync pass would pay for every role, every time. Bounded; keyed by a digest of the
+    password with the stored secret, so the memory holds no password."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._known: collections.OrderedDict[bytes, bool] = collections.OrderedDict()
+
+    def __call__(self, stored: str | None, password: str | None) -> bool:
+        if stored is None or password is None or is_verifier(password):
+            return password_matches(stored, password)
+        key = hashlib.sha256(f"{stored}\0{password}".encode()).digest()
+        known = self._known.get(key)
+        if known is None:
+            known = self._known[key] = password_matches(stored, password)
+            if len(self._known) > self._size:
+                self._known.popitem(last=False)
+        self._known.move_to_end(key)
+        return known
 
 
 def _password_sql(name: str, password: str | None, salt: bytes) -> Composable:
@@ -183,7 +207,13 @@ def _attributes(role: types.RoleSpec, observed: ObservedRole | None) -> list[Com
     return out
 
 
-def plan(desired: Desired, observed: Observed, *, salt: bytes) -> list[Step]:
+def plan(
+    desired: Desired,
+    observed: Observed,
+    *,
+    salt: bytes,
+    matches: Callable[[str | None, str | None], bool] = password_matches,
+) -> list[Step]:
     """The steps that make the catalog what is declared, in order; none when it already is.
 
     Roles first (so databases can be owned by them and roles can be members of each other), then
@@ -195,9 +225,7 @@ def plan(desired: Desired, observed: Observed, *, salt: bytes) -> list[Step]:
         role, seen = wanted.spec, observed.roles.get(wanted.spec.name)
         attributes = _attributes(role, seen)
         # A password that could not be read is left as it is, whatever it is.
-        keep_password = bool(wanted.problem) or (
-            seen is not None and _password_matches(seen.password, wanted.password)
-        )
+        keep_password = bool(wanted.problem) or (seen is not None and matches(seen.password, wanted.password))
         if seen is None:
             if not wanted.problem:
                 attributes.append(SQL("PASSWORD {}").format(_password_sql(role.name, wanted.password, salt)))
@@ -365,17 +393,32 @@ def _until(value: object) -> datetime | None:
 
 
 async def apply(
-    sessions: OperatorSessions, key: str, address: Address, desired: Desired, *, salt: bytes
+    sessions: OperatorSessions,
+    key: str,
+    address: Address,
+    desired: Desired,
+    *,
+    salt: bytes,
+    verified: Verified | None = None,
 ) -> Report:
     """Make the declared roles and databases so; the report says what could not be, and why."""
-    return await asyncio.to_thread(_apply, sessions, key, address, desired, salt)
+    matches = verified or password_matches
+    return await asyncio.to_thread(_apply, sessions, key, address, desired, salt, matches)
 
 
-def _apply(sessions: OperatorSessions, key: str, address: Address, desired: Desired, salt: bytes) -> Report:
+def _apply(
+    sessions: OperatorSessions,
+    key: str,
+    address: Address,
+    desired: Desired,
+    salt: bytes,
+    matches: Callable[[str | None, str | None], bool],
+) -> Report:
     if not desired.roles and not desired.databases:
         return Report()
     with sessions.connect(key, address) as conn:
-        steps = plan(desired, _observe(sessions, key, address, conn, desired), salt=salt)
+        observed = _observe(sessions, key, address, conn, desired)
+        steps = plan(desired, observed, salt=salt, matches=matches)
         errors: dict[int, str] = {}
         for index, step in enumerate(steps):
             if step.statement is None:

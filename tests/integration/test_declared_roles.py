@@ -4,6 +4,7 @@ that no log line holds."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,6 +220,8 @@ def test_a_password_from_a_file_works_and_no_log_line_holds_it(declaring: Operat
 
     carol, dave, erin = wait_for(reported, timeout=30, what="the roles to be reported")
     assert carol.state is types.Applied.APPLIED
+    _, described, _ = declaring.sdb("describe", "secretive")
+    assert re.search(r"role +erin +Failed +the password Secret missing was not found", described), described
     assert (dave.state, dave.error) == (
         types.Applied.FAILED,
         "the password Secret dave-password is for user 'not-dave', not 'dave'",

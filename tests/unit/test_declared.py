@@ -248,3 +248,16 @@ def test_report_names_the_first_error_of_each_object() -> None:
     )
     assert report.databases[0].state is types.Applied.FAILED
     assert "dropWithData" in report.databases[0].error
+
+
+def test_verified_answers_as_the_check_it_remembers_and_stays_bounded() -> None:
+    verified = declared.Verified(size=2)
+    stored = verifier_of("alice", "s3cret")
+    assert verified(stored, "s3cret") is True
+    assert verified(stored, "wrong") is False
+    assert verified(stored, "s3cret") is True  # from memory
+    assert verified(None, None) is True
+    assert verified(stored, None) is False
+    verified(verifier_of("bob", "x"), "x")
+    assert len(verified._known) == 2
+    assert not any(b"s3cret" in key for key in verified._known)

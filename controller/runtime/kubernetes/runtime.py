@@ -94,6 +94,8 @@ class KubernetesRuntime:
         self.certificates = certificates or Certificates(kube, system_namespace=system_namespace)
         self.informers = informers
         self.sessions = sessions or OperatorSessions()
+        self.verified = declared.Verified()
+        """Passwords already checked against the stored secrets (a resync pass checks every role)."""
         self.port_range = port_range
         self.locate = locate
         self.system_namespace = system_namespace
@@ -453,7 +455,7 @@ class KubernetesRuntime:
             await roles.apply(self.sessions, db.key, address, roles.Desired(app, superuser))
             wanted = declared.desired(db.spec, credentials)
             report = await declared.apply(
-                self.sessions, db.key, address, wanted, salt=secrets.token_bytes(16)
+                self.sessions, db.key, address, wanted, salt=secrets.token_bytes(16), verified=self.verified
             )
             # After the declared roles: those that log in get plaintext, or not, as the others do.
             await encryption.apply(self.sessions, db.key, address, required=db.spec.tls.required)

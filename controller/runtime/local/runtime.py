@@ -162,6 +162,8 @@ class LocalRuntime:
         self.activator = activator
         self.identity = identity
         self.sessions = sessions or OperatorSessions()
+        self.verified = declared.Verified()
+        """Passwords already checked against the stored secrets (a resync pass checks every role)."""
         self.cgroups = Cgroups(cgroup_group(state_dir))
         self.redirect = KernelRedirect(operator_id(state_dir), enabled=kernel_redirect)
         self._databases: dict[str, _Database] = {}
@@ -515,7 +517,7 @@ class LocalRuntime:
             await roles.apply(self.sessions, db.key, address, desired)
             wanted = declared.desired(db.spec, await asyncio.to_thread(self._role_credentials, db))
             report = await declared.apply(
-                self.sessions, db.key, address, wanted, salt=secrets.token_bytes(16)
+                self.sessions, db.key, address, wanted, salt=secrets.token_bytes(16), verified=self.verified
             )
             # After the declared roles: those that log in get plaintext, or not, as the others do.
             await encryption.apply(self.sessions, db.key, address, required=db.spec.tls.required)
