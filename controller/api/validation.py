@@ -409,6 +409,8 @@ MAX_DECLARED = 64
 """Roles (and databases) a spec may declare: each has an entry in status, which must stay bounded."""
 RESERVED_ROLES = frozenset({"postgres", "app", "superuser", "public"})
 """The operator's own roles (and PUBLIC): a spec cannot declare them."""
+RESERVED_PREFIXES = ("pg_", "sdb_")
+"""Postgres's predefined roles, and the operator's own groups (sdb_plaintext: who may skip TLS)."""
 RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
 GRANTABLE_PREDEFINED = (
     "pg_checkpoint",
@@ -432,8 +434,10 @@ def _validate_declared(check: _Checker, roles: Any, databases: Any) -> None:
     for index, role in enumerate(_entries(check, roles, "spec.roles")):
         path = f"spec.roles[{index}]"
         name = _validate_sql_name(check, role.get("name"), f"{path}.name", declared)
-        if name in RESERVED_ROLES or (name or "").startswith("pg_"):
-            check.fail(f"{path}.name", f"is reserved (the operator's roles, PUBLIC and pg_*): {name!r}")
+        if name in RESERVED_ROLES or (name or "").startswith(RESERVED_PREFIXES):
+            check.fail(
+                f"{path}.name", f"is reserved (the operator's roles, PUBLIC, pg_* and sdb_*): {name!r}"
+            )
         for attribute in ("superuser", "replication"):
             if role.get(attribute, False) is not False:
                 check.fail(f"{path}.{attribute}", "is refused: the operator makes no such role")
@@ -464,8 +468,10 @@ def _validate_declared(check: _Checker, roles: Any, databases: Any) -> None:
         for at, member_of in enumerate(in_roles):
             if not isinstance(member_of, str) or not _SQL_NAME.fullmatch(member_of):
                 check.fail(f"{path}.inRoles[{at}]", f"must be a role name (got {_show(_short(member_of))})")
-            elif member_of in ("postgres", "superuser", "public") or (
-                member_of.startswith("pg_") and member_of not in GRANTABLE_PREDEFINED
+            elif (
+                member_of in ("postgres", "superuser", "public")
+                or member_of.startswith("sdb_")
+                or (member_of.startswith("pg_") and member_of not in GRANTABLE_PREDEFINED)
             ):
                 check.fail(
                     f"{path}.inRoles[{at}]",

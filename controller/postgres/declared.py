@@ -29,9 +29,11 @@ import psycopg.sql
 from psycopg.sql import SQL, Composable, Composed, Identifier, Literal
 
 from controller.api import types
-from controller.postgres import roles
+from controller.postgres import encryption, roles
 from controller.postgres.sessions import Address, OperatorSessions
 
+OPERATOR_GROUPS = frozenset({encryption.PLAINTEXT_ROLE})
+"""Group roles the operator grants by its own rules; a declared role's memberships in them are left to it."""
 SCRAM_PREFIX = "SCRAM-SHA-256$"
 INFINITY = "infinity"
 
@@ -242,7 +244,8 @@ def plan(
             if group not in member_of:
                 statement = SQL("GRANT {} TO {}").format(Identifier(group), Identifier(role.name))
                 out.append(Step(Kind.ROLE, role.name, statement))
-        for group in sorted(member_of - set(role.in_roles)):
+        # The operator's own groups (sdb_*: plaintext allowed, ...) are its to grant, not the spec's.
+        for group in sorted(member_of - set(role.in_roles) - OPERATOR_GROUPS):
             statement = SQL("REVOKE {} FROM {}").format(Identifier(group), Identifier(role.name))
             out.append(Step(Kind.ROLE, role.name, statement))
     for database in desired.databases:

@@ -110,7 +110,9 @@ def test_declared_roles_and_databases_are_made_and_hand_made_changes_reverted(de
     with as_role(declaring, "shop", "alice", PASSWORD, "shop") as alice:
         assert alice.execute("select current_user, current_database()").fetchone() == ("alice", "shop")
         assert alice.execute("select extname from pg_extension where extname = 'pgcrypto'").fetchone()
-        assert role_row(alice, "alice") == (True, False, -1, ["pg_read_all_data"])
+        # sdb_plaintext: a login role may connect without TLS (spec.tls.required is false); the
+        # operator grants it by its own rule, and the declared memberships leave it be.
+        assert role_row(alice, "alice") == (True, False, -1, ["pg_read_all_data", "sdb_plaintext"])
         assert role_row(alice, "reporting") == (False, False, -1, [])
     # By hand: alice made a superuser that cannot log in, out of her group, reporting dropped, the
     # extension dropped. The next pass makes each as declared again.
@@ -122,9 +124,12 @@ def test_declared_roles_and_databases_are_made_and_hand_made_changes_reverted(de
             inside.execute("drop extension pgcrypto")
 
         def reverted() -> bool:
-            return role_row(superuser, "alice") == (True, False, -1, ["pg_read_all_data"]) and role_row(
-                superuser, "reporting"
-            ) == (False, False, -1, [])
+            return role_row(superuser, "alice") == (
+                True,
+                False,
+                -1,
+                ["pg_read_all_data", "sdb_plaintext"],
+            ) and role_row(superuser, "reporting") == (False, False, -1, [])
 
         wait_for(reverted, timeout=30, what="the hand-made changes to be reverted")
     with as_role(declaring, "shop", "alice", PASSWORD, "shop") as alice:

@@ -215,7 +215,7 @@ BAD_SPECS = [
         pytest.param(
             {"roles": [{"name": name}]}, "spec.roles[0].name", "is reserved", id=f"role-named-{name}"
         )
-        for name in ("app", "postgres", "superuser", "pg_evil")
+        for name in ("app", "postgres", "superuser", "pg_evil", "sdb_plaintext")
     ],
     pytest.param(
         {"roles": [{"name": "Alice"}]}, "spec.roles[0].name", "lower-case letters", id="role-name-upper-case"
@@ -227,7 +227,13 @@ BAD_SPECS = [
             f"may not be {group!r}",
             id=f"member-of-{group}",
         )
-        for group in ("superuser", "postgres", "pg_write_server_files", "pg_execute_server_program")
+        for group in (
+            "superuser",
+            "postgres",
+            "pg_write_server_files",
+            "pg_execute_server_program",
+            "sdb_plaintext",
+        )
     ],
     pytest.param(
         {"roles": [{"name": "alice", "connectionLimit": -5}]},

@@ -86,11 +86,13 @@ CASES = [
         Observed(
             {
                 "alice": ObservedRole(
-                    login=True, password=ALICE.password, member_of=frozenset({"app", "pg_monitor"})
+                    login=True,
+                    password=ALICE.password,
+                    member_of=frozenset({"app", "pg_monitor", "sdb_plaintext"}),
                 )
             }
         ),
-        ['REVOKE "pg_monitor" FROM "alice"'],
+        ['REVOKE "pg_monitor" FROM "alice"'],  # sdb_plaintext is the operator's to grant (tls.required)
         id="revoke",
     ),
     pytest.param(
