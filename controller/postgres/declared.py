@@ -17,8 +17,10 @@ Postgres as SCRAM verifiers only, so no log line of Postgres's or the operator's
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import hashlib
+import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -156,7 +158,14 @@ def password_matches(stored: str | None, password: str | None) -> bool:
         return stored is None
     if is_verifier(password):
         return stored == password
-    return roles.matches(stored, password)
+    try:
+        kind, rest = (stored or "").split("$", 1)
+        head, _ = rest.split("$", 1)
+        iterations, salt = head.split(":", 1)
+        expected = roles.scram_verifier(password, salt=base64.b64decode(salt), iterations=int(iterations))
+    except ValueError:
+        return False
+    return kind == "SCRAM-SHA-256" and hmac.compare_digest(expected, stored or "")
 
 
 class Verified:

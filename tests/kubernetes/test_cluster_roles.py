@@ -14,7 +14,7 @@ from support.cluster import activator_slice, create, eventually, operator, phase
 from support.postgres import Server
 
 from controller.policy.inputs import Tuning
-from controller.postgres import roles
+from controller.postgres import declared
 
 pytestmark = pytest.mark.kubernetes
 
@@ -78,13 +78,14 @@ async def test_a_password_comes_from_a_basic_auth_secret(
             "error": "the password Secret erin is not of type kubernetes.io/basic-auth",
         }
         assert reported(kube)["k8s_fred"]["error"] == "the password Secret nowhere was not found"
-        assert roles.matches(stored(pods, "k8s_dana"), PASSWORD)
+        assert declared.password_matches(stored(pods, "k8s_dana"), PASSWORD)
         # the Opaque Secret's password was never used: erin has none, and fred too
         assert stored(pods, "k8s_erin") is None
         assert stored(pods, "k8s_fred") is None
         # a new password in the Secret is the role's on a later pass
         kube.apply(secret("dana", "kubernetes.io/basic-auth", username="k8s_dana", password=PASSWORD + "!"))
         await eventually(
-            lambda: roles.matches(stored(pods, "k8s_dana"), PASSWORD + "!"), what="the new password"
+            lambda: declared.password_matches(stored(pods, "k8s_dana"), PASSWORD + "!"),
+            what="the new password",
         )
     assert PASSWORD not in str(sdb(kube))
