@@ -196,8 +196,11 @@ def live_a_little(operator: Operator, prometheus: Prometheus) -> None:
             floor = start + 0.25 * ups
             operator.apply(database("orders", **{**SPEC, "capacity": {"min": floor, "max": 4}}))
             seen(prometheus, 'sdb_resizes_total{database="orders", direction="up"}', ups)
-        operator.apply(database("orders", **SPEC))
+        # A maximum below the current size is a resize down at once (the policy's own scale-down may
+        # wait minutes for a page cache to cool).
+        operator.apply(database("orders", **{**SPEC, "capacity": {"min": start, "max": start}}))
         seen(prometheus, 'sdb_resizes_total{database="orders", direction="down"}', 1)
+        operator.apply(database("orders", **SPEC))
         # Through the pooler too: its clients and transactions, for the pooled endpoint's panels.
         pooled = operator.sdb("dsn", "orders", "--pooled")[1].strip()
         for transactions in (1, 2):
