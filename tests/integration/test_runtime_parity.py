@@ -7,6 +7,8 @@ with one real server standing in for the database's pod (the double's pods run n
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,31 +17,31 @@ from typing import Any
 import psycopg
 import pytest
 from kubeapi import KubeApiDouble
+from kubernetes import client
 from support.cluster import activator_slice, create, eventually, operator, sdb
-from support.operator import Operator, database, running_operator
+from support.operator import Operator, database, running_operator, wait_for
 from support.postgres import Server, running_server
 from support.requirements import require_postgres
 
 from controller.api import codec, types, units
 from controller.policy import sizing
 from controller.policy.inputs import Tuning
-from controller.runtime.kubernetes import client as kc
-from controller.runtime.kubernetes import permissions
-from controller.runtime.kubernetes.informer import Informer
-from controller.runtime.kubernetes.store import KubeStore
 
 pytestmark = pytest.mark.postgres
 
 IDLE_AFTER = 4.0
-SCALE_DOWN_DELAY = 2.0
 TICK = 0.25
-STEPPING_DOWN: dict[str, Any] = {
-    "capacity": {"min": 0.25, "max": 4},
+AT_ONE_CU: dict[str, Any] = {
+    "capacity": {"min": 1, "max": 4},
     "autoPause": {"idleAfter": f"{IDLE_AFTER:g}s"},
     "autoPark": {"enabled": False},
-    "scaling": {"scaleDownDelay": f"{SCALE_DOWN_DELAY:g}s"},
 }
-"""Woken, it starts at 1 CU and, idle, steps down to 0.25 (three resizes) before it may pause."""
+"""Running at 1 CU; it pauses IDLE_AFTER after its last client."""
+RESOLUTION = IDLE_AFTER / 10
+"""How far apart two activities must be for status to keep the later one (a tenth of idleAfter, at
+most): the resize comes at least this long after the client, so a resize counted as a client shows."""
+SHRUNK: dict[str, Any] = {"capacity": {"min": 0.25, "max": 0.25}}
+"""A maximum below its size: the operator resizes it down at once, with a session of its own."""
 
 
 @pytest.fixture
@@ -60,21 +62,6 @@ def show(conn: psycopg.Connection[tuple[object, ...]], name: str) -> str:
     row = conn.execute(f"SHOW {name}").fetchone()
     assert row is not None
     return str(row[0])
-
-
-def assert_paused_after_the_client(status: types.DatabaseStatus, left: datetime, scaled_down: int) -> None:
-    """Steps down happened after the client left, and none of them counted as a client.
-
-    Told by order, not by timing: the pass after the client left records its activity, and a later
-    pass makes the last step down (each step waits scaleDownDelay). Had that step's own session
-    counted, the activity would come after it.
-    """
-    assert scaled_down >= 2
-    assert status.last_activity_time is not None
-    last_step = status.capacity.last_scale_time
-    assert last_step is not None
-    assert left < last_step
-    assert status.last_activity_time < last_step, (status.last_activity_time, last_step)
 
 
 # -- the settings a start puts in force ----------------------------------------------------------
@@ -100,21 +87,22 @@ async def test_on_kubernetes_a_start_runs_with_the_settings_of_its_size(
         assert pod.setting("work_mem") == WORK_MEM
 
 
-# -- an idle database stepping down pauses after its last client ---------------------------------
+# -- a resize while idle does not count as a client ----------------------------------------------
 
 
 def test_locally_the_operators_own_sessions_never_delay_a_pause(local: Operator) -> None:
-    local.apply(database("idle", **STEPPING_DOWN))
+    local.apply(database("idle", **AT_ONE_CU))
     local.wait_phase("idle", types.Phase.ACTIVE)
-    local.wait_phase("idle", types.Phase.PAUSED, timeout=30)
-    with local.connect("idle") as conn:  # wakes it at 1 CU
+    with local.connect("idle") as conn:  # a client, seen by a reading
         conn.execute("select 1")
+        wait_for(lambda: local.get("idle").status.connections == 1, what="the client's session in status")
     left = units.now_utc()
-    local.wait_phase("idle", types.Phase.ACTIVE)  # the status the wake's pass writes
+    wait_for(lambda: local.get("idle").status.connections == 0, what="a reading after the client left")
+    time.sleep(RESOLUTION)
+    local.apply(database("idle", **{**AT_ONE_CU, **SHRUNK}))
+    wait_for(lambda: local.get("idle").status.capacity.current == 0.25, what="the resize down")
     local.wait_phase("idle", types.Phase.PAUSED, timeout=30)
-    events = [e for e in local.store.events("default/idle") if e.last_time > left]
-    scaled_down = sum(e.count for e in events if e.reason == types.Reason.SCALED_DOWN.value)
-    assert_paused_after_the_client(local.get("idle").status, left, scaled_down)
+    assert_paused_after_the_client(local.get("idle").status, left)
 
 
 async def test_on_kubernetes_the_operators_own_sessions_never_delay_a_pause(
@@ -123,22 +111,42 @@ async def test_on_kubernetes_the_operators_own_sessions_never_delay_a_pause(
     kube.create(activator_slice())
     fast = Tuning(tick=timedelta(seconds=TICK))
     async with operator(kube, pod, direct_readings=True, tuning=fast):
-        create(kube, **STEPPING_DOWN)
+        create(kube, **AT_ONE_CU)
         await eventually(
-            lambda: sdb(kube).get("status", {}).get("phase") == "Paused", timeout=30, what="Paused"
+            lambda: sdb(kube).get("status", {}).get("phase") == "Active", timeout=30, what="Active"
         )
-        # A client connects: the activator asks for a wake, as it does, with a WakeRequest.
-        activator = kc.Kube(kube.api_client(), permissions.ACTIVATOR)
-        await KubeStore(activator, Informer(activator, kc.DATABASES)).request_wake("shop/orders")
-        await eventually(lambda: sdb(kube)["status"]["phase"] == "Active", timeout=30, what="woken")
-        with pod.connect() as conn:  # the client the activator let through
+        with pod.connect() as conn:  # a client, seen by a reading
             conn.execute("select 1")
+            await eventually(lambda: sdb(kube)["status"].get("connections") == 1, what="the client in status")
         left = datetime.now(UTC)
-        await eventually(lambda: sdb(kube)["status"]["phase"] == "Paused", timeout=30, what="Paused again")
-    scaled_down = sum(
-        int(e.get("count") or 1)
-        for e in kube.list("events", "shop")
-        if e["reason"] == types.Reason.SCALED_DOWN.value
-        and units.parse_time(e["lastTimestamp"]) >= left.replace(microsecond=0)
+        await eventually(
+            lambda: sdb(kube)["status"].get("connections", 0) == 0, what="a reading after it left"
+        )
+        await asyncio.sleep(RESOLUTION)
+        patch_spec(kube, SHRUNK)
+        await eventually(
+            lambda: sdb(kube)["status"]["capacity"].get("current") == 0.25, timeout=30, what="the resize down"
+        )
+        await eventually(lambda: sdb(kube)["status"]["phase"] == "Paused", timeout=30, what="Paused")
+    assert_paused_after_the_client(codec.decode(sdb(kube)).status, left)
+
+
+def patch_spec(kube: KubeApiDouble, spec: dict[str, Any]) -> None:
+    client.CustomObjectsApi(kube.api_client()).patch_namespaced_custom_object(
+        types.GROUP, types.VERSION, "shop", types.PLURAL, "orders", {"spec": spec}
     )
-    assert_paused_after_the_client(codec.decode(sdb(kube)).status, left, scaled_down)
+
+
+def assert_paused_after_the_client(status: types.DatabaseStatus, left: datetime) -> None:
+    """The resize came after the client left, and did not count as a client.
+
+    Told by order, not by timing: the resize is asked for once a reading has recorded that the
+    client left. Had the resize's own session counted, the activity would come after
+    the resize.
+    """
+    assert status.phase is types.Phase.PAUSED
+    assert status.last_activity_time is not None
+    resized = status.capacity.last_scale_time
+    assert resized is not None
+    assert left < resized
+    assert status.last_activity_time < resized, (status.last_activity_time, resized)
