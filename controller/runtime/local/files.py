@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 UNTRUSTED_READ_LIMIT = 64 * 1024
@@ -64,3 +65,20 @@ def adopt_tree(root: Path, uid: int, gid: int) -> int:
                 os.chown(entry, uid, gid, follow_symlinks=False)
                 changed += 1
     return changed
+
+
+def spawn_logged(argv: list[str], *, log: Path, cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a daemon in a session of its own (a Ctrl-C to the operator must not reach it), its output
+    appended to `log`: the operator's file, readable by nobody else, opened without following a link
+    and written by the child through the descriptor it inherits."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )

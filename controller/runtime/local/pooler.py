@@ -137,18 +137,7 @@ class Pooler:
             self.log.replace(self.log.with_suffix(".log.1"))
         argv = self.user.command([binary(), str(self.config)])
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-        # The log is the operator's file; the pooler writes it through this descriptor.
-        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "ab") as log:
-            self._process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                env=env,
-                start_new_session=True,  # a Ctrl-C to the operator must not reach the pooler
-            )
+        self._process = files.spawn_logged(argv, log=self.log, cwd=self.directory, env=env)
         files.write_private(self.record, json.dumps({"pid": self._process.pid}))
 
     async def stop(self) -> None:

@@ -334,18 +334,7 @@ class Cluster:
             joins = " && ".join(f'echo $$ > "{p}"' for p in cgroup_procs)
             argv = ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        # The log is the operator's file, readable by nobody else; the server writes it through this fd.
-        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "ab") as log:
-            self._process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.pgdata,
-                env=env,
-                start_new_session=True,  # a Ctrl-C to the operator must not reach the server
-            )
+        self._process = files.spawn_logged(argv, log=self.log, cwd=self.pgdata, env=env)
         # setpriv and the shell exec the server in place: the child's pid is the postmaster's.
         self._write_record(pid=self._process.pid)
 
