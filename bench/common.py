@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -18,8 +21,31 @@ sys.path.insert(0, str(ROOT / "tests"))
 from support.operator import Operator, database, wait_for  # noqa: E402
 
 from controller.api import units  # noqa: E402
+from controller.runtime.local.runtime import Endpoint  # noqa: E402
 
-__all__ = ["Operator", "database", "percentile", "report", "scratch_operator", "wait_for"]
+__all__ = ["Operator", "database", "percentile", "pgbench", "report", "scratch_operator", "tps", "wait_for"]
+
+
+def pgbench(port: int, endpoint: Endpoint, *args: str) -> str:
+    """pgbench as `endpoint`'s role against `port` on loopback; its report."""
+    binary = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    env = {**os.environ, "PGPASSWORD": endpoint.password}
+    result = subprocess.run(
+        [binary, "-h", "127.0.0.1", "-p", str(port), "-U", endpoint.user, *args, endpoint.database],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout
+
+
+def tps(output: str) -> float:
+    """The transactions per second of a pgbench report, not counting its connections."""
+    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", output)
+    if match is None:
+        raise RuntimeError(f"no tps in pgbench output:\n{output}")
+    return float(match.group(1))
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -21,38 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 
 import psycopg
-from common import database, median, report, scratch_operator
+from common import database, median, pgbench, report, scratch_operator, tps
 
 from controller.api import types
 from controller.runtime.local.runtime import Endpoint, read_endpoint
-
-
-def pgbench(port: int, endpoint: Endpoint, *args: str) -> str:
-    binary = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
-    env = {**os.environ, "PGPASSWORD": endpoint.password}
-    result = subprocess.run(
-        [binary, "-h", "127.0.0.1", "-p", str(port), "-U", endpoint.user, *args, endpoint.database],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout
-
-
-def tps(output: str) -> float:
-    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", output)
-    if match is None:
-        raise RuntimeError(f"no tps in pgbench output:\n{output}")
-    return float(match.group(1))
 
 
 @dataclass

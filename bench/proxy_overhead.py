@@ -11,35 +11,11 @@ Last line: tps_endpoint tps_direct ratio (goal: ratio >= 0.9).
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import shutil
-import subprocess
 
-from common import database, median, report, scratch_operator
+from common import database, median, pgbench, report, scratch_operator, tps
 
 from controller.api import types
-from controller.runtime.local.runtime import Endpoint, read_endpoint
-
-
-def pgbench(port: int, endpoint: Endpoint, *args: str) -> str:
-    binary = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
-    env = {**os.environ, "PGPASSWORD": endpoint.password}
-    result = subprocess.run(
-        [binary, "-h", "127.0.0.1", "-p", str(port), "-U", endpoint.user, *args, endpoint.database],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout
-
-
-def tps(output: str) -> float:
-    match = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", output)
-    if match is None:
-        raise RuntimeError(f"no tps in pgbench output:\n{output}")
-    return float(match.group(1))
+from controller.runtime.local.runtime import read_endpoint
 
 
 def main() -> None:
