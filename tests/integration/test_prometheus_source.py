@@ -232,9 +232,17 @@ def test_a_client_that_came_and_went_between_scrapes_is_activity(world: World) -
     assert later.last_activity == seen.last_activity
 
 
+# About attribution, not speed: an idle server stays under a twentieth of a core, and one busy
+# backend gets three times that even when ten other busy processes share the machine's two cores.
+IDLE_CORES = 0.05
+BUSY_CORES = 0.15
+
+
 def test_cpu_rises_under_real_load_on_that_database_only(world: World) -> None:
     source = world.source()
-    idle = reading(source, ORDERS, lambda o: o.cpu_cores is not None and o.cpu_cores < 0.3, what="idle CPU")
+    idle = reading(
+        source, ORDERS, lambda o: o.cpu_cores is not None and o.cpu_cores < IDLE_CORES, what="idle CPU"
+    )
     assert (idle.memory_working_set_bytes or 0) > 10 * 1024**2
     assert (idle.memory_cache_bytes or 0) > 0
     stop = threading.Event()
@@ -247,15 +255,17 @@ def test_cpu_rises_under_real_load_on_that_database_only(world: World) -> None:
     worker = threading.Thread(target=busy)
     worker.start()
     try:
-        loaded = reading(source, ORDERS, lambda o: (o.cpu_cores or 0) > 0.6, what="one busy core on orders")
+        loaded = reading(
+            source, ORDERS, lambda o: (o.cpu_cores or 0) > BUSY_CORES, what="a busy backend on orders"
+        )
         assert loaded.time > idle.time
         wiki = observe(source, [WIKI])[WIKI.key]
         assert wiki.cpu_cores is not None
-        assert wiki.cpu_cores < 0.3
+        assert wiki.cpu_cores < IDLE_CORES
     finally:
         stop.set()
         worker.join(30)
-    reading(source, ORDERS, lambda o: (o.cpu_cores or 0) < 0.3, what="orders' CPU to fall again")
+    reading(source, ORDERS, lambda o: (o.cpu_cores or 0) < IDLE_CORES, what="orders' CPU to fall again")
 
 
 def test_transactions_per_second_are_the_clients_not_the_exporters(world: World) -> None:
