@@ -69,10 +69,16 @@ class Layout:
     auth_file: str
     tls: Tls | None = None
     server_tls_sslmode: str = "prefer"
+    server_tls_ca_file: str = ""
+    """The CA the server's certificate is checked against (with server_tls_sslmode verify-full)."""
+    prepared_statements: int = 0
+    """max_prepared_statements (PgBouncer 1.21 and later): protocol-level prepared statements kept per
+    server connection in transaction mode; 0 leaves the setting out, as 1.18 does not know it."""
 
 
 def render(spec: types.DatabaseSpec, capacity: float, layout: Layout) -> str:
-    """pgbouncer.ini for a database at `capacity` (settings PgBouncer 1.18 and later all read)."""
+    """pgbouncer.ini for a database at `capacity` (settings PgBouncer 1.18 and later all read, and
+    max_prepared_statements where the layout's PgBouncer has it)."""
     pool = sizing.pool_size(spec, capacity)
     server = f"host={layout.server_host} port={layout.server_port}"
     databases = {roles.APP_DATABASE: f"{server} dbname={roles.APP_DATABASE}"}
@@ -109,6 +115,10 @@ def render(spec: types.DatabaseSpec, capacity: float, layout: Layout) -> str:
         "syslog": "0",
         "server_tls_sslmode": layout.server_tls_sslmode,
     }
+    if layout.server_tls_ca_file:
+        settings["server_tls_ca_file"] = layout.server_tls_ca_file
+    if layout.prepared_statements:
+        settings["max_prepared_statements"] = str(layout.prepared_statements)
     if layout.tls is not None:
         settings |= {
             "client_tls_sslmode": "require" if spec.tls.required else "allow",
@@ -135,10 +145,12 @@ def needs_reload(before: str, after: str) -> bool:
     size changes) would turn into refused clients.
     """
 
-    def shape(ini: str) -> list[str]:
-        return [line for line in ini.splitlines() if line.split(" = ", 1)[0] not in POOL_SIZE_SETTINGS]
-
     return shape(before) != shape(after)
+
+
+def shape(ini: str) -> str:
+    """The configuration without the pool size: what a running pooler cannot take from its console."""
+    return "\n".join(line for line in ini.splitlines() if line.split(" = ", 1)[0] not in POOL_SIZE_SETTINGS)
 
 
 @dataclass(frozen=True)
