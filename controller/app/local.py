@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-import psycopg
 import structlog
 
 from controller.activator.proxy import Activator, Upstream, WakeError
@@ -33,7 +32,6 @@ from controller.identity.endpoint import IdentityEndpoint
 from controller.metrics.exposition import OperatorMetrics
 from controller.metrics.postgres import PostgresSource
 from controller.policy.inputs import DEFAULT_TUNING, Tuning
-from controller.postgres import pooler
 from controller.postgres.sessions import OperatorSessions
 from controller.reconciler.loop import Reconciler
 from controller.runtime.base import Store
@@ -256,33 +254,6 @@ def read_gateway(state_dir: Path) -> GatewayAddress | None:
         return None
 
 
-POOLER_READ_SECONDS = 5.0
-"""How often each pooler's statistics are read onto /metrics (PgBouncer averages over 10 s)."""
-
-
-async def watch_poolers(operator: LocalOperator, *, every: float = POOLER_READ_SECONDS) -> None:
-    """PgBouncer's statistics onto /metrics: SHOW POOLS and SHOW STATS on each running pooler's
-    console. A reading that fails is skipped (the pass reports a pooler that does not serve)."""
-    watched: set[str] = set()
-    while True:
-        pooled: set[str] = set()
-        for db in await operator.store.list():
-            console = operator.runtime.pooler_console(db) if db.spec.pooling.enabled else None
-            if console is None:
-                continue
-            pooled.add(db.key)
-            try:
-                stats = await pooler.read(console)
-            except psycopg.Error as error:
-                log.debug("pooler statistics not read", database=db.key, error=str(error))
-                continue
-            operator.exposition.observe_pooler(db.metadata.namespace, db.metadata.name, stats)
-        for key in watched - pooled:
-            operator.exposition.forget_pooler(*types.split_key(key))
-        watched = pooled
-        await asyncio.sleep(every)
-
-
 def run(operator: LocalOperator, args: argparse.Namespace) -> None:
     """`sdb up`: serve /metrics, run until SIGINT or SIGTERM, then stop every server cleanly."""
     record = operator.store.root / GATEWAY_RECORD
@@ -292,7 +263,9 @@ def run(operator: LocalOperator, args: argparse.Namespace) -> None:
         operator.metrics_port = process.serve_metrics(operator.exposition, args, default=METRICS_PORT)
         gateway = process.gateway_socket(args, default=GATEWAY_PORT)
         await operator.runtime.open()
-        poolers = asyncio.create_task(watch_poolers(operator))
+        poolers = asyncio.create_task(
+            process.watch_poolers(operator.store, operator.runtime.pooler_console, operator.exposition)
+        )
         try:
             if gateway is not None:
                 host = "127.0.0.1" if args.gateway_address in ("0.0.0.0", "::") else args.gateway_address

@@ -12,12 +12,16 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
+import psycopg
 import structlog
 from kubernetes import client, config
 
+from controller.api import types
 from controller.app import health
 from controller.gateway import server
 from controller.metrics.exposition import OperatorMetrics
+from controller.postgres import pooler
+from controller.runtime.base import Store
 
 log = structlog.get_logger("process")
 T = TypeVar("T")
@@ -119,3 +123,35 @@ async def until_signalled(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
+
+
+POOLER_READ_SECONDS = 5.0
+"""How often each pooler's statistics are read onto /metrics (PgBouncer averages over 10 s)."""
+ConsoleOf = Callable[[types.ServerlessDatabase], pooler.Console | None]
+"""Where a runtime's pooler for a database answers on its admin console (None: none serves)."""
+
+
+async def watch_poolers(
+    store: Store, console_of: ConsoleOf, exposition: OperatorMetrics, *, every: float = POOLER_READ_SECONDS
+) -> None:
+    """PgBouncer's statistics onto /metrics, in either runtime: SHOW POOLS and SHOW STATS on each
+    serving pooler's console. A reading that fails is skipped (the pass reports a pooler that does
+    not serve)."""
+    watched: set[str] = set()
+    while True:
+        pooled: set[str] = set()
+        for db in await store.list():
+            console = console_of(db) if db.spec.pooling.enabled else None
+            if console is None:
+                continue
+            pooled.add(db.key)
+            try:
+                stats = await pooler.read(console)
+            except (psycopg.Error, OSError) as error:
+                log.debug("pooler statistics not read", database=db.key, error=str(error))
+                continue
+            exposition.observe_pooler(db.metadata.namespace, db.metadata.name, stats)
+        for key in watched - pooled:
+            exposition.forget_pooler(*types.split_key(key))
+        watched = pooled
+        await asyncio.sleep(every)
