@@ -374,6 +374,7 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
         connections=int(raw.get("connections") or 0),
         last_activity_time=_time(raw.get("lastActivityTime")),
         endpoint=str(raw.get("endpoint") or ""),
+        pooled_endpoint=str(raw.get("pooledEndpoint") or ""),
         conditions=tuple(conditions),
         observed_generation=int(raw.get("observedGeneration") or 0),
         wake_request=str(raw.get("wakeRequest") or ""),
@@ -445,6 +446,7 @@ def encode_status(status: types.DatabaseStatus) -> dict[str, Any]:
         "capacity": capacity,
         "connections": status.connections,
         "endpoint": status.endpoint,
+        **({"pooledEndpoint": status.pooled_endpoint} if status.pooled_endpoint else {}),
         "conditions": [
             {
                 "type": c.type.value,

@@ -207,8 +207,8 @@ MAX_CLIENT_CONNECTIONS_LIMIT = 100_000
 @dataclass(frozen=True)
 class PoolingSpec:
     enabled: bool = False
-    """Run a pooler (PgBouncer) in front of the database: a port of its own on the local runtime (a
-    cluster does not run it yet, and says so in the Degraded condition)."""
+    """Run a pooler (PgBouncer) in front of the database: a port of its own on the local runtime, the
+    Service `<name>-pooler` in a cluster."""
     mode: PoolMode = PoolMode.TRANSACTION
     max_client_connections: int = 10_000
     """Clients the pooler holds at once; each beyond it is refused."""
@@ -460,6 +460,8 @@ class DatabaseStatus:
     connections: int = 0
     last_activity_time: datetime | None = None
     endpoint: str = ""
+    pooled_endpoint: str = ""
+    """Where pooled clients connect (spec.pooling), in a cluster; empty without a pooler."""
     conditions: tuple[Condition, ...] = ()
     observed_generation: int = 0
     wake_request: str = ""

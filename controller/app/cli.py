@@ -145,6 +145,13 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
         "default: the operator's own CA",
     )
     cluster.add_argument(
+        "--pooler-image",
+        default=None,
+        metavar="IMAGE",
+        help="the PgBouncer image (1.21 or later) of pooled endpoints (default: the pinned "
+        "CloudNativePG image)",
+    )
+    cluster.add_argument(
         "--kube-qps",
         type=float,
         default=50.0,

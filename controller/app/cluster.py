@@ -27,12 +27,19 @@ from controller.metrics.source import MetricsSource
 from controller.policy.inputs import Tuning
 from controller.postgres.sessions import OperatorSessions
 from controller.reconciler.loop import Reconciler
-from controller.runtime.kubernetes import builders, permissions, projection
+from controller.runtime.kubernetes import builders, permissions, pooler, projection
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes.certificates import Certificates
 from controller.runtime.kubernetes.informer import Informer
 from controller.runtime.kubernetes.leader import LeaderElector, Timing
-from controller.runtime.kubernetes.runtime import Informers, KubernetesRuntime, Locate, pod_address
+from controller.runtime.kubernetes.runtime import (
+    Informers,
+    KubernetesRuntime,
+    Locate,
+    LocatePooler,
+    pod_address,
+    pooler_service,
+)
 from controller.runtime.kubernetes.store import KubeStore
 
 log = structlog.get_logger("operator.kubernetes")
@@ -57,6 +64,8 @@ class Options:
     timing: Timing = field(default_factory=Timing)
     watch_timeout: int = 240
     cert_manager_issuer: builders.IssuerRef | None = None
+    pooler_image: str = pooler.IMAGE
+    """The PgBouncer image of pooled endpoints."""
     activator_ports: tuple[int, int] = builders.ACTIVATOR_PORTS
     """The range the activator listens on (its --port-range)."""
     """Who issues the servers' certificates: cert-manager with this issuer, or (None) the operator."""
@@ -69,6 +78,7 @@ class ClusterOperator:
         options: Options,
         *,
         locate: Locate = pod_address,
+        locate_pooler: LocatePooler = pooler_service,
         usage: UsageOf | None = None,
         metrics: MetricsSource | None = None,
         recheck: MetricsSource | None = None,
@@ -103,6 +113,7 @@ class ClusterOperator:
                 project=projection.database,
             ),
             statefulsets=owned(kc.STATEFULSETS, projection.owned),
+            deployments=owned(kc.DEPLOYMENTS, projection.deployment),
             pods=owned(kc.PODS, projection.pod),
             endpointslices=owned(kc.ENDPOINTSLICES, projection.owned),
             wakes=Informer(
@@ -129,11 +140,13 @@ class ClusterOperator:
             self.informers,
             sessions=self.sessions,
             locate=locate,
+            locate_pooler=locate_pooler,
             port_range=options.activator_ports,
             system_namespace=options.pod_namespace,
             certificates=Certificates(
                 kube, system_namespace=options.pod_namespace, issuer=options.cert_manager_issuer
             ),
+            pooler_image=options.pooler_image,
         )
         self.store = KubeStore(
             kube, self.informers.databases, wakes=self.informers.wakes, instance=options.identity
@@ -230,6 +243,12 @@ class ClusterOperator:
                 return True
             await self.runtime.open()
             await self.reconciler.start()
+            self._tasks.append(
+                asyncio.create_task(
+                    process.watch_poolers(self.store, self.runtime.pooler_console, self.exposition),
+                    name="poolers",
+                )
+            )
             log.info("reconciling", identity=self.elector.identity)
             lost = asyncio.create_task(self.elector.lost.wait())
             await asyncio.wait([lost, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -264,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
             tick=timedelta(seconds=args.tick), catalog_resync=timedelta(seconds=args.catalog_resync)
         ),
         cert_manager_issuer=args.cert_manager_issuer,
+        pooler_image=args.pooler_image or pooler.IMAGE,
     )
 
     async def main() -> bool:

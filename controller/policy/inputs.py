@@ -93,6 +93,8 @@ class ComputeState:
     limits_message: str = ""
     endpoint: str = ""
     pooler_message: str = ""
+    pooled_endpoint: str = ""
+    """Where pooled clients connect (host:port), while spec.pooling asks for a pooler."""
     """Why the pooled endpoint (spec.pooling) does not serve, when it is asked for and does not."""
     activator_port: int | None = None
     """In a cluster, the database's port on the activator: the one status records, or the free one the

@@ -96,6 +96,7 @@ def next_status(
         connections=plan.connections,
         last_activity_time=plan.last_activity_time,
         endpoint=compute.endpoint or old.endpoint,
+        pooled_endpoint=compute.pooled_endpoint,
         activator_port=compute.activator_port if compute.activator_port is not None else old.activator_port,
         observed_generation=db.metadata.generation,
         wake_request=plan.wake_request,

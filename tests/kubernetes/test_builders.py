@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from contextlib import redirect_stdout
 from dataclasses import replace
@@ -17,6 +18,7 @@ from controller import pki
 from controller.api import codec, types
 from controller.app import cli
 from controller.runtime.kubernetes import builders
+from controller.runtime.kubernetes import pooler as pooled
 from controller.runtime.kubernetes.render import PASSWORD_PLACEHOLDER
 
 pytestmark = pytest.mark.kubernetes
@@ -175,6 +177,10 @@ def test_the_server_certificate_is_for_every_name_clients_use() -> None:
         "orders.shop",
         "orders",
         "orders-0.orders-headless.shop.svc",
+        "orders-pooler.shop.svc.cluster.local",
+        "orders-pooler.shop.svc",
+        "orders-pooler.shop",
+        "orders-pooler",
     ]
     issuer = builders.IssuerRef.parse("ClusterIssuer/internal-ca")
     certificate = builders.certificate(db, issuer)
@@ -187,3 +193,122 @@ def test_the_server_certificate_is_for_every_name_clients_use() -> None:
     }
     with pytest.raises(ValueError, match="Issuer/NAME or ClusterIssuer/NAME"):
         builders.IssuerRef.parse("internal-ca")
+
+
+def pooled_database(**pooling: Any) -> types.ServerlessDatabase:
+    db = database(ROOT / "manifests/samples/full.yaml")
+    spec = replace(db.spec, pooling=replace(db.spec.pooling, enabled=True, **pooling))
+    return replace(db, spec=spec)
+
+
+def pooler_objects(db: types.ServerlessDatabase, capacity: float = 1.0) -> dict[str, dict[str, Any]]:
+    files = pooled.files(
+        db, capacity, app_password="app-pw", superuser_password="su-pw", admin_password="adm"
+    )
+    objects = pooled.objects(db, files, admin_password="adm", system_namespace="sdb-system")
+    return {o["kind"]: o for o in objects}
+
+
+@pytest.mark.parametrize("mode", list(types.PoolMode), ids=lambda m: m.value)
+def test_the_pooler_objects_are_valid_for_kubernetes_1_33_and_owned(mode: types.PoolMode) -> None:
+    objects = pooler_objects(pooled_database(mode=mode))
+    assert sorted(objects) == ["Deployment", "NetworkPolicy", "Secret", "Service"]
+    for obj in objects.values():
+        kubernetes_validate.validate(obj, "1.33.0", strict=True)
+        assert obj["metadata"]["name"] == "orders-pooler"
+        assert obj["metadata"]["ownerReferences"][0]["kind"] == types.KIND
+        assert obj["metadata"]["labels"][builders.DATABASE_LABEL] == "orders"
+
+
+def test_the_pooler_runs_a_pinned_pgbouncer_with_prepared_statements_hardened() -> None:
+    objects = pooler_objects(pooled_database(mode=types.PoolMode.TRANSACTION))
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == pooled.IMAGE
+    tag = pooled.IMAGE.split(":", 1)[1].split("@")[0]
+    assert tuple(int(p) for p in tag.split("-")[0].split(".")[:2]) >= (1, 21)
+    assert "@sha256:" in pooled.IMAGE
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert pod["automountServiceAccountToken"] is False
+    mounted = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"]}
+    assert mounted == {"config": "orders-pooler", "tls": "orders-tls"}
+    config_items = next(v for v in pod["volumes"] if v["name"] == "config")["secret"]["items"]
+    assert [i["key"] for i in config_items] == ["pgbouncer.ini", "users.txt"]  # not the console's password
+    ini = base64.b64decode(objects["Secret"]["data"]["pgbouncer.ini"]).decode()
+    assert "pool_mode = transaction" in ini
+    assert f"max_prepared_statements = {pooled.PREPARED_STATEMENTS}" in ini
+    # Server connections go to the database's own Service (the activator while it rests), checked by name.
+    assert "app = host=orders.shop.svc port=5432 dbname=app" in ini
+    assert "server_tls_sslmode = verify-full" in ini
+    assert "min_pool_size = 0" in ini
+    assert "server_idle_timeout = " in ini
+    users = base64.b64decode(objects["Secret"]["data"]["users.txt"]).decode()
+    assert "app-pw" not in users
+    assert "SCRAM-SHA-256$" in users
+
+
+def test_no_selector_of_the_database_picks_a_pooler_pod() -> None:
+    db = pooled_database()
+    pooler_pod = pooler_objects(db)["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    database_pod = builders.statefulset(db, replicas=1, capacity=1)["spec"]["template"]["metadata"]["labels"]
+    for selector in (
+        builders.headless_service(db)["spec"]["selector"],
+        builders.network_policy(db, system_namespace="sdb-system")["spec"]["podSelector"]["matchLabels"],
+    ):
+        assert selector.items() <= database_pod.items()
+        assert not selector.items() <= pooler_pod.items()
+    assert pooler_objects(db)["Service"]["spec"]["selector"] == pooler_pod
+
+
+def test_the_database_lets_its_pooler_in_only_while_pooling_is_on() -> None:
+    db = pooled_database()
+    pooler_pod = pooler_objects(db)["Deployment"]["spec"]["template"]["metadata"]["labels"]
+
+    def peers(db_: types.ServerlessDatabase) -> list[dict[str, Any]]:
+        ingress = builders.network_policy(db_, system_namespace="sdb-system")["spec"]["ingress"]
+        return [
+            p["podSelector"]["matchLabels"]
+            for rule in ingress
+            for p in rule.get("from", [])
+            if "podSelector" in p
+        ]
+
+    assert peers(db) == [pooler_pod]
+    assert peers(replace(db, spec=replace(db.spec, pooling=types.PoolingSpec()))) == []
+
+
+def test_a_resize_changes_the_pool_in_the_secret_and_not_the_pod_template() -> None:
+    db = pooled_database()
+    small, large = pooler_objects(db, 0.25), pooler_objects(db, 4.0)
+    ini = {
+        n: base64.b64decode(o["Secret"]["data"]["pgbouncer.ini"]).decode()
+        for n, o in (("s", small), ("l", large))
+    }
+    assert ini["s"] != ini["l"]
+    assert small["Deployment"] == large["Deployment"]  # no rollout: the console takes the new size
+    other_mode = pooler_objects(pooled_database(mode=types.PoolMode.SESSION), 0.25)
+    annotation = pooled.CONFIG_ANNOTATION
+    template = other_mode["Deployment"]["spec"]["template"]["metadata"]["annotations"][annotation]
+    assert template != small["Deployment"]["spec"]["template"]["metadata"]["annotations"][annotation]
+
+
+def test_sdb_render_shows_the_pooler_with_pooling_on(tmp_path: Path) -> None:
+    manifest = yaml.safe_load((ROOT / "manifests/samples/full.yaml").read_text())
+    manifest["spec"]["pooling"] = {"enabled": True}
+    path = tmp_path / "pooled.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert cli.main(["render", "-f", str(path), "--phase", "Paused"]) == 0
+    objects = list(yaml.safe_load_all(out.getvalue()))
+    assert [o["kind"] for o in objects if o["metadata"]["name"] == "orders-pooler"] == [
+        "Secret",
+        "NetworkPolicy",
+        "Service",
+        "Deployment",
+    ]
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.33.0", strict=True)

@@ -14,7 +14,6 @@ from support.cluster import (
     ACTIVATOR_PORTS,
     activator_slice,
     client_pod,
-    condition,
     create,
     echo_server,
     eventually,
@@ -193,18 +192,3 @@ async def test_every_write_is_needed_and_single(kube: KubeApiDouble, pods: Serve
         await asyncio.sleep(1.5)  # several ticks at a steady state
         writes = [r for r in kube.requests if r.is_write and r.resource != "events"]
         assert writes == [], [(r.verb, r.resource, r.name) for r in writes]
-
-
-async def test_a_pooled_endpoint_asked_of_a_cluster_is_reported_not_silently_absent(
-    kube: KubeApiDouble, pods: Server
-) -> None:
-    kube.create(activator_slice())
-    async with operator(kube, pods):
-        create(kube, pooling={"enabled": True})
-        await eventually(lambda: phase(kube) == "Active", what="Active")
-        degraded = await eventually(
-            lambda: (c := condition(kube, "Degraded"))["status"] == "True" and c, what="Degraded"
-        )
-        assert degraded["reason"] == "PoolerFailed"
-        assert "spec.pooling is served by the local runtime only" in degraded["message"]
-        assert kube.get("services", "orders-pooler", "shop") is None

@@ -23,6 +23,7 @@ from controller.policy.inputs import Observation, Tuning
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import permissions
 from controller.runtime.kubernetes.leader import Timing
+from controller.runtime.kubernetes.runtime import LocatePooler, pooler_service
 from controller.runtime.local.runtime import HOST
 from support.fakes import FakeMetrics
 from support.postgres import Server
@@ -113,6 +114,7 @@ async def operator(
     direct_readings: bool = False,
     leader_elect: bool = False,
     tuning: Tuning = FAST,
+    locate_pooler: LocatePooler = pooler_service,
 ) -> AsyncIterator[Running]:
     """The cluster operator on the double, with `postgres` standing in for every database's pod.
 
@@ -136,6 +138,7 @@ async def operator(
             activator_ports=ACTIVATOR_PORTS,
         ),
         locate=lambda pod: (HOST, postgres.port),
+        locate_pooler=locate_pooler,
         usage=lambda db: postgres.cluster.process_usage(),
         metrics=metrics,
         recheck=metrics,

@@ -73,6 +73,8 @@ class Names:
     networkpolicy: str
     tls_secret: str
     certificate: str
+    pooler: str
+    """The pooled endpoint's Deployment, Service, NetworkPolicy and configuration Secret."""
 
     @classmethod
     def of(cls, name: str) -> Names:
@@ -90,6 +92,7 @@ class Names:
             networkpolicy=name,
             tls_secret=f"{name}-tls",
             certificate=name,
+            pooler=f"{name}-pooler",
         )
 
 
@@ -108,8 +111,24 @@ def labels(db: types.ServerlessDatabase) -> dict[str, str]:
     }
 
 
-def _metadata(db: types.ServerlessDatabase, name: str, *, owned: bool = True) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": db.metadata.namespace, "labels": labels(db)}
+def pooler_labels(db: types.ServerlessDatabase) -> dict[str, str]:
+    """The pooler's: the database's and the operator's, but not the pod's name, so no selector of the
+    database's pod (its Services, its NetworkPolicy, the StatefulSet) ever picks a pooler pod."""
+    return {
+        "app.kubernetes.io/name": "pgbouncer",
+        "app.kubernetes.io/instance": db.metadata.name,
+        "app.kubernetes.io/component": "pooler",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        DATABASE_LABEL: db.metadata.name,
+    }
+
+
+def _metadata(
+    db: types.ServerlessDatabase, name: str, *, owned: bool = True, labelled: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`labelled`: labels other than the database pod's (those of its pooler)."""
+    meta: dict[str, Any] = {"name": name, "namespace": db.metadata.namespace}
+    meta["labels"] = labelled or labels(db)
     if owned:
         meta["ownerReferences"] = [
             {
@@ -150,7 +169,8 @@ def capacity_of(resources_: dict[str, Any] | None) -> float | None:
 
 
 def server_names(db: types.ServerlessDatabase) -> list[str]:
-    """What clients call the database by (its Service, in each form) and the pod's own name."""
+    """What clients call the database by (its Service, in each form), the pod's own name, and its
+    pooled endpoint's Service (the pooler serves the same certificate)."""
     names, namespace = Names.of(db.metadata.name), db.metadata.namespace
     service = [f"{names.service}.{namespace}.svc.cluster.local", f"{names.service}.{namespace}.svc"]
     return [
@@ -158,6 +178,10 @@ def server_names(db: types.ServerlessDatabase) -> list[str]:
         f"{names.service}.{namespace}",
         names.service,
         f"{names.pod}.{names.headless}.{namespace}.svc",
+        f"{names.pooler}.{namespace}.svc.cluster.local",
+        f"{names.pooler}.{namespace}.svc",
+        f"{names.pooler}.{namespace}",
+        names.pooler,
     ]
 
 
@@ -298,10 +322,17 @@ def headless_service(db: types.ServerlessDatabase) -> dict[str, Any]:
 
 def network_policy(db: types.ServerlessDatabase, *, system_namespace: str) -> dict[str, Any]:
     """Who may reach the database's pod: Postgres from the namespaces the spec allows (its own by
-    default) and from the operator's (the operator, the activator); the exporter's metrics from any."""
+    default), from the operator's (the operator, the activator) and from its pooler; the exporter's
+    metrics from any."""
     names = Names.of(db.metadata.name)
     allowed = sorted(set(db.spec.access.allowed_namespaces) or {db.metadata.namespace})
     postgres_port = [{"protocol": "TCP", "port": POSTGRES_PORT}]
+    # Its pooler's server connections, whichever namespaces its clients come from.
+    pooler_rule = (
+        [{"from": [{"podSelector": {"matchLabels": pooler_labels(db)}}], "ports": postgres_port}]
+        if db.spec.pooling.enabled
+        else []
+    )
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -328,6 +359,7 @@ def network_policy(db: types.ServerlessDatabase, *, system_namespace: str) -> di
                     ],
                     "ports": postgres_port,
                 },
+                *pooler_rule,
                 {"ports": [{"protocol": "TCP", "port": EXPORTER_PORT}]},
             ],
         },

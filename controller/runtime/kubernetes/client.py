@@ -61,6 +61,7 @@ class Kind:
 DATABASES = Kind(types.GROUP, types.VERSION, types.PLURAL, types.KIND)
 WAKE_REQUESTS = Kind(types.GROUP, types.VERSION, types.WAKE_REQUEST_PLURAL, types.WAKE_REQUEST_KIND)
 STATEFULSETS = Kind("apps", "v1", "statefulsets", "StatefulSet")
+DEPLOYMENTS = Kind("apps", "v1", "deployments", "Deployment")
 SERVICES = Kind("", "v1", "services", "Service")
 ENDPOINTSLICES = Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 PODS = Kind("", "v1", "pods", "Pod")

@@ -27,6 +27,7 @@ OPERATOR: tuple[Rule, ...] = (
     _rule("dbscale.io", "serverlessdatabases/status", "get", "patch", "update"),
     _rule("dbscale.io", "wakerequests", "get", "list", "watch", "delete"),
     _rule("apps", "statefulsets", "get", "list", "watch", "create", "patch", "delete"),
+    _rule("apps", "deployments", "get", "list", "watch", "patch", "delete"),
     _rule("", "services", "get", "list", "watch", "create", "patch", "delete"),
     _rule("discovery.k8s.io", "endpointslices", "get", "list", "watch", "create", "patch", "delete"),
     _rule("", "pods", "get", "list", "watch"),

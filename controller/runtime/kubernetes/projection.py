@@ -85,5 +85,11 @@ def pod(obj: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def deployment(obj: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment the operator applies (a pooler): as `owned`, and how many of its pods are ready."""
+    status = _pick(obj.get("status") or {}, ("observedGeneration", "readyReplicas", "updatedReplicas"))
+    return _interned_object({**owned(obj), "status": status})
+
+
 def whole(obj: dict[str, Any]) -> dict[str, Any]:
     return obj

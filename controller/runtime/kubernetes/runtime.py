@@ -12,21 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import json
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 import structlog
 
 from controller.api import types, units
+from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, ResizeState, Route
-from controller.postgres import declared, encryption, roles, settings
+from controller.postgres import declared, encryption, pooler, roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
 from controller.runtime.base import PermanentError, TransientError, settings_step
 from controller.runtime.kubernetes import builders
 from controller.runtime.kubernetes import client as kc
+from controller.runtime.kubernetes import pooler as pooled
 from controller.runtime.kubernetes.builders import Endpoint, Names
 from controller.runtime.kubernetes.certificates import Certificates
 from controller.runtime.kubernetes.informer import Informer
@@ -35,14 +40,16 @@ log = structlog.get_logger("runtime.kubernetes")
 
 READ_OWN_WRITE_SECONDS = 2.0
 """How long a step waits for the watch to bring the runtime's own last write before it goes on."""
-POOLING_UNSERVED = (
-    "spec.pooling is served by the local runtime only so far: this cluster has no <name>-pooler; "
-    "clients use the database's own endpoint"
-)
-"""Said in the Degraded condition rather than leaving a pooled endpoint that is asked for silently absent."""
 
 Locate = Callable[[Mapping[str, Any]], tuple[str, int] | None]
 """Where the operator reaches a pod's Postgres: (host, port), or None while it has no address."""
+LocatePooler = Callable[[types.ServerlessDatabase], tuple[str, int]]
+"""Where the operator reaches a database's pooler's admin console: (host, port)."""
+POOLER_CONSOLE_SSLMODE = "require"
+
+
+def pooler_service(db: types.ServerlessDatabase) -> tuple[str, int]:
+    return (f"{Names.of(db.metadata.name).pooler}.{db.metadata.namespace}.svc", pooled.PORT)
 
 
 def pod_address(pod: Mapping[str, Any]) -> tuple[str, int] | None:
@@ -56,6 +63,8 @@ class Informers:
 
     databases: Informer
     statefulsets: Informer
+    deployments: Informer
+    """The poolers' Deployments."""
     pods: Informer
     endpointslices: Informer
     activator: Informer
@@ -68,6 +77,7 @@ class Informers:
             self.databases,
             self.wakes,
             self.statefulsets,
+            self.deployments,
             self.pods,
             self.endpointslices,
             self.activator,
@@ -87,9 +97,12 @@ class KubernetesRuntime:
         locate: Locate = pod_address,
         system_namespace: str = "sdb-system",
         certificates: Certificates | None = None,
+        pooler_image: str = pooled.IMAGE,
+        locate_pooler: LocatePooler = pooler_service,
     ) -> None:
         """`system_namespace`: where the operator and the activator run (their pods may reach Postgres);
-        `certificates`: who issues the servers' certificates (default: the operator's own CA)."""
+        `certificates`: who issues the servers' certificates (default: the operator's own CA);
+        `pooler_image`: the PgBouncer image of pooled endpoints."""
         self.kube = kube
         self.certificates = certificates or Certificates(kube, system_namespace=system_namespace)
         self.informers = informers
@@ -107,8 +120,19 @@ class KubernetesRuntime:
         self._created: dict[str, str] = {}
         self._proposed: dict[str, int] = {}
         """Ports assigned and not yet in status: no other database is given them meanwhile."""
+        self.pooler_image = pooler_image
+        self.locate_pooler = locate_pooler
+        self._pooler_admin: dict[str, str] = {}
+        """Per pooled database, the operator's console password (read from its Secret once)."""
+        self._pooler_written: dict[str, str] = {}
+        """Per pooled database, a digest of the Secret, Service and NetworkPolicy as last written."""
+        self._pool_sizes: dict[str, int] = {}
+        """The pool size last set on each pooler's console."""
+        self._pooler_logins: dict[str, tuple[str | None, str | None]] = {}
+        """Per pooled database, the passwords of the roles its clients log in as (never rewritten)."""
         self._caches = {
             kc.STATEFULSETS.kind: informers.statefulsets,
+            kc.DEPLOYMENTS.kind: informers.deployments,
             kc.ENDPOINTSLICES.kind: informers.endpointslices,
         }
 
@@ -196,6 +220,7 @@ class KubernetesRuntime:
             (self.informers.statefulsets, names.statefulset),
             (self.informers.endpointslices, names.endpointslice),
             (self.informers.pods, names.pod),
+            (self.informers.deployments, names.pooler),
         ):
             await informer.settled(f"{namespace}/{name}", timeout=READ_OWN_WRITE_SECONDS)
         sts, pod = self._statefulset(db), self._pod(db)
@@ -209,6 +234,9 @@ class KubernetesRuntime:
         resize = _Resize()
         if pod is not None and compute is Compute.RUNNING:
             resize = _resize_of(pod)
+        # A resting database's pool is sized for its floor; a wake brings it to the size it runs at.
+        pool_capacity = resize.actual or db.spec.capacity.min
+        pooler_message = await self._serve_pooled(db, pool_capacity) if storage else ""
         return ComputeState(
             storage=storage,
             compute=compute,
@@ -223,8 +251,116 @@ class KubernetesRuntime:
             resize_pending_since=resize.pending_since,
             endpoint=f"{db.metadata.name}.{db.metadata.namespace}.svc:{builders.POSTGRES_PORT}",
             activator_port=self._activator_port(db),
-            pooler_message=POOLING_UNSERVED if db.spec.pooling.enabled else "",
+            pooler_message=pooler_message,
+            pooled_endpoint=pooled.endpoint(db) if db.spec.pooling.enabled and storage else "",
         )
+
+    # -- the pooled endpoint ---------------------------------------------------------------------
+
+    async def _serve_pooled(self, db: types.ServerlessDatabase, capacity: float) -> str:
+        """Keep the database's pooler as its spec says, its pool sized for `capacity`; returns why the
+        pooled endpoint does not serve when it is asked for ("" when it does, or is not asked for)."""
+        try:
+            if db.spec.pooling.enabled:
+                return await self._pool(db, capacity)
+            await self._unpool(db)
+        except kc.ApiError as error:
+            log.warning("the pooler's objects are not kept", database=db.key, error=str(error))
+            return f"the pooled endpoint is not kept: the API server refused: {error}"
+        except (psycopg.Error, OSError) as error:
+            log.warning("the pooler's console did not answer", database=db.key, error=str(error))
+            return f"the pooler's console did not take the pool size: {error}"
+        return ""
+
+    async def _pool(self, db: types.ServerlessDatabase, capacity: float) -> str:
+        names = Names.of(db.metadata.name)
+        namespace = db.metadata.namespace
+        admin = await self._pooler_admin_password(db)
+        app, superuser = self._pooler_logins.get(db.key) or (None, None)
+        if app is None or (db.spec.superuser_access and superuser is None):
+            app = await self._secret_password(db, names.app_secret)
+            if db.spec.superuser_access:
+                superuser = await self._secret_password(db, names.superuser_secret)
+            if app is None:
+                return f"the pooled endpoint waits for the Secret {names.app_secret}"
+            self._pooler_logins[db.key] = (app, superuser)
+        if not db.spec.superuser_access:
+            superuser = None
+        files = pooled.files(
+            db, capacity, app_password=app, superuser_password=superuser, admin_password=admin
+        )
+        secret, policy, service, deployment = pooled.objects(
+            db, files, admin_password=admin, system_namespace=self.system_namespace, image=self.pooler_image
+        )
+        # Not watched: written when what they should hold changes, each read once before its first write.
+        unwatched = [
+            (kc.SECRETS, secret),
+            (kc.NETWORK_POLICIES, policy),
+            (kc.SERVICES, service),
+            (kc.NETWORK_POLICIES, builders.network_policy(db, system_namespace=self.system_namespace)),
+        ]
+        digest = _digest([desired for _, desired in unwatched])
+        if self._pooler_written.get(db.key) != digest:
+            for kind, desired in unwatched:
+                name = desired["metadata"]["name"]
+                await self._ensure(kind, desired, await asyncio.to_thread(self._read, kind, db, name))
+            self._pooler_written[db.key] = digest
+        observed = self.informers.deployments.get(namespace, names.pooler)
+        await self._ensure(kc.DEPLOYMENTS, deployment, observed)
+        if int(((observed or {}).get("status") or {}).get("readyReplicas") or 0) < 1:
+            self._pool_sizes.pop(db.key, None)  # a pod that comes up reads the pool size from its file
+            return "the pooled endpoint has no ready PgBouncer pod yet"
+        pool = sizing.pool_size(db.spec, capacity)
+        if self._pool_sizes.get(db.key) != pool:
+            host, port = self.locate_pooler(db)
+            await pooler.resize(pooler.Console(host, port, admin, sslmode=POOLER_CONSOLE_SSLMODE), pool)
+            log.info("pool resized", database=db.key, pool=pool, capacity=capacity)
+            self._pool_sizes[db.key] = pool
+        return ""
+
+    async def _pooler_admin_password(self, db: types.ServerlessDatabase) -> str:
+        """The operator's console login: the one the pooler's Secret holds, else a new one it will."""
+        known = self._pooler_admin.get(db.key)
+        if known is None:
+            name = Names.of(db.metadata.name).pooler
+            found = await asyncio.to_thread(self.kube.get, kc.SECRETS, db.metadata.namespace, name)
+            stored = (
+                _decoded(found, pooled.ADMIN_PASSWORD_KEY) if found and _ours(found, db.metadata.name) else ""
+            )
+            known = stored or secrets.token_urlsafe(24)
+            self._pooler_admin[db.key] = known
+        return known
+
+    async def _unpool(self, db: types.ServerlessDatabase) -> None:
+        """Pooling turned off: the pooler's objects go (they hold no data), the database's own
+        NetworkPolicy no longer lets a pooler in."""
+        names = Names.of(db.metadata.name)
+        namespace = db.metadata.namespace
+        running = self.informers.deployments.get(namespace, names.pooler) is not None
+        if not running and db.key not in self._pooler_written:
+            return
+        log.info("removing the pooled endpoint: spec.pooling.enabled is false", database=db.key)
+        for kind in (kc.DEPLOYMENTS, kc.SERVICES, kc.NETWORK_POLICIES, kc.SECRETS):
+            await self._delete_ours(db, kind, names.pooler)
+        self.informers.deployments.expect(f"{namespace}/{names.pooler}", None)
+        await self._ensure_network_policy(db)
+        self._forget_pooler(db.key)
+
+    def _forget_pooler(self, key: str) -> None:
+        for memo in (self._pooler_admin, self._pooler_written, self._pool_sizes, self._pooler_logins):
+            memo.pop(key, None)
+
+    def pooler_console(self, db: types.ServerlessDatabase) -> pooler.Console | None:
+        """Where the operator reads the pooler's statistics, while a pod of it is ready."""
+        names = Names.of(db.metadata.name)
+        deployment = self.informers.deployments.get(db.metadata.namespace, names.pooler)
+        admin = self._pooler_admin.get(db.key)
+        if not db.spec.pooling.enabled or deployment is None or admin is None:
+            return None
+        if int((deployment.get("status") or {}).get("readyReplicas") or 0) < 1:
+            return None
+        host, port = self.locate_pooler(db)
+        return pooler.Console(host, port, admin, sslmode=POOLER_CONSOLE_SSLMODE)
 
     def _route(self, db: types.ServerlessDatabase, pod: dict[str, Any] | None) -> Route:
         endpoint_slice = self._slice(db)
@@ -523,6 +659,10 @@ class KubernetesRuntime:
             (kc.ENDPOINTSLICES, names.endpointslice),
             (kc.SERVICES, names.service),
             (kc.NETWORK_POLICIES, names.networkpolicy),
+            (kc.DEPLOYMENTS, names.pooler),
+            (kc.SERVICES, names.pooler),
+            (kc.NETWORK_POLICIES, names.pooler),
+            (kc.SECRETS, names.pooler),
         ]
         if not keep_storage:
             doomed += [
@@ -537,6 +677,7 @@ class KubernetesRuntime:
         except kc.ApiError as error:
             raise _transient(error, types.Reason.DELETING) from error
         self._passwords.pop(db.key, None)
+        self._forget_pooler(db.key)
 
     def key_for(self, obj: dict[str, Any]) -> str | None:
         """The database an object belongs to, by the label the builders put on everything."""
@@ -633,6 +774,10 @@ def _contains(observed: Any, desired: Any) -> bool:
 
 
 BASIC_AUTH = "kubernetes.io/basic-auth"
+
+
+def _digest(objects: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(objects, sort_keys=True).encode()).hexdigest()
 
 
 def _decoded(secret: dict[str, Any], key: str) -> str:
