@@ -32,6 +32,8 @@ from helmchart import (
 )
 from support import crd_schema
 
+from controller.runtime.kubernetes import pooler as pooled
+
 pytestmark = pytest.mark.helm
 
 FULLNAME = RELEASE  # the release is named after the chart, so the full name is the release's name
@@ -137,6 +139,8 @@ def test_operator_runs_sdb_up_with_leader_election() -> None:
         f"{FULLNAME}-activator",
         "--log-format",
         "json",
+        "--pooler-image",
+        pooled.IMAGE,
     ]
     assert "command" not in main  # the image's entrypoint is `sdb`
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in main["env"]}
