@@ -170,6 +170,13 @@ class OperatorMetrics:
             DB_LABELS,
             registry=r,
         )
+        self.pooler_query_seconds = Counter(
+            "sdb_pooler_query_seconds",
+            "Time queries through the pooled endpoint spent on the server, summed (over "
+            "sdb_pooler_queries_total: their mean latency).",
+            DB_LABELS,
+            registry=r,
+        )
         self._pooler_totals: dict[tuple[str, str], Stats] = {}
         self.errors = Counter("sdb_errors", "Failed steps, by reason.", (*DB_LABELS, "reason"), registry=r)
         self.databases = Gauge("sdb_databases", "Databases the operator manages.", registry=r)
@@ -222,6 +229,7 @@ class OperatorMetrics:
             (self.pooler_transactions, stats.transactions, last.transactions if last else 0),
             (self.pooler_queries, stats.queries, last.queries if last else 0),
             (self.pooler_wait_seconds, stats.wait_seconds, last.wait_seconds if last else 0.0),
+            (self.pooler_query_seconds, stats.query_seconds, last.query_seconds if last else 0.0),
         ):
             counter.labels(namespace, name).inc(now - before if now >= before else now)
         self._pooler_totals[(namespace, name)] = stats
@@ -234,6 +242,7 @@ class OperatorMetrics:
             self.pooler_transactions,
             self.pooler_queries,
             self.pooler_wait_seconds,
+            self.pooler_query_seconds,
         ):
             with contextlib.suppress(KeyError):
                 metric.remove(namespace, name)
