@@ -6,6 +6,7 @@ such port; while a database rests, the operator points its client Service's Endp
 activator's pods on that port, so a connection's local port names the database.
 
 Who may wake one: a client whose pod is in a namespace the database allows (the same namespaces as
+its NetworkPolicy), or the database's own pooler (which checks its clients' namespaces itself, by
 its NetworkPolicy). Anyone else is refused (28000) before any wake is asked for.
 
 How it wakes one: it creates a WakeRequest (an API write, so it needs no port into the operator)
@@ -22,6 +23,7 @@ import contextlib
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -66,6 +68,24 @@ def pod_address(db: types.ServerlessDatabase) -> Upstream:
     return Upstream(f"{names.pod}.{names.headless}.{db.metadata.namespace}.svc", builders.POSTGRES_PORT)
 
 
+@dataclass(frozen=True)
+class _Peer:
+    """What the activator knows of a client's pod."""
+
+    namespace: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, pod: Mapping[str, Any]) -> _Peer:
+        meta = pod.get("metadata") or {}
+        return cls(str(meta.get("namespace")), dict(meta.get("labels") or {}))
+
+    def pools(self, db: types.ServerlessDatabase) -> bool:
+        """Whether this is the database's own pooler (its namespace, the labels its pods get)."""
+        wanted = builders.pooler_labels(db)
+        return self.namespace == db.metadata.namespace and wanted.items() <= self.labels.items()
+
+
 class ClusterBackend:
     """Ports and readiness from status, wakes by WakeRequest; one wake per database at a time."""
 
@@ -92,8 +112,8 @@ class ClusterBackend:
         self._tokens: dict[str, str] = {}
         """Per database, the wake request in flight: only a status that answers it settles the wake."""
         self._ports: dict[str, int] = {}
-        self._namespaces: dict[str, tuple[str | None, float]] = {}
-        """Client address to (its pod's namespace, until when that is trusted)."""
+        self._namespaces: dict[str, tuple[_Peer, float]] = {}
+        """Client address to (its pod, until when that is trusted)."""
         self._pending: set[asyncio.Task[None]] = set()
 
     async def admits(self, key: str, peer: tuple[str, int]) -> bool:
@@ -103,10 +123,11 @@ class ClusterBackend:
         if db is None:
             return False
         allowed = set(db.spec.access.allowed_namespaces) or {db.metadata.namespace}
-        return await self._namespace_of(peer[0]) in allowed
+        client = await self._peer(peer[0])
+        return client.pools(db) or client.namespace in allowed
 
-    async def _namespace_of(self, address: str) -> str | None:
-        """The namespace of the pod with this address (None: no pod has it), for a short while remembered."""
+    async def _peer(self, address: str) -> _Peer:
+        """The pod with this address (no namespace: no pod has it), for a short while remembered."""
         now = time.monotonic()
         known = self._namespaces.get(address)
         if known is not None and known[1] > now:
@@ -117,12 +138,12 @@ class ClusterBackend:
             )
         except kc.ApiError as error:
             log.warning("cannot tell which namespace a client is in", address=address, error=error.message)
-            return None
-        namespace = next((str(p["metadata"].get("namespace")) for p in pods), None)
-        self._namespaces[address] = (namespace, now + NAMESPACE_CACHE_SECONDS)
+            return _Peer()
+        peer = next((_Peer.of(p) for p in pods), _Peer())
+        self._namespaces[address] = (peer, now + NAMESPACE_CACHE_SECONDS)
         while len(self._namespaces) > NAMESPACE_CACHE_SIZE:
             self._namespaces.pop(next(iter(self._namespaces)))
-        return namespace
+        return peer
 
     def _db(self, key: str) -> types.ServerlessDatabase | None:
         raw = self.databases.get(*types.split_key(key))

@@ -14,15 +14,27 @@ import psycopg
 import pytest
 from kubeapi import KubeApiDouble
 from kubernetes import client
-from support.cluster import activator_slice, condition, create, eventually, operator, phase, reading, sdb
+from support.cluster import (
+    ACTIVATOR_PORTS,
+    activator_slice,
+    condition,
+    create,
+    eventually,
+    operator,
+    phase,
+    reading,
+    sdb,
+)
 from support.pooler_pod import HOST, PoolerPod
 from support.postgres import Server
 from support.requirements import require_pgbouncer
 
 from controller.api import codec, types
+from controller.app.activator import ClusterBackend
 from controller.policy import sizing
 from controller.postgres import pooler
-from controller.runtime.kubernetes import permissions
+from controller.runtime.kubernetes import builders, permissions
+from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import pooler as pooled
 
 pytestmark = pytest.mark.kubernetes
@@ -101,9 +113,10 @@ async def test_the_pooler_is_made_serves_and_its_pool_follows_a_resize(
 
         # -- the pod's files, in a real PgBouncer: a client logs in with the application's password --
         await eventually(lambda: pooler_ready(kube), what="the pooler's pod Ready")
-        await pod.start(
-            kube.get("secrets", "orders-pooler", "shop"), kube.get("secrets", "orders-tls", "shop")
-        )  # type: ignore[arg-type]
+        config, tls = kube.get("secrets", "orders-pooler", "shop"), kube.get("secrets", "orders-tls", "shop")
+        assert config is not None
+        assert tls is not None
+        await pod.start(config, tls)
         await eventually(lambda: not_degraded(kube), what="the pooler serving")
         spec = codec.decode(sdb(kube)).spec
         assert shown(pod, kube, "default_pool_size") == str(sizing.pool_size(spec, 0.5))
@@ -211,4 +224,46 @@ async def test_a_deleted_database_takes_its_pooler_with_it(kube: KubeApiDouble, 
             what="the pooler's pod gone",
         )
         assert kube.get("persistentvolumeclaims", "data-orders-0", "shop") is not None  # retained by default
-        await asyncio.sleep(0)
+
+
+async def _pod(kube: KubeApiDouble, name: str, labels: dict[str, str]) -> str:
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "shop", "labels": labels},
+            "spec": {"containers": [{"name": "pgbouncer", "image": pooled.IMAGE}]},
+        }
+    )
+    await eventually(lambda: kube.pod_ready(name, "shop"), what=f"{name} to run")
+    return str(kube.get("pods", name, "shop")["status"]["podIP"])  # type: ignore[index]
+
+
+async def test_the_activator_lets_a_database_be_woken_by_its_own_pooler_only(kube: KubeApiDouble) -> None:
+    """A database whose clients come from other namespaces still wakes for its pooler, which checks
+    their namespaces itself; another database's pooler, or any other pod there, is refused."""
+    create(kube, "shared", access={"allowedNamespaces": ["friends"]}, pooling={"enabled": True})
+    create(kube, "private", pooling={"enabled": True})
+    shared = codec.decode(sdb(kube, "shared"))
+    private = codec.decode(sdb(kube, "private"))
+    own = await _pod(kube, "shared-pooler-1", builders.pooler_labels(shared))
+    others = await _pod(kube, "private-pooler-1", builders.pooler_labels(private))
+    plain = await _pod(kube, "client", {"app": "shop"})
+    backend = ClusterBackend(
+        kc.Kube(kube.api_client(), permissions.ACTIVATOR), listen_host="127.0.0.1", port_range=ACTIVATOR_PORTS
+    )
+    task = asyncio.create_task(backend.databases.run())
+    await backend.databases.synced.wait()
+    try:
+        admitted = {
+            who: await backend.admits("shop/shared", (address, 40000))
+            for who, address in (
+                ("its pooler", own),
+                ("another's pooler", others),
+                ("a pod of its namespace", plain),
+            )
+        }
+    finally:
+        backend.databases.stop()
+        task.cancel()
+    assert admitted == {"its pooler": True, "another's pooler": False, "a pod of its namespace": False}
