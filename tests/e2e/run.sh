@@ -3,8 +3,11 @@
 # a fresh kind cluster, takes one database through its whole life:
 #
 #   Active -> pauses when idle -> wakes when a client connects (the connection is held, not refused)
-#   -> pauses again -> parks -> wakes from parked -> the ServerlessDatabase is deleted, its PVC and
-#   Secret stay -> a new ServerlessDatabase of the same name finds the data again.
+#   -> pauses again -> a client of the pooled endpoint (<name>-pooler, PgBouncer) wakes it, and
+#   pgbench's prepared statements run through it in transaction mode -> pauses again -> parks ->
+#   wakes from parked -> pooling turned off removes the pooler -> the ServerlessDatabase is
+#   deleted, its PVC and Secret stay -> a new ServerlessDatabase of the same name finds the data
+#   again.
 #
 # Needs: docker (a running engine), kind, and kubectl and helm (./dev setup fetches both into
 # .cache/tools; else from PATH). Environment:
@@ -74,6 +77,12 @@ sql() {
         psql -h "$DB.$NS.svc" -U app -d app -v ON_ERROR_STOP=1 -tAc "$1"
 }
 
+# A client command run the same way, for the pooled endpoint (the Service <name>-pooler).
+pooled() {
+    kubectl exec -n "$NS" psql -- env PGPASSWORD="$PASSWORD" PGCONNECT_TIMEOUT=120 \
+        PGSSLMODE=verify-full PGSSLROOTCERT=/tmp/ca.crt "$@"
+}
+
 if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
     say "reusing kind cluster $CLUSTER"
 else
@@ -108,6 +117,7 @@ spec:
   capacity: {min: 0.25, max: 1}
   autoPause: {enabled: true, idleAfter: 20s}
   autoPark: {enabled: true, idleAfter: 30s}
+  pooling: {enabled: true, mode: transaction}
 EOF
 # A client that stays around without a session; exec-ing psql in it is each test's connection.
 kubectl run psql -n "$NS" --image=postgres:16 --restart=Never --command -- sleep infinity
@@ -139,6 +149,27 @@ started=$SECONDS
 say "woken on connect in $((SECONDS - started))s; the connection was held, not refused"
 phase Active
 
+say "the pooled endpoint"
+wait_for "sdb/$DB" '{.status.pooledEndpoint}' "$DB-pooler.$NS.svc:5432"
+kubectl rollout status -n "$NS" "deployment/$DB-pooler" --timeout="${TIMEOUT}s"
+for kind in deployment secret service networkpolicy; do
+    owner=$(kubectl get -n "$NS" "$kind/$DB-pooler" -o jsonpath='{.metadata.ownerReferences[0].kind}')
+    [ "$owner" = ServerlessDatabase ] || fail "$kind/$DB-pooler is not owned by its ServerlessDatabase"
+done
+phase Paused
+say "Paused again; a pooled client connects"
+started=$SECONDS
+got=$(pooled psql -h "$DB-pooler.$NS.svc" -U app -d app -v ON_ERROR_STOP=1 -tAc 'select note from e2e_marker')
+[ "$got" = kept ] || fail "the pooled client did not reach the woken database (got '$got')"
+say "woken through the pooler in $((SECONDS - started))s"
+phase Active
+# Protocol-level prepared statements in transaction mode (PgBouncer 1.21+): four clients, each
+# statement run on whichever server connection is free.
+kubectl exec -n "$NS" psql -- sh -c 'echo "select note from e2e_marker;" > /tmp/pooled.sql'
+pooled pgbench -h "$DB-pooler.$NS.svc" -U app -d app -n -M prepared -c 4 -j 2 -t 200 -f /tmp/pooled.sql \
+    >/dev/null || fail "pgbench -M prepared through the pooled endpoint"
+say "prepared statements work through the pooler in transaction mode"
+
 say "waiting for the pause, then the park"
 phase Paused
 phase Parked
@@ -154,6 +185,17 @@ started=$SECONDS
 [ "$(sql 'select note from e2e_marker')" = kept ] || fail "the parked database did not wake with its data"
 say "woken from parked in $((SECONDS - started))s"
 phase Active
+
+say "pooling turned off"
+kubectl patch sdb -n "$NS" "$DB" --type merge -p '{"spec":{"pooling":{"enabled":false}}}'
+deadline=$((SECONDS + TIMEOUT))
+while kubectl get -n "$NS" "deployment/$DB-pooler" >/dev/null 2>&1 ||
+    kubectl get -n "$NS" "service/$DB-pooler" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || fail "the pooler outlived spec.pooling.enabled: false"
+    sleep 2
+done
+[ "$(sql 'select note from e2e_marker')" = kept ] || fail "the database after its pooler went"
+say "the pooler is gone, the database and its data are not"
 
 say "deleting the ServerlessDatabase"
 kubectl delete sdb -n "$NS" "$DB" --wait --timeout="${TIMEOUT}s"
