@@ -174,6 +174,8 @@ def test_turning_pooling_off_stops_the_pooler_and_the_endpoint_stays(fast: Opera
     dsn = pooled_dsn(fast, "switch")
     with connect(dsn) as conn:
         assert conn.execute("select 1").fetchone() == (1,)
+    wait_for(lambda: fast.get("switch").status.pooled_endpoint, timeout=10, what="status.pooledEndpoint")
+    assert f":{psycopg.conninfo.conninfo_to_dict(dsn)['port']}" in fast.get("switch").status.pooled_endpoint
     fast.apply(database("switch"))
 
     def refused() -> bool:
@@ -185,6 +187,9 @@ def test_turning_pooling_off_stops_the_pooler_and_the_endpoint_stays(fast: Opera
 
     files = fast.pgdata("switch").parent / "pooler"
     wait_for(lambda: refused() and not files.exists(), timeout=30, what="the pooler to stop and go")
+    wait_for(
+        lambda: not fast.get("switch").status.pooled_endpoint, timeout=10, what="no status.pooledEndpoint"
+    )
     code, _, err = fast.sdb("dsn", "switch", "--pooled", check=False)
     assert code != 0
     assert "spec.pooling.enabled" in err

@@ -252,6 +252,7 @@ class LocalRuntime:
             compute = Compute.STOPPED if state.get("provisioned", False) else Compute.ABSENT
         storage = cluster.initialized and endpoint_port is not None
         pooler_message = await self._serve_pooled(db, database) if storage else ""
+        pooler_port = database.read_state().get("poolerPort") if db.spec.pooling.enabled else None
         return ComputeState(
             # Storage is whole with its endpoint: a database whose record went missing gets one again.
             storage=storage,
@@ -263,6 +264,7 @@ class LocalRuntime:
             limits_message=self.cgroups.message,
             endpoint=f"{HOST}:{endpoint_port}" if endpoint_port else "",
             pooler_message=pooler_message,
+            pooled_endpoint=f"{HOST}:{pooler_port}" if isinstance(pooler_port, int) else "",
         )
 
     # -- the pooled endpoint ---------------------------------------------------------------------
