@@ -5,7 +5,6 @@ that PgBouncer's console with a client connected, pooling turned off, and the da
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,8 +14,9 @@ import pytest
 from kubeapi import KubeApiDouble
 from kubernetes import client
 from support.cluster import (
-    ACTIVATOR_PORTS,
+    activator_backend,
     activator_slice,
+    client_pod,
     condition,
     create,
     eventually,
@@ -24,17 +24,16 @@ from support.cluster import (
     phase,
     reading,
     sdb,
+    steady_requests,
 )
 from support.pooler_pod import HOST, PoolerPod
 from support.postgres import Server
 from support.requirements import require_pgbouncer
 
 from controller.api import codec, types
-from controller.app.activator import ClusterBackend
 from controller.policy import sizing
 from controller.postgres import pooler
 from controller.runtime.kubernetes import builders, permissions
-from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import pooler as pooled
 
 pytestmark = pytest.mark.kubernetes
@@ -83,6 +82,17 @@ def not_degraded(kube: KubeApiDouble) -> bool:
     return phase(kube) == "Active" and condition(kube, "Degraded")["status"] == "False"
 
 
+async def serving(kube: KubeApiDouble, pod: PoolerPod) -> None:
+    """Once the double's pooler pod is Ready, run its files in the stand-in, and wait for the
+    operator to find the pooler serving."""
+    await eventually(lambda: pooler_ready(kube), what="the pooler's pod Ready")
+    config, tls = kube.get("secrets", "orders-pooler", "shop"), kube.get("secrets", "orders-tls", "shop")
+    assert config is not None
+    assert tls is not None
+    await pod.start(config, tls)
+    await eventually(lambda: not_degraded(kube), what="the pooler serving")
+
+
 async def test_the_pooler_is_made_serves_and_its_pool_follows_a_resize(
     kube: KubeApiDouble, pods: Server, pod: PoolerPod
 ) -> None:
@@ -112,12 +122,7 @@ async def test_the_pooler_is_made_serves_and_its_pool_follows_a_resize(
         assert {"podSelector": {"matchLabels": template["metadata"]["labels"]}} in peers
 
         # -- the pod's files, in a real PgBouncer: a client logs in with the application's password --
-        await eventually(lambda: pooler_ready(kube), what="the pooler's pod Ready")
-        config, tls = kube.get("secrets", "orders-pooler", "shop"), kube.get("secrets", "orders-tls", "shop")
-        assert config is not None
-        assert tls is not None
-        await pod.start(config, tls)
-        await eventually(lambda: not_degraded(kube), what="the pooler serving")
+        await serving(kube, pod)
         spec = codec.decode(sdb(kube)).spec
         assert shown(pod, kube, "default_pool_size") == str(sizing.pool_size(spec, 0.5))
         app_password = secret_text(kube, "orders-app", "password")
@@ -155,6 +160,20 @@ async def test_the_pooler_is_made_serves_and_its_pool_follows_a_resize(
         granted = next(r.verbs for r in permissions.OPERATOR if r.resource == "deployments")
         assert verbs <= granted
         assert granted == {"get", "list", "watch", "patch", "delete"}
+
+
+async def test_a_steady_pooled_database_costs_no_write(
+    kube: KubeApiDouble, pods: Server, pod: PoolerPod
+) -> None:
+    kube.create(activator_slice())
+    async with operator(kube, pods, locate_pooler=lambda db: (HOST, pod.port)) as running:
+        create(kube, pooling={"enabled": True})
+        await serving(kube, pod)
+        requests = await steady_requests(kube, running)
+        writes = [r for r in requests if r.is_write and r.resource != "events"]
+        assert writes == [], [(r.verb, r.resource, r.name) for r in writes]
+        reads = [r for r in requests if r.verb == "get" and r.name and r.name.endswith("-pooler")]
+        assert reads == [], [(r.resource, r.name) for r in reads]  # memory, not the API, knows them
 
 
 def _patch_spec(kube: KubeApiDouble, spec: dict[str, Any]) -> None:
@@ -226,19 +245,6 @@ async def test_a_deleted_database_takes_its_pooler_with_it(kube: KubeApiDouble, 
         assert kube.get("persistentvolumeclaims", "data-orders-0", "shop") is not None  # retained by default
 
 
-async def _pod(kube: KubeApiDouble, name: str, labels: dict[str, str]) -> str:
-    kube.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": "shop", "labels": labels},
-            "spec": {"containers": [{"name": "pgbouncer", "image": pooled.IMAGE}]},
-        }
-    )
-    await eventually(lambda: kube.pod_ready(name, "shop"), what=f"{name} to run")
-    return str(kube.get("pods", name, "shop")["status"]["podIP"])  # type: ignore[index]
-
-
 async def test_the_activator_lets_a_database_be_woken_by_its_own_pooler_only(kube: KubeApiDouble) -> None:
     """A database whose clients come from other namespaces still wakes for its pooler, which checks
     their namespaces itself; another database's pooler, or any other pod there, is refused."""
@@ -246,15 +252,10 @@ async def test_the_activator_lets_a_database_be_woken_by_its_own_pooler_only(kub
     create(kube, "private", pooling={"enabled": True})
     shared = codec.decode(sdb(kube, "shared"))
     private = codec.decode(sdb(kube, "private"))
-    own = await _pod(kube, "shared-pooler-1", builders.pooler_labels(shared))
-    others = await _pod(kube, "private-pooler-1", builders.pooler_labels(private))
-    plain = await _pod(kube, "client", {"app": "shop"})
-    backend = ClusterBackend(
-        kc.Kube(kube.api_client(), permissions.ACTIVATOR), listen_host="127.0.0.1", port_range=ACTIVATOR_PORTS
-    )
-    task = asyncio.create_task(backend.databases.run())
-    await backend.databases.synced.wait()
-    try:
+    own = await client_pod(kube, "shop", "shared-pooler-1", labels=builders.pooler_labels(shared))
+    others = await client_pod(kube, "shop", "private-pooler-1", labels=builders.pooler_labels(private))
+    plain = await client_pod(kube, "shop")
+    async with activator_backend(kube) as backend:
         admitted = {
             who: await backend.admits("shop/shared", (address, 40000))
             for who, address in (
@@ -263,7 +264,4 @@ async def test_the_activator_lets_a_database_be_woken_by_its_own_pooler_only(kub
                 ("a pod of its namespace", plain),
             )
         }
-    finally:
-        backend.databases.stop()
-        task.cancel()
     assert admitted == {"its pooler": True, "another's pooler": False, "a pod of its namespace": False}

@@ -22,6 +22,7 @@ from support.cluster import (
     reading,
     sdb,
     slice_addresses,
+    steady_requests,
 )
 from support.postgres import Server
 
@@ -186,9 +187,6 @@ async def test_every_write_is_needed_and_single(kube: KubeApiDouble, pods: Serve
     async with operator(kube, pods) as running:
         create(kube)
         await eventually(lambda: phase(kube) == "Active", what="Active")
-        running.readings["shop/orders"] = reading(sessions=1)
-        await asyncio.sleep(0.5)
-        kube.clear_requests()
-        await asyncio.sleep(1.5)  # several ticks at a steady state
-        writes = [r for r in kube.requests if r.is_write and r.resource != "events"]
+        requests = await steady_requests(kube, running)
+        writes = [r for r in requests if r.is_write and r.resource != "events"]
         assert writes == [], [(r.verb, r.resource, r.name) for r in writes]

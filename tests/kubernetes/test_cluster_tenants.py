@@ -3,14 +3,13 @@ objects cannot make the operator or the activator do."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from kubeapi import KubeApiDouble
 from kubernetes import client
 from support.cluster import (
-    ACTIVATOR_PORTS,
+    activator_backend,
     activator_slice,
     client_pod,
     condition,
@@ -23,7 +22,6 @@ from support.cluster import (
 from support.postgres import Server
 
 from controller.api import types
-from controller.app.activator import ClusterBackend
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import permissions
 
@@ -122,21 +120,13 @@ async def test_the_activator_admits_only_the_namespaces_the_database_allows(kube
     create(kube, "private")
     create(kube, "shared", access={"allowedNamespaces": ["friends"]})
     client_pods = {n: await client_pod(kube, n) for n in ("shop", "other", "friends")}
-    backend = ClusterBackend(
-        kc.Kube(kube.api_client(), permissions.ACTIVATOR), listen_host="127.0.0.1", port_range=ACTIVATOR_PORTS
-    )
-    task = asyncio.create_task(backend.databases.run())
-    await backend.databases.synced.wait()
-    try:
+    async with activator_backend(kube) as backend:
         admitted = {
             (key, namespace): await backend.admits(key, (address, 40000))
             for key in ("shop/private", "shop/shared")
             for namespace, address in client_pods.items()
         }
         assert await backend.admits("shop/private", ("10.255.255.254", 40000)) is False  # no pod at all
-    finally:
-        backend.databases.stop()
-        task.cancel()
     assert admitted == {
         ("shop/private", "shop"): True,  # its own namespace, by default
         ("shop/private", "other"): False,

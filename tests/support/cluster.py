@@ -17,6 +17,7 @@ from kubernetes import client
 
 from controller.activator.proxy import Upstream
 from controller.api import types
+from controller.app.activator import ClusterBackend
 from controller.app.cluster import ClusterOperator, Options
 from controller.metrics.source import MetricsSource
 from controller.policy.inputs import Observation, Tuning
@@ -188,6 +189,15 @@ def reading(cpu: float = 0.0, sessions: int = 0, *, last_activity: datetime | No
     )
 
 
+async def steady_requests(kube: KubeApiDouble, running: Running, key: str = "shop/orders") -> list[Any]:
+    """The API requests the operator makes over several ticks while a database with a client is steady."""
+    running.readings[key] = reading(sessions=1)
+    await asyncio.sleep(0.5)
+    kube.clear_requests()
+    await asyncio.sleep(1.5)
+    return list(kube.requests)
+
+
 def slice_addresses(kube: KubeApiDouble, name: str = "orders") -> tuple[list[str], list[int]]:
     found = kube.get("endpointslices", f"{name}-sdb", "shop") or {}
     addresses = [a for e in found.get("endpoints") or [] for a in e.get("addresses") or []]
@@ -205,15 +215,32 @@ async def echo_server() -> tuple[asyncio.Server, Upstream]:
     return server, Upstream("127.0.0.1", server.sockets[0].getsockname()[1])
 
 
-async def client_pod(kube: KubeApiDouble, namespace: str, name: str = "client") -> str:
+async def client_pod(
+    kube: KubeApiDouble, namespace: str, name: str = "client", *, labels: dict[str, str] | None = None
+) -> str:
     """A running pod in `namespace`, and its address: where a client inside the cluster dials from."""
     kube.create(
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
             "spec": {"containers": [{"name": "app", "image": "psql"}]},
         }
     )
     await eventually(lambda: kube.pod_ready(name, namespace), what=f"{namespace}/{name} to run")
     return str(kube.get("pods", name, namespace)["status"]["podIP"])  # type: ignore[index]
+
+
+@contextlib.asynccontextmanager
+async def activator_backend(kube: KubeApiDouble) -> AsyncIterator[ClusterBackend]:
+    """The cluster activator's view of the databases (as `sdb activator` keeps it), without its ports."""
+    backend = ClusterBackend(
+        kc.Kube(kube.api_client(), permissions.ACTIVATOR), listen_host="127.0.0.1", port_range=ACTIVATOR_PORTS
+    )
+    task = asyncio.create_task(backend.databases.run())
+    await backend.databases.synced.wait()
+    try:
+        yield backend
+    finally:
+        backend.databases.stop()
+        task.cancel()

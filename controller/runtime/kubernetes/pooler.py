@@ -118,6 +118,12 @@ def secret(db: types.ServerlessDatabase, files_: Files, *, admin_password: str) 
     }
 
 
+def _secret_volume(name: str, secret_name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """Only these keys of the Secret, readable by the pod's group (fsGroup) and no one else."""
+    items = [{"key": key, "path": key} for key in keys]
+    return {"name": name, "secret": {"secretName": secret_name, "defaultMode": 0o440, "items": items}}
+
+
 def deployment(db: types.ServerlessDatabase, files_: Files, *, image: str = IMAGE) -> dict[str, Any]:
     names = builders.Names.of(db.metadata.name)
     selector = builders.pooler_labels(db)
@@ -156,39 +162,11 @@ def deployment(db: types.ServerlessDatabase, files_: Files, *, image: str = IMAG
             "template": {
                 "metadata": {"labels": selector, "annotations": {CONFIG_ANNOTATION: files_.digest}},
                 "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 60,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "fsGroup": PGBOUNCER_GID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    **builders.pod_hardening(group=PGBOUNCER_GID),
                     "containers": [container],
                     "volumes": [
-                        {
-                            "name": "config",
-                            "secret": {
-                                "secretName": names.pooler,
-                                "defaultMode": 0o440,
-                                "items": [
-                                    {"key": "pgbouncer.ini", "path": "pgbouncer.ini"},
-                                    {"key": "users.txt", "path": "users.txt"},
-                                ],
-                            },
-                        },
-                        {
-                            "name": "tls",
-                            "secret": {
-                                "secretName": names.tls_secret,
-                                "defaultMode": 0o440,
-                                "items": [
-                                    {"key": "tls.crt", "path": "tls.crt"},
-                                    {"key": "tls.key", "path": "tls.key"},
-                                    {"key": builders.CA_KEY, "path": builders.CA_KEY},
-                                ],
-                            },
-                        },
+                        _secret_volume("config", names.pooler, ("pgbouncer.ini", "users.txt")),
+                        _secret_volume("tls", names.tls_secret, ("tls.crt", "tls.key", builders.CA_KEY)),
                     ],
                 },
             },
