@@ -150,6 +150,15 @@ async def test_the_pooler_is_made_serves_and_its_pool_follows_a_resize(
         assert shown(pod, kube, "max_db_connections") == wanted
         assert f"default_pool_size = {wanted}" in secret_text(kube, "orders-pooler", "pgbouncer.ini")
         assert await (await conn.execute("select 2")).fetchone() == (2,)
+        # PgBouncer's statistics reach the operator's /metrics, read on the console as locally.
+        registry = running.operator.exposition.registry
+        labels = {"namespace": "shop", "database": "orders"}
+        await eventually(
+            lambda: (registry.get_sample_value("sdb_pooler_queries_total", labels) or 0) >= 2,
+            timeout=15,
+            what="the pooled queries on /metrics",
+        )
+        assert (registry.get_sample_value("sdb_pooler_query_seconds_total", labels) or 0) > 0
         after = kube.get("deployments", "orders-pooler", "shop")
         assert after is not None
         assert after["spec"]["template"] == before["spec"]["template"]
