@@ -274,3 +274,26 @@ async def test_the_activator_lets_a_database_be_woken_by_its_own_pooler_only(kub
             )
         }
     assert admitted == {"its pooler": True, "another's pooler": False, "a pod of its namespace": False}
+
+
+async def test_a_service_of_the_pooler_s_name_that_is_not_the_database_s_is_left_alone(
+    kube: KubeApiDouble, pods: Server
+) -> None:
+    kube.create(activator_slice())
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "orders-pooler", "namespace": "shop"},
+        "spec": {"ports": [{"port": 5432}]},
+    }
+    kube.create(foreign)
+    before = kube.get("services", "orders-pooler", "shop")
+    async with operator(kube, pods):
+        create(kube, pooling={"enabled": True})
+        await eventually(lambda: phase(kube) == "Active", what="Active")  # the database itself is served
+        degraded = await eventually(
+            lambda: (c := condition(kube, "Degraded"))["status"] == "True" and c, what="Degraded"
+        )
+        assert degraded["reason"] == "PoolerFailed"
+        assert "Service shop/orders-pooler exists and is not this database's" in degraded["message"]
+    assert kube.get("services", "orders-pooler", "shop") == before  # not taken over

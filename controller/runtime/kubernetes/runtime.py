@@ -28,7 +28,7 @@ from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, ResizeState, Route
 from controller.postgres import declared, encryption, pooler, roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
-from controller.runtime.base import PermanentError, TransientError, settings_step
+from controller.runtime.base import PermanentError, StepError, TransientError, settings_step
 from controller.runtime.kubernetes import builders
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import pooler as pooled
@@ -270,6 +270,9 @@ class KubernetesRuntime:
         except (psycopg.Error, OSError) as error:
             log.warning("the pooler's console did not answer", database=db.key, error=str(error))
             return f"the pooler's console did not take the pool size: {error}"
+        except StepError as error:  # an object of its name that is not the database's
+            log.warning("the pooled endpoint is not kept", database=db.key, error=error.message)
+            return f"the pooled endpoint is not kept: {error.message}"
         return ""
 
     async def _pool(self, db: types.ServerlessDatabase, capacity: float) -> str:
