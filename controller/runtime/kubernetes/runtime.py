@@ -295,7 +295,7 @@ class KubernetesRuntime:
         secret, policy, service, deployment = pooled.objects(
             db, files, admin_password=admin, system_namespace=self.system_namespace, image=self.pooler_image
         )
-        # Not watched: written when what they should hold changes, each read once before its first write.
+        # Not watched: read, and written where they differ, only when what they should hold changes.
         unwatched = [
             (kc.SECRETS, secret),
             (kc.NETWORK_POLICIES, policy),
@@ -310,7 +310,7 @@ class KubernetesRuntime:
             self._pooler_written[db.key] = digest
         observed = self.informers.deployments.get(namespace, names.pooler)
         await self._ensure(kc.DEPLOYMENTS, deployment, observed)
-        if int(((observed or {}).get("status") or {}).get("readyReplicas") or 0) < 1:
+        if not _serving(observed):
             self._pool_sizes.pop(db.key, None)  # a pod that comes up reads the pool size from its file
             return "the pooled endpoint has no ready PgBouncer pod yet"
         pool = sizing.pool_size(db.spec, capacity)
@@ -358,9 +358,7 @@ class KubernetesRuntime:
         names = Names.of(db.metadata.name)
         deployment = self.informers.deployments.get(db.metadata.namespace, names.pooler)
         admin = self._pooler_admin.get(db.key)
-        if not db.spec.pooling.enabled or deployment is None or admin is None:
-            return None
-        if int((deployment.get("status") or {}).get("readyReplicas") or 0) < 1:
+        if not db.spec.pooling.enabled or admin is None or not _serving(deployment):
             return None
         host, port = self.locate_pooler(db)
         return pooler.Console(host, port, admin, sslmode=POOLER_CONSOLE_SSLMODE)
@@ -777,6 +775,11 @@ def _contains(observed: Any, desired: Any) -> bool:
 
 
 BASIC_AUTH = "kubernetes.io/basic-auth"
+
+
+def _serving(deployment: Mapping[str, Any] | None) -> bool:
+    """Whether a pooler's Deployment has a ready pod."""
+    return int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0) >= 1
 
 
 def _digest(objects: list[dict[str, Any]]) -> str:
