@@ -94,8 +94,9 @@ class Pool:
                 waiting.remove(handed)
 
     def give(self, role: Role, session: Session) -> None:
-        """Back from a request: reset and kept, or closed if the request left it unusable."""
-        if not session.idle:
+        """Back from a request: reset and kept, or closed if the request left it unusable (a reset
+        fails on a transaction left open, so such a session is closed after it)."""
+        if session.broken:
             self._spawn(session.close())
             return
         self._resetting[role] += 1

@@ -144,20 +144,22 @@ class Sql:
         budget = Budget(self.limits.max_response_bytes)
         timeout = self.limits.statement_timeout
 
-        async def run(query: req.Query) -> dict[str, object]:
-            result = await session.run(query, budget=budget, timeout=timeout)
+        async def run(query: req.Query, *, last: bool = False) -> dict[str, object]:
+            result = await session.run(query, budget=budget, timeout=timeout, last=last)
             array_mode = output.array_mode if query.array_mode is None else query.array_mode
             return results.encode(result, array_mode=array_mode, raw_text=output.raw_text)
 
         if isinstance(work, req.Query):
-            return await run(work)
+            return await run(work, last=True)
         await session.run(req.Query(work.begin()), budget=budget, timeout=timeout)
         try:
             answers = [await run(query) for query in work.queries]
-            await session.run(req.Query("COMMIT"), budget=budget, timeout=timeout)
         except QueryError:
-            await session.run(req.Query("ROLLBACK"), budget=budget, timeout=timeout)
+            await session.run(req.Query("ROLLBACK"), budget=budget, timeout=timeout, last=True)
             raise
+        # A COMMIT that fails (a deferred constraint, a serialization failure) has ended the
+        # transaction all the same: its error is the answer, and no ROLLBACK follows it.
+        await session.run(req.Query("COMMIT"), budget=budget, timeout=timeout, last=True)
         return {"results": answers}
 
 

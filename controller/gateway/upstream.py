@@ -29,6 +29,7 @@ CONNECT_TIMEOUT = 10
 UNABLE_TO_CONNECT = "08001"
 """sqlclient_unable_to_establish_sqlconnection: libpq gives no SQLSTATE for a failed connect."""
 QUERY_CANCELED = "57014"
+RESET = b"DISCARD ALL"
 ROW_OVERHEAD = 2
 VALUE_OVERHEAD = 4
 """JSON's brackets, quotes and commas around each row and value: the running size is an upper bound."""
@@ -91,6 +92,8 @@ class Session:
         self.connection = connection
         self.broken = False
         """Interrupted mid-query or lost: never reused."""
+        self.resetting = False
+        """A `DISCARD ALL` went out behind the last statement, in the same write; its answer is unread."""
 
     @classmethod
     async def open(cls, upstream: Upstream, credentials: request.Credentials, tls: PostgresTls) -> Session:
@@ -131,15 +134,21 @@ class Session:
             and pgconn.transaction_status == pq.TransactionStatus.IDLE
         )
 
-    async def run(self, query: request.Query, *, budget: Budget, timeout: float) -> results.Result:
+    async def run(
+        self, query: request.Query, *, budget: Budget, timeout: float, last: bool = False
+    ) -> results.Result:
         """Run one statement; a Postgres error is a QueryError and leaves the session usable.
+
+        `last`: the request's last statement. The reset (`DISCARD ALL`) is pipelined behind it, in
+        the same write and after its own Sync, so Postgres runs it whatever the statement did, with
+        no round trip of its own; `reset` then reads its answer.
 
         Past `timeout`, or past the budget, or when the caller is cancelled (the client went away),
         the query is cancelled on the server and the session is closed rather than drained.
         """
         try:
             async with asyncio.timeout(timeout):
-                return await self._run(query, budget)
+                return await self._run(query, budget, last=last)
         except TimeoutError:
             await self._abandon()
             raise StatementTimeoutError from None
@@ -147,13 +156,21 @@ class Session:
             await self._abandon()
             raise
 
-    async def _run(self, query: request.Query, budget: Budget) -> results.Result:
+    async def _run(self, query: request.Query, budget: Budget, *, last: bool) -> results.Result:
         pgconn = self.connection.pgconn
+        if last:
+            pgconn.enter_pipeline_mode()
         pgconn.send_query_params(
             query.text.encode(),
             [None if p is None else p.encode() for p in query.params],
             result_format=pq.Format.TEXT,
         )
+        if last:
+            pgconn.pipeline_sync()
+            pgconn.send_query_params(RESET, None, result_format=pq.Format.TEXT)
+            pgconn.pipeline_sync()
+            self.resetting = True
+        # In a pipeline this applies to the statement whose results come first: the client's.
         pgconn.set_chunked_rows_mode(CHUNK_ROWS)
         await self._flush()
         fields: list[results.Field] = []
@@ -171,9 +188,17 @@ class Session:
             elif state == pq.ExecStatus.FATAL_ERROR:
                 failure = _error(result)
             # EMPTY_QUERY: an empty statement has no fields, rows or tag.
+        if last:
+            await self._synced()
         if failure is not None:
             raise failure
         return results.Result(fields, rows, status)
+
+    async def _synced(self) -> None:
+        """Past a pipeline's Sync (what follows is the next statement's)."""
+        result = await self._next()
+        if result is None or result.status != pq.ExecStatus.PIPELINE_SYNC:
+            raise psycopg.OperationalError("the pipeline lost its Sync")
 
     async def _flush(self) -> None:
         pgconn = self.connection.pgconn
@@ -196,10 +221,23 @@ class Session:
 
     async def reset(self) -> None:
         """Forget the last request's session state (settings, temporary tables, prepared statements,
-        advisory locks, LISTENs) before the next request gets the session."""
+        advisory locks, LISTENs) before the next request gets the session: read the answer of the
+        `DISCARD ALL` pipelined behind its last statement, or run one when none was (a batch rolled
+        back). A reset that fails leaves the session broken, so it is closed, never reused."""
         try:
-            await self.run(request.Query("DISCARD ALL"), budget=Budget(1 << 20), timeout=CANCEL_TIMEOUT)
-        except (QueryError, StatementTimeoutError, ResponseTooLargeError, psycopg.Error):
+            async with asyncio.timeout(CANCEL_TIMEOUT):
+                if not self.resetting:
+                    await self._run(request.Query(RESET.decode()), Budget(1 << 20), last=False)
+                    return
+                self.resetting = False
+                result = await self._next()
+                while (extra := await self._next()) is not None:
+                    result = extra
+                await self._synced()
+                self.connection.pgconn.exit_pipeline_mode()
+                if result is None or result.status != pq.ExecStatus.COMMAND_OK:
+                    self.broken = True
+        except (QueryError, TimeoutError, psycopg.Error):
             self.broken = True
 
     async def close(self) -> None:

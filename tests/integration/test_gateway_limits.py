@@ -224,6 +224,63 @@ async def test_a_kept_session_is_reused_forgets_its_state_and_closes_when_idle(r
     await eventually(backend_gone, what="its server process to exit")
 
 
+@pytest.fixture
+async def keeping(postgres: Server, request_limits: Limits) -> AsyncIterator[Running]:
+    """A gateway that keeps its sessions for a minute: no request here finds a fresh one by chance."""
+    backend = Resting(Upstream("127.0.0.1", postgres.port))
+    gateway = Gateway(backend, limits=request_limits, pool=Pool(idle_timeout=60))
+    await gateway.start(listen("127.0.0.1", 0, tls=False))
+    running = Running(gateway, backend, Counts(), postgres)
+    try:
+        yield running
+    finally:
+        await running.http.close()
+        await gateway.close()
+
+
+async def test_no_session_state_reaches_the_next_request_on_the_same_session(keeping: Running) -> None:
+    running = keeping
+    state = (
+        "SELECT pg_backend_pid(), current_setting('application_name'), current_setting('work_mem'), "
+        "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()), "
+        "(SELECT count(*) FROM pg_prepared_statements), "
+        "(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())"
+    )
+    _, clean = await running.sql({"query": state})
+    pid = clean["rows"][0][0]
+    # State changed by a SELECT (no statement's text says whether it changes the session), by a
+    # batch, by a failed batch, and by statements that exist only to change it.
+    changes: list[Any] = [
+        {"query": "SELECT set_config('application_name', 'leaked', false), pg_advisory_lock(42)"},
+        {"queries": [{"query": "SET work_mem = '77MB'"}, {"query": "SELECT pg_advisory_lock(43)"}]},
+        {"queries": [{"query": "SELECT pg_advisory_lock(44)"}, {"query": "SELECT 1/0"}]},
+        {"query": "PREPARE leaked AS SELECT 1"},
+        {"query": "CREATE TEMP TABLE leaked (n int)"},
+    ]
+    for change in changes:
+        await running.sql(change)
+        _, after = await running.sql({"query": state})
+        assert after["rows"] == clean["rows"], change  # the same session, as clean as at first
+    # A COMMIT that fails ends its transaction; the session goes on, clean.
+    await running.sql({"query": "CREATE TABLE once (n int UNIQUE DEFERRABLE INITIALLY DEFERRED)"})
+    inserts = [{"query": "INSERT INTO once VALUES (1)"}, {"query": "INSERT INTO once VALUES (1)"}]
+    status, body = await running.sql({"queries": inserts})
+    assert (status, body["code"]) == (400, "23505")
+    _, after = await running.sql({"query": state})
+    assert after["rows"] == clean["rows"]
+    await running.sql({"query": "DROP TABLE once"})
+    # A statement that must run outside a transaction block still runs alone, pipelined reset or not.
+    status, _ = await running.sql({"query": "VACUUM pg_class"})
+    assert status == 200
+    # A transaction left open cannot be reset: that session is closed and the next one is new.
+    status, _ = await running.sql({"query": "BEGIN"})
+    assert status == 200
+    _, after = await running.sql({"query": state})
+    assert after["rows"][0][0] != pid
+    assert after["rows"][0][1:] == clean["rows"][0][1:]
+    assert running.activity("BEGIN") == []
+
+
 async def test_a_wrong_password_is_refused_by_postgres_and_never_gets_a_kept_session(
     running: Running,
 ) -> None:
