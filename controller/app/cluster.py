@@ -242,6 +242,8 @@ class ClusterOperator:
             if stop.is_set():
                 return True
             await self.runtime.open()
+            gateway = self.runtime.certificates.keep_gateway(self.options.activator_service)
+            self._tasks.append(asyncio.create_task(gateway, name="gateway-certificate"))
             await self.reconciler.start()
             self._tasks.append(
                 asyncio.create_task(

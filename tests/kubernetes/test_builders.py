@@ -183,7 +183,7 @@ def test_the_server_certificate_is_for_every_name_clients_use() -> None:
         "orders-pooler",
     ]
     issuer = builders.IssuerRef.parse("ClusterIssuer/internal-ca")
-    certificate = builders.certificate(db, issuer)
+    certificate = builders.certificate(builders.Certified.database(db), issuer)
     assert certificate["spec"]["secretName"] == "orders-tls"
     assert certificate["spec"]["dnsNames"] == builders.server_names(db)
     assert certificate["spec"]["issuerRef"] == {

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from kubeapi import KubeApiDouble
-from support.cluster import SYSTEM, create, sdb
+from support.cluster import SYSTEM, create, eventually, operator, sdb
 
 from controller import pki
 from controller.api import codec, types
@@ -115,7 +115,14 @@ async def test_a_certificate_from_another_authority_is_replaced(kube: KubeApiDou
     db = orders(kube)
     stranger = pki.new_authority("someone else", now=START)
     leaf = pki.issue(stranger, common_name="orders", names=builders.server_names(db), now=START)
-    kube.create(builders.tls_secret(db, certificate=leaf.certificate, key=leaf.key, ca=stranger.certificate))
+    kube.create(
+        builders.tls_secret(
+            builders.Certified.database(db),
+            certificate=leaf.certificate,
+            key=leaf.key,
+            ca=stranger.certificate,
+        )
+    )
     await certificates.ensure(db)
     assert (
         decoded(kube.get("secrets", "orders-tls", "shop"), builders.CA_KEY)
@@ -166,8 +173,77 @@ async def test_with_cert_manager_each_database_gets_a_certificate_resource(kube:
     # cert-manager writes the Secret, with its CA: that is what clients are then told to trust.
     authority = pki.new_authority("internal", now=START)
     leaf = pki.issue(authority, common_name="orders", names=builders.server_names(db), now=START)
-    kube.create(builders.tls_secret(db, certificate=leaf.certificate, key=leaf.key, ca=authority.certificate))
+    kube.create(
+        builders.tls_secret(
+            builders.Certified.database(db),
+            certificate=leaf.certificate,
+            key=leaf.key,
+            ca=authority.certificate,
+        )
+    )
     await certificates.ensure(db)
     published = kube.get("configmaps", builders.CA_NAME, "shop")
     assert published is not None
     assert published["data"][builders.CA_KEY] == authority.certificate
+
+
+async def test_the_gateway_gets_a_certificate_for_the_activator_service(kube: KubeApiDouble) -> None:
+    """The activator's gateway serves HTTPS from `<service>-tls` in the system namespace, issued by the
+    operator's CA for the Service's names, with the CA beside it (the gateway checks databases
+    against it); renewed near its end, like a database's."""
+    clock = Clock()
+    certificates = Certificates(operator_kube(kube), system_namespace=SYSTEM, now=clock)
+    await certificates.open()
+    authority = certificates.authority
+    assert authority is not None
+    await certificates.ensure_gateway("sdb-activator")
+
+    secret = kube.get("secrets", builders.gateway_secret("sdb-activator"), SYSTEM)
+    assert secret is not None
+    assert secret["metadata"]["name"] == "sdb-activator-tls"
+    assert secret["type"] == "kubernetes.io/tls"
+    assert "ownerReferences" not in secret["metadata"]  # no database's: it outlives every one
+    assert decoded(secret, builders.CA_KEY) == authority.certificate
+    leaf = x509.load_pem_x509_certificate(decoded(secret, "tls.crt").encode())
+    leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(authority.certificate.encode()))
+    assert pki.KeyPair(decoded(secret, "tls.crt"), "").names() >= {
+        f"sdb-activator.{SYSTEM}.svc.cluster.local",
+        f"sdb-activator.{SYSTEM}.svc",
+        f"sdb-activator.{SYSTEM}",
+        "sdb-activator",
+    }
+    assert kube.list("configmaps", SYSTEM) == []  # the gateway's CA is in its own Secret
+
+    writes = len(kube.requests_matching(writes_only=True))
+    await certificates.ensure_gateway("sdb-activator")
+    assert len(kube.requests_matching(writes_only=True)) == writes
+    clock.now = leaf.not_valid_after_utc - timedelta(days=1)
+    await certificates.ensure_gateway("sdb-activator")
+    renewed = x509.load_pem_x509_certificate(
+        decoded(kube.get("secrets", "sdb-activator-tls", SYSTEM), "tls.crt").encode()
+    )
+    assert renewed.serial_number != leaf.serial_number
+
+
+async def test_with_cert_manager_the_gateway_gets_a_certificate_resource(kube: KubeApiDouble) -> None:
+    kube.install_crd(CERT_MANAGER_CRD)
+    issuer = builders.IssuerRef.parse("ClusterIssuer/internal")
+    certificates = Certificates(operator_kube(kube), system_namespace=SYSTEM, issuer=issuer)
+    await certificates.open()
+    await certificates.ensure_gateway("sdb-activator")
+    requested = kube.get("certificates", "sdb-activator", SYSTEM)
+    assert requested is not None
+    assert requested["spec"]["secretName"] == "sdb-activator-tls"
+    assert (
+        requested["spec"]["dnsNames"][1] == requested["spec"]["commonName"] == f"sdb-activator.{SYSTEM}.svc"
+    )
+    assert requested["spec"]["issuerRef"]["name"] == "internal"
+    assert kube.get("secrets", "sdb-activator-tls", SYSTEM) is None  # cert-manager's to write
+
+
+async def test_the_leading_operator_issues_the_gateway_certificate(kube: KubeApiDouble, pods: Any) -> None:
+    async with operator(kube, pods):
+        await eventually(
+            lambda: kube.get("secrets", builders.gateway_secret("activator"), SYSTEM) is not None,
+            what="the gateway's certificate",
+        )

@@ -228,12 +228,66 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def tls_secret(db: types.ServerlessDatabase, *, certificate: str, key: str, ca: str) -> dict[str, Any]:
-    """The server's certificate, owned by the database: re-issued at will, so deleted with it."""
+@dataclass(frozen=True)
+class Certified:
+    """A server the operator keeps a certificate for: a database, or the activator's gateway. Its
+    Secret (and, with cert-manager, its Certificate) carry this metadata."""
+
+    secret: str
+    certificate: str
+    names: tuple[str, ...]
+    """What clients call the server by; the second is the certificate's common name."""
+    namespace: str
+    labels: dict[str, str]
+    owner: types.ServerlessDatabase | None = None
+    """Deleted with this database (a gateway's certificate is no database's)."""
+
+    @classmethod
+    def database(cls, db: types.ServerlessDatabase) -> Certified:
+        names = Names.of(db.metadata.name)
+        return cls(
+            secret=names.tls_secret,
+            certificate=names.certificate,
+            names=tuple(server_names(db)),
+            namespace=db.metadata.namespace,
+            labels=labels(db),
+            owner=db,
+        )
+
+    @classmethod
+    def gateway(cls, service: str, namespace: str) -> Certified:
+        """The activator's HTTPS (SQL over HTTP, WebSocket), for its Service's names, in the system
+        namespace; its Secret also holds the CA, which the gateway checks databases against."""
+        return cls(
+            secret=gateway_secret(service),
+            certificate=service,
+            names=(
+                f"{service}.{namespace}.svc.cluster.local",
+                f"{service}.{namespace}.svc",
+                f"{service}.{namespace}",
+                service,
+            ),
+            namespace=namespace,
+            labels={"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "gateway"},
+        )
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        if self.owner is not None:
+            return _metadata(self.owner, name)
+        return {"name": name, "namespace": self.namespace, "labels": dict(self.labels)}
+
+
+def gateway_secret(service: str) -> str:
+    """The gateway's certificate Secret, named after the activator's Service (the chart mounts it)."""
+    return f"{service}-tls"
+
+
+def tls_secret(certified: Certified, *, certificate: str, key: str, ca: str) -> dict[str, Any]:
+    """A server's certificate; a database's is owned by it (re-issued at will, so deleted with it)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(db, Names.of(db.metadata.name).tls_secret),
+        "metadata": certified.metadata(certified.secret),
         "type": "kubernetes.io/tls",
         "data": {
             "tls.crt": _b64(certificate),
@@ -243,21 +297,20 @@ def tls_secret(db: types.ServerlessDatabase, *, certificate: str, key: str, ca: 
     }
 
 
-def certificate(db: types.ServerlessDatabase, issuer: IssuerRef) -> dict[str, Any]:
-    """A cert-manager Certificate whose Secret is the one the pod mounts."""
-    names = Names.of(db.metadata.name)
+def certificate(certified: Certified, issuer: IssuerRef) -> dict[str, Any]:
+    """A cert-manager Certificate whose Secret is the one the server mounts."""
     return {
         "apiVersion": f"{CERT_MANAGER_GROUP}/v1",
         "kind": "Certificate",
-        "metadata": _metadata(db, names.certificate),
+        "metadata": certified.metadata(certified.certificate),
         "spec": {
-            "secretName": names.tls_secret,
-            "commonName": server_names(db)[1],
-            "dnsNames": server_names(db),
+            "secretName": certified.secret,
+            "commonName": certified.names[1],
+            "dnsNames": list(certified.names),
             "usages": ["server auth", "digital signature", "key encipherment"],
             "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
             "issuerRef": {"group": CERT_MANAGER_GROUP, "kind": issuer.kind, "name": issuer.name},
-            "secretTemplate": {"labels": labels(db)},
+            "secretTemplate": {"labels": dict(certified.labels)},
         },
     }
 
@@ -574,7 +627,7 @@ def render(
         network_policy(db, system_namespace=system_namespace),
         secret(db, names.secret, username="postgres", password=password),
         secret(db, names.app_secret, username="app", password=password),
-        tls_secret(db, certificate=tls.certificate, key=tls.key, ca=ca),
+        tls_secret(Certified.database(db), certificate=tls.certificate, key=tls.key, ca=ca),
         ca_configmap(db.metadata.namespace, ca),
         client_service(db),
         endpoint_slice(db, endpoints),

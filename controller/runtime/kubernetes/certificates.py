@@ -5,7 +5,8 @@ operator's namespace (made by whichever replica comes first; the others read it)
 each database's `<name>-tls` itself, again when it nears its end or lacks a name. With cert-manager
 (`--cert-manager-issuer KIND/NAME`) each database gets a Certificate instead, and cert-manager
 writes `<name>-tls`. Either way the CA's certificate is published as the ConfigMap
-`serverless-db-ca` in every namespace with databases, for clients' `sslrootcert`.
+`serverless-db-ca` in every namespace with databases, for clients' `sslrootcert`. The activator's
+gateway (HTTPS) gets a certificate the same way, in the operator's namespace.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from controller.runtime.kubernetes import builders
 from controller.runtime.kubernetes import client as kc
 
 log = structlog.get_logger("certificates")
+RECHECK_SECONDS = 3600.0
+"""How often the gateway's certificate is looked at: renewal starts weeks before its end."""
 
 
 def _decoded(secret: dict[str, Any] | None, key: str) -> str | None:
@@ -73,7 +76,7 @@ class Certificates:
     async def ensure(self, db: types.ServerlessDatabase) -> None:
         """The server's certificate in `<name>-tls` before its pod needs it, and the CA published."""
         try:
-            ca = await asyncio.to_thread(self._ensure, db)
+            ca = await asyncio.to_thread(self._ensure, builders.Certified.database(db))
             if ca is not None and self._published.get(db.metadata.namespace) != ca:
                 await asyncio.to_thread(
                     self.kube.apply, kc.CONFIGMAPS, builders.ca_configmap(db.metadata.namespace, ca)
@@ -84,18 +87,29 @@ class Certificates:
                 types.Reason.START_FAILED, f"could not keep its certificate: {error.message}"
             ) from error
 
-    def _ensure(self, db: types.ServerlessDatabase) -> str | None:
+    async def ensure_gateway(self, service: str) -> None:
+        """The activator's gateway certificate, `<service>-tls` in the system namespace, which its pods
+        mount (they start once it exists); issued and renewed as a database's is."""
+        await asyncio.to_thread(self._ensure, builders.Certified.gateway(service, self.system_namespace))
+
+    async def keep_gateway(self, service: str, *, every: float = RECHECK_SECONDS) -> None:
+        """`ensure_gateway` now and then, for as long as the operator leads: renewal needs no restart."""
+        while True:
+            try:
+                await self.ensure_gateway(service)
+            except kc.ApiError as error:
+                log.warning("could not keep the gateway's certificate", error=error.message)
+            await asyncio.sleep(every)
+
+    def _ensure(self, certified: builders.Certified) -> str | None:
         """The CA certificate to publish (None: cert-manager has not issued one yet)."""
-        names = builders.Names.of(db.metadata.name)
         if self.issuer is not None:
-            self.kube.apply(kc.CERTIFICATES, builders.certificate(db, self.issuer))
-            return _decoded(
-                self.kube.get(kc.SECRETS, db.metadata.namespace, names.tls_secret), builders.CA_KEY
-            )
+            self.kube.apply(kc.CERTIFICATES, builders.certificate(certified, self.issuer))
+            return _decoded(self.kube.get(kc.SECRETS, certified.namespace, certified.secret), builders.CA_KEY)
         if self.authority is None:
             raise RuntimeError("Certificates.open() was not called")
-        found = self.kube.get(kc.SECRETS, db.metadata.namespace, names.tls_secret)
-        wanted = builders.server_names(db)
+        found = self.kube.get(kc.SECRETS, certified.namespace, certified.secret)
+        wanted = list(certified.names)
         certificate, key = _decoded(found, "tls.crt"), _decoded(found, "tls.key")
         current = pki.KeyPair(certificate, key) if certificate and key else None
         issued_here = _decoded(found, builders.CA_KEY) == self.authority.certificate
@@ -103,10 +117,14 @@ class Certificates:
             return self.authority.certificate
         leaf = pki.issue(self.authority, common_name=wanted[1], names=wanted, now=self.now())
         body = builders.tls_secret(
-            db, certificate=leaf.certificate, key=leaf.key, ca=self.authority.certificate
+            certified, certificate=leaf.certificate, key=leaf.key, ca=self.authority.certificate
         )
         self.kube.apply(kc.SECRETS, body)
-        log.info("issued a server certificate", database=db.key, not_after=leaf.not_after().isoformat())
+        log.info(
+            "issued a server certificate",
+            secret=f"{certified.namespace}/{certified.secret}",
+            not_after=leaf.not_after().isoformat(),
+        )
         return self.authority.certificate
 
 
