@@ -33,7 +33,7 @@ from controller.api import codec, types
 from controller.app import process
 from controller.app.wakes import Wakes
 from controller.gateway import server
-from controller.gateway.reach import Limits
+from controller.gateway.reach import Limits, PostgresTls
 from controller.gateway.server import Gateway
 from controller.identity.authenticate import Reviewer
 from controller.metrics.exposition import OperatorMetrics
@@ -271,6 +271,44 @@ class ClusterBackend:
         return self.databases.synced.is_set()
 
 
+class GatewayBackend:
+    """The cluster backend as the gateway asks it. A gateway request comes whatever the database's
+    state, unlike a connection the operator routed to the activator: one whose status says Active and
+    Ready goes straight to its pod, asking for no wake; only a resting one is woken (and held)."""
+
+    def __init__(self, cluster: ClusterBackend) -> None:
+        self.cluster = cluster
+
+    async def upstream(self, key: str) -> Upstream | None:
+        db = self.cluster._db(key)
+        return self.cluster.address(db) if db is not None and self.cluster.awake(key) else None
+
+    async def wake(self, key: str) -> Upstream:
+        return await self.cluster.wake(key)
+
+    async def exists(self, key: str) -> bool:
+        return await self.cluster.exists(key)
+
+    def awake(self, key: str) -> bool:
+        return self.cluster.awake(key)
+
+    async def admits(self, key: str, peer: tuple[str, int]) -> bool:
+        return await self.cluster.admits(key, peer)
+
+
+def postgres_tls(args: argparse.Namespace) -> PostgresTls:
+    """The gateway's own connections to Postgres: each database's certificate checked against the CA
+    (`--gateway-ca`, mounted with the gateway's certificate), for the pod's name. Unchecked only with
+    `--gateway-plaintext`, which serves on loopback alone (for trying it out)."""
+    if args.gateway_ca is not None:
+        return PostgresTls(ca=args.gateway_ca)
+    if args.gateway_plaintext:
+        return PostgresTls()
+    raise server.PlaintextError(
+        "the gateway checks each database's certificate: give it --gateway-ca (the operator's CA)"
+    )
+
+
 def gateway_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     """HTTPS from the mounted certificate, or plain HTTP when asked for (loopback only)."""
     if args.gateway_plaintext:
@@ -298,14 +336,21 @@ def run(args: argparse.Namespace, port_range: tuple[int, int]) -> int:
         backend.activator.observer = exposition
         process.serve_metrics(exposition, args, default=METRICS_PORT)
         listening = process.gateway_socket(args, default=GATEWAY_PORT)
-        gateway = Gateway(backend, limits=Limits(wake_timeout=args.wake_timeout), observer=exposition)
+        gateway: Gateway | None = None
         if listening is not None:
+            gateway = Gateway(
+                GatewayBackend(backend),
+                limits=Limits(wake_timeout=args.wake_timeout),
+                observer=exposition,
+                postgres_tls=postgres_tls(args),
+            )
             await gateway.start(listening, ssl_context=gateway_tls(args))
         try:
             with process.probes(args, default=HEALTH_PORT, ready=backend.ready):
                 await process.until_signalled(backend.run)
         finally:
-            await gateway.close()
+            if gateway is not None:
+                await gateway.close()
 
     asyncio.run(main())
     return 0

@@ -176,6 +176,11 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
         help="the gateway's TLS certificate (PEM, from the operator's CA), with --gateway-key",
     )
     activator.add_argument("--gateway-key", type=Path, help="the key of --gateway-certificate (PEM)")
+    activator.add_argument(
+        "--gateway-ca",
+        type=Path,
+        help="the CA the gateway checks databases' certificates against (PEM, the operator's CA)",
+    )
     activator.add_argument("--health-port", type=int, default=None, help="default: 8082; -1 to disable")
     activator.add_argument("--wake-timeout", type=float, default=30.0)
     activator.add_argument("--port-range", default="20000-29999", help="the per-database ports (low-high)")

@@ -261,3 +261,15 @@ def test_the_cluster_gateway_serves_https_from_its_certificate_or_plain_http_whe
     )
     assert isinstance(context, ssl.SSLContext)
     assert context.minimum_version is ssl.TLSVersion.TLSv1_2
+
+
+def test_the_cluster_gateway_checks_databases_against_the_ca_it_is_given(tmp_path: Path) -> None:
+    def args(**given: Any) -> argparse.Namespace:
+        return argparse.Namespace(**{"gateway_plaintext": False, "gateway_ca": None, **given})
+
+    with pytest.raises(server.PlaintextError, match="--gateway-ca"):
+        activator.postgres_tls(args())
+    checked = activator.postgres_tls(args(gateway_ca=tmp_path / "ca.crt"))
+    assert "sslmode=verify-full" in checked.conninfo()
+    assert f"sslrootcert={tmp_path / 'ca.crt'}" in checked.conninfo()
+    assert "sslmode=prefer" in activator.postgres_tls(args(gateway_plaintext=True)).conninfo()
