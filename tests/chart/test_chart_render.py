@@ -167,9 +167,61 @@ def test_activator_runs_sdb_activator() -> None:
         "20000-29999",
         "--log-format",
         "json",
+        "--gateway-port",
+        "9443",
+        "--gateway-certificate",
+        "/etc/sdb-gateway/tls.crt",
+        "--gateway-key",
+        "/etc/sdb-gateway/tls.key",
+        "--gateway-ca",
+        "/etc/sdb-gateway/ca.crt",
     ]
     _assert_probes(main, port=8082)
-    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"metrics": 9466, "health": 8082}
+    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {
+        "metrics": 9466,
+        "health": 8082,
+        "gateway": 9443,
+    }
+
+
+def test_the_gateway_serves_https_from_the_certificate_the_operator_issues() -> None:
+    """The activator mounts the Secret the operator writes for its Service (named by --activator-service),
+    serves it on the Service's HTTPS port, and checks databases against the CA in it."""
+    from controller.runtime.kubernetes import builders
+
+    objects = default_objects()
+    service_name = _arg(container(deployment(objects, "operator")), "--activator-service")
+    pod = deployment(objects, "activator")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "gateway-tls")
+    assert volume["secret"] == {"secretName": builders.gateway_secret(service_name), "defaultMode": 0o440}
+    mount = next(
+        m for m in container(deployment(objects, "activator"))["volumeMounts"] if m["name"] == "gateway-tls"
+    )
+    assert mount == {"name": "gateway-tls", "mountPath": "/etc/sdb-gateway", "readOnly": True}
+    main = container(deployment(objects, "activator"))
+    for flag, key in (
+        ("--gateway-certificate", "tls.crt"),
+        ("--gateway-key", "tls.key"),
+        ("--gateway-ca", "ca.crt"),
+    ):
+        assert _arg(main, flag) == f"/etc/sdb-gateway/{key}"
+    gateway = next(
+        p for p in one(objects, "Service", service_name)["spec"]["ports"] if p["name"] == "gateway"
+    )
+    assert gateway == {
+        "name": "gateway",
+        "port": 443,
+        "targetPort": "gateway",
+        "protocol": "TCP",
+        "appProtocol": "https",
+    }
+    # Off: no port, no mount, no flag (and so no Secret the pod waits for).
+    off = render(values={"activator": {"gateway": {"enabled": False}}, "networkPolicy": {"enabled": True}})
+    main = container(deployment(off, "activator"))
+    assert "--gateway-port" not in main["args"]
+    assert [v["name"] for v in deployment(off, "activator")["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
+    assert [p["name"] for p in one(off, "Service", service_name)["spec"]["ports"]] == ["metrics"]
+    assert len(one(off, "NetworkPolicy", f"{FULLNAME}-activator")["spec"]["ingress"]) == 2
 
 
 def _assert_probes(main: Obj, *, port: int) -> None:
@@ -189,9 +241,12 @@ def test_the_operator_finds_the_activators_through_their_service() -> None:
     operator = deployment(objects, "operator")["spec"]["template"]["metadata"]["labels"]
     assert selects(service["spec"]["selector"], activator)
     assert not selects(service["spec"]["selector"], operator)
-    assert service["spec"]["ports"] == [
-        {"name": "metrics", "port": 9466, "targetPort": "metrics", "protocol": "TCP"}
-    ]
+    assert service["spec"]["ports"][0] == {
+        "name": "metrics",
+        "port": 9466,
+        "targetPort": "metrics",
+        "protocol": "TCP",
+    }
     metrics = one(objects, "Service", f"{FULLNAME}-metrics")
     assert selects(metrics["spec"]["selector"], operator)
     assert not selects(metrics["spec"]["selector"], activator)
@@ -317,12 +372,16 @@ def test_network_policies() -> None:
             "ports": [{"protocol": "TCP", "port": 9465}],
         }
     ]
-    clients, metrics = activator["ingress"]
+    clients, metrics, gateway = activator["ingress"]
     assert clients == {
         "from": [{"namespaceSelector": {"matchLabels": {"sdb-clients": "true"}}}],
         "ports": [{"protocol": "TCP", "port": 20000, "endPort": 29999}],
     }
     assert metrics["ports"] == [{"protocol": "TCP", "port": 9466}]
+    assert gateway == {
+        "from": [{"namespaceSelector": {"matchLabels": {"sdb-gateway-clients": "true"}}}],
+        "ports": [{"protocol": "TCP", "port": 9443}],
+    }
     # out: DNS, the API server, the databases, and (the operator only) Prometheus
     for spec in (operator, activator):
         egress = spec["egress"]
@@ -357,6 +416,10 @@ def test_network_policy_defaults_open_to_the_cluster() -> None:
     assert activator["ingress"][0] == {
         "from": [{"namespaceSelector": {}}],
         "ports": [{"protocol": "TCP", "port": 20000, "endPort": 29999}],
+    }
+    assert activator["ingress"][2] == {
+        "from": [{"namespaceSelector": {}}],
+        "ports": [{"protocol": "TCP", "port": 9443}],
     }
     assert operator["ingress"][0]["from"] == [{"namespaceSelector": {}}]
     assert len(operator["egress"]) == 3  # DNS, API server, databases
@@ -547,6 +610,12 @@ def test_the_cli_accepts_the_charts_arguments(objects: Rendered) -> None:
                 9466,
                 8082,
             )
+            assert (parsed.gateway_address, parsed.gateway_port, parsed.gateway_plaintext) == (
+                "0.0.0.0",
+                9443,
+                False,
+            )
+            assert str(parsed.gateway_ca) == "/etc/sdb-gateway/ca.crt"
 
 
 def test_activator_listens_where_the_operator_assigns_ports() -> None:
