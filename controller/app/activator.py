@@ -337,6 +337,7 @@ def run(args: argparse.Namespace, port_range: tuple[int, int]) -> int:
         process.serve_metrics(exposition, args, default=METRICS_PORT)
         listening = process.gateway_socket(args, default=GATEWAY_PORT)
         gateway: Gateway | None = None
+        reloading: asyncio.Task[None] | None = None
         if listening is not None:
             gateway = Gateway(
                 GatewayBackend(backend),
@@ -344,11 +345,18 @@ def run(args: argparse.Namespace, port_range: tuple[int, int]) -> int:
                 observer=exposition,
                 postgres_tls=postgres_tls(args),
             )
-            await gateway.start(listening, ssl_context=gateway_tls(args))
+            context = gateway_tls(args)
+            await gateway.start(listening, ssl_context=context)
+            if context is not None:
+                reloading = asyncio.create_task(
+                    server.reload_periodically(context, args.gateway_certificate, args.gateway_key)
+                )
         try:
             with process.probes(args, default=HEALTH_PORT, ready=backend.ready):
                 await process.until_signalled(backend.run)
         finally:
+            if reloading is not None:
+                reloading.cancel()
             if gateway is not None:
                 await gateway.close()
 

@@ -8,12 +8,14 @@ and only on loopback.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import structlog
 from aiohttp import web
 
 from controller.gateway.pool import Pool
@@ -22,6 +24,8 @@ from controller.gateway.sql import Sql
 from controller.gateway.websocket import Relay
 
 BUSY = 503
+RELOAD_SECONDS = 300.0
+log = structlog.get_logger("gateway")
 
 
 class PlaintextError(ValueError):
@@ -54,6 +58,26 @@ def tls_context(certificate: Path, key: Path) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certificate, key)
     return context
+
+
+async def reload_periodically(
+    context: ssl.SSLContext, certificate: Path, key: Path, *, every: float = RELOAD_SECONDS
+) -> None:
+    """`reload` now and then: a renewed certificate (a Secret volume is updated in place) is served
+    to new connections without a restart."""
+    while True:
+        await asyncio.sleep(every)
+        reload(context, certificate, key)
+
+
+def reload(context: ssl.SSLContext, certificate: Path, key: Path) -> None:
+    """Read the certificate and key again into the live context; a pair that does not load (missing,
+    half-written, not matching) leaves the one loaded being served."""
+    try:
+        tls_context(certificate, key)  # checked before the live context changes
+        context.load_cert_chain(certificate, key)
+    except (OSError, ssl.SSLError) as error:
+        log.warning("could not reload the gateway's certificate; serving the one loaded", error=str(error))
 
 
 def loopback(host: str) -> bool:

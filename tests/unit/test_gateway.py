@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import ssl
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from controller import pki
 from controller.app import activator
@@ -273,3 +275,40 @@ def test_the_cluster_gateway_checks_databases_against_the_ca_it_is_given(tmp_pat
     assert "sslmode=verify-full" in checked.conninfo()
     assert f"sslrootcert={tmp_path / 'ca.crt'}" in checked.conninfo()
     assert "sslmode=prefer" in activator.postgres_tls(args(gateway_plaintext=True)).conninfo()
+
+
+async def test_a_renewed_gateway_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    authority = pki.new_authority("test", now=now)
+    first = pki.issue(authority, common_name="gateway", names=["gateway.sdb-system.svc"], now=now)
+    (tmp_path / "tls.crt").write_text(first.certificate)
+    (tmp_path / "tls.key").write_text(first.key)
+    context = server.tls_context(tmp_path / "tls.crt", tmp_path / "tls.key")
+    sock = server.listen("127.0.0.1", 0, tls=True)
+    port = sock.getsockname()[1]
+    handshakes = await asyncio.start_server(lambda r, w: w.close(), sock=sock, ssl=context)
+    trust = ssl.create_default_context(cadata=authority.certificate)
+
+    async def served() -> str:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=trust, server_hostname="gateway.sdb-system.svc"
+        )
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        writer.close()
+        return ssl.DER_cert_to_PEM_cert(der)
+
+    def serial(pem: str) -> int:
+        return x509.load_pem_x509_certificate(pem.encode()).serial_number
+
+    try:
+        assert serial(await served()) == serial(first.certificate)
+        (tmp_path / "tls.key").write_text("half-written")  # kept: the old pair goes on being served
+        server.reload(context, tmp_path / "tls.crt", tmp_path / "tls.key")
+        assert serial(await served()) == serial(first.certificate)
+        renewed = pki.issue(authority, common_name="gateway", names=["gateway.sdb-system.svc"], now=now)
+        (tmp_path / "tls.crt").write_text(renewed.certificate)
+        (tmp_path / "tls.key").write_text(renewed.key)
+        server.reload(context, tmp_path / "tls.crt", tmp_path / "tls.key")
+        assert serial(await served()) == serial(renewed.certificate)
+    finally:
+        handshakes.close()
