@@ -2,9 +2,10 @@
 # The kind suite (`make e2e`): the operator, built into an image and installed with its Helm chart on
 # a fresh kind cluster, takes one database through its whole life:
 #
-#   Active -> pauses when idle -> wakes when a client connects (the connection is held, not refused)
-#   -> pauses again -> a client of the pooled endpoint (<name>-pooler, PgBouncer) wakes it, and
-#   pgbench's prepared statements run through it in transaction mode -> pauses again -> parks ->
+#   Active (answering psql over TLS and POST /sql through the gateway) -> pauses when idle -> wakes
+#   when a client connects (the connection is held, not refused) -> pauses again -> a client of the
+#   pooled endpoint (<name>-pooler, PgBouncer) wakes it, and pgbench's prepared statements run
+#   through it in transaction mode -> pauses, and wakes on POST /sql -> pauses again -> parks ->
 #   wakes from parked -> pooling turned off removes the pooler -> the ServerlessDatabase is
 #   deleted, its PVC and Secret stay -> a new ServerlessDatabase of the same name finds the data
 #   again.
@@ -83,6 +84,21 @@ pooled() {
         PGSSLMODE=verify-full PGSSLROOTCERT=/tmp/ca.crt "$@"
 }
 
+# POST /sql through the activator's gateway (HTTPS, checked against the operator's CA), as
+# @neondatabase/serverless sends it: the database is named by the connection string's host, its
+# Service name. Prints the response body; fails on anything but HTTP $2 (default 200).
+GATEWAY="$RELEASE-activator.$SYSTEM.svc"
+http_sql() {
+    local want=${2:-200} out status
+    out=$(kubectl exec -n "$NS" curl -- curl -sS --max-time 150 --cacert /tmp/ca.crt -w '\n%{http_code}' \
+        -H "Neon-Connection-String: postgresql://app:$PASSWORD@$DB.$NS.svc/app" \
+        -H 'Neon-Raw-Text-Output: true' -H 'Neon-Array-Mode: true' \
+        --data "{\"query\": \"$1\", \"params\": []}" "https://$GATEWAY/sql")
+    status=${out##*$'\n'}
+    [ "$status" = "$want" ] || fail "POST /sql '$1' answered HTTP $status, wanted $want: ${out%$'\n'*}"
+    printf '%s\n' "${out%$'\n'*}"
+}
+
 if kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
     say "reusing kind cluster $CLUSTER"
 else
@@ -121,17 +137,23 @@ spec:
 EOF
 # A client that stays around without a session; exec-ing psql in it is each test's connection.
 kubectl run psql -n "$NS" --image=postgres:16 --restart=Never --command -- sleep infinity
-kubectl wait -n "$NS" pod/psql --for=condition=Ready --timeout="${TIMEOUT}s"
+kubectl run curl -n "$NS" --image=curlimages/curl:8.11.1 --restart=Never --command -- sleep infinity
+kubectl wait -n "$NS" pod/psql pod/curl --for=condition=Ready --timeout="${TIMEOUT}s"
 
 phase Active
 PASSWORD=$(kubectl get secret -n "$NS" "$DB-app" -o jsonpath='{.data.password}' | base64 -d)
 [ -n "$PASSWORD" ] || fail "the Secret $DB-app holds no password"
 kubectl get configmap -n "$NS" serverless-db-ca -o jsonpath='{.data.ca\.crt}' |
     kubectl exec -i -n "$NS" psql -- sh -c 'cat > /tmp/ca.crt'
+kubectl get configmap -n "$NS" serverless-db-ca -o jsonpath='{.data.ca\.crt}' |
+    kubectl exec -i -n "$NS" curl -- sh -c 'cat > /tmp/ca.crt'
 [ "$(sql 'select ssl from pg_stat_ssl where pid = pg_backend_pid()')" = t ] || fail "the session is not encrypted"
 [ "$(sql 'select 1')" = 1 ] || fail "select 1 on the active database"
 sql "create table e2e_marker (note text); insert into e2e_marker values ('kept')" >/dev/null
 say "Active, and it answers queries"
+http_sql 'select 1' | grep -qF '"rows":[["1"]]' || fail "POST /sql select 1 on the active database"
+http_sql 'select 1/0' 400 | grep -qF '"code":"22012"' || fail "POST /sql: an SQL error without its SQLSTATE"
+say "SQL over HTTP through the gateway answers, errors with their SQLSTATE"
 
 say "waiting for the pause"
 phase Paused
@@ -169,6 +191,14 @@ kubectl exec -n "$NS" psql -- sh -c 'echo "select note from e2e_marker;" > /tmp/
 pooled pgbench -h "$DB-pooler.$NS.svc" -U app -d app -n -M prepared -c 4 -j 2 -t 200 -f /tmp/pooled.sql \
     >/dev/null || fail "pgbench -M prepared through the pooled endpoint"
 say "prepared statements work through the pooler in transaction mode"
+
+say "waiting for the pause; then an HTTP request wakes it"
+phase Paused
+started=$SECONDS
+http_sql 'select note from e2e_marker' | grep -qF '"rows":[["kept"]]' ||
+    fail "POST /sql to the paused database did not reach it, woken"
+say "woken by POST /sql in $((SECONDS - started))s; the request was held, not refused"
+phase Active
 
 say "waiting for the pause, then the park"
 phase Paused
