@@ -379,6 +379,7 @@ def decode_status(raw: Mapping[str, Any] | None) -> types.DatabaseStatus:
         observed_generation=int(raw.get("observedGeneration") or 0),
         wake_request=str(raw.get("wakeRequest") or ""),
         activator_port=raw.get("activatorPort") if isinstance(raw.get("activatorPort"), int) else None,
+        http_endpoint=str(raw.get("httpEndpoint") or ""),
         failures=int(raw.get("failures") or 0),
         usage=_decode_usage(raw.get("usage")),
         auto_pause=types.AutoPauseStatus(
@@ -479,6 +480,8 @@ def encode_status(status: types.DatabaseStatus) -> dict[str, Any]:
         out["wakeRequest"] = status.wake_request
     if status.activator_port is not None:
         out["activatorPort"] = status.activator_port
+    if status.http_endpoint:
+        out["httpEndpoint"] = status.http_endpoint
     if status.usage is not None:
         out["usage"] = _encode_usage(status.usage)
     if status.auto_pause.gaps or status.auto_pause.idle_after is not None:

@@ -469,6 +469,9 @@ class DatabaseStatus:
     activator_port: int | None = None
     """The database's port on the activator in a cluster, assigned by the operator (nobody else
     writes status, so no spec author can claim another database's port)."""
+    http_endpoint: str = ""
+    """In a cluster, the gateway's `/sql` URL (SQL over HTTP; WebSocket on the same host): a driver
+    is given it with a connection string whose host is the database's Service name."""
     failures: int = 0
     """Consecutive failed attempts at the current step, for back-off."""
     usage: UsageStatus | None = None

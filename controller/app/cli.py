@@ -137,6 +137,12 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
     )
     cluster.add_argument("--prometheus-url", default="", help="read CPU and memory from this Prometheus")
     cluster.add_argument(
+        "--gateway-endpoint",
+        default="",
+        metavar="URL",
+        help="the activator gateway's /sql URL, which each database's status.httpEndpoint tells",
+    )
+    cluster.add_argument(
         "--cert-manager-issuer",
         type=_issuer,
         default=None,

@@ -67,6 +67,8 @@ class Options:
     pooler_image: str = pooler.IMAGE
     """The PgBouncer image of pooled endpoints."""
     activator_ports: tuple[int, int] = builders.ACTIVATOR_PORTS
+    gateway_endpoint: str = ""
+    """The activator gateway's `/sql` URL, for status (the chart's Service and port)."""
     """The range the activator listens on (its --port-range)."""
     """Who issues the servers' certificates: cert-manager with this issuer, or (None) the operator."""
 
@@ -143,6 +145,7 @@ class ClusterOperator:
             locate_pooler=locate_pooler,
             port_range=options.activator_ports,
             system_namespace=options.pod_namespace,
+            gateway_endpoint=options.gateway_endpoint,
             certificates=Certificates(
                 kube, system_namespace=options.pod_namespace, issuer=options.cert_manager_issuer
             ),
@@ -286,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         cert_manager_issuer=args.cert_manager_issuer,
         pooler_image=args.pooler_image or pooler.IMAGE,
+        gateway_endpoint=args.gateway_endpoint,
     )
 
     async def main() -> bool:

@@ -99,6 +99,8 @@ class ComputeState:
     activator_port: int | None = None
     """In a cluster, the database's port on the activator: the one status records, or the free one the
     runtime assigns it (status records it from this)."""
+    http_endpoint: str = ""
+    """Where SQL over HTTP reaches the database (the gateway's `/sql`), where the runtime knows it."""
 
 
 @dataclass(frozen=True)

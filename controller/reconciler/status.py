@@ -98,6 +98,7 @@ def next_status(
         endpoint=compute.endpoint or old.endpoint,
         pooled_endpoint=compute.pooled_endpoint,
         activator_port=compute.activator_port if compute.activator_port is not None else old.activator_port,
+        http_endpoint=compute.http_endpoint,
         observed_generation=db.metadata.generation,
         wake_request=plan.wake_request,
         failures=old.failures + 1 if failure else old.failures if failed_earlier else 0,

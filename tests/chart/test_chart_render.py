@@ -141,6 +141,8 @@ def test_operator_runs_sdb_up_with_leader_election() -> None:
         "json",
         "--pooler-image",
         pooled.IMAGE,
+        "--gateway-endpoint",
+        f"https://{FULLNAME}-activator.{NAMESPACE}.svc/sql",
     ]
     assert "command" not in main  # the image's entrypoint is `sdb`
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in main["env"]}
@@ -215,10 +217,19 @@ def test_the_gateway_serves_https_from_the_certificate_the_operator_issues() -> 
         "protocol": "TCP",
         "appProtocol": "https",
     }
+    # The operator tells each database's status where that is.
+    assert _arg(container(deployment(objects, "operator")), "--gateway-endpoint") == (
+        f"https://{service_name}.{NAMESPACE}.svc/sql"
+    )
+    moved = render(values={"activator": {"gateway": {"servicePort": 8443}}})
+    assert _arg(container(deployment(moved, "operator")), "--gateway-endpoint") == (
+        f"https://{service_name}.{NAMESPACE}.svc:8443/sql"
+    )
     # Off: no port, no mount, no flag (and so no Secret the pod waits for).
     off = render(values={"activator": {"gateway": {"enabled": False}}, "networkPolicy": {"enabled": True}})
     main = container(deployment(off, "activator"))
     assert "--gateway-port" not in main["args"]
+    assert "--gateway-endpoint" not in container(deployment(off, "operator"))["args"]
     assert [v["name"] for v in deployment(off, "activator")["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
     assert [p["name"] for p in one(off, "Service", service_name)["spec"]["ports"]] == ["metrics"]
     assert len(one(off, "NetworkPolicy", f"{FULLNAME}-activator")["spec"]["ingress"]) == 2

@@ -24,6 +24,7 @@ from support.cluster import (
     operator,
     phase,
     reading,
+    sdb,
 )
 from support.postgres import Server
 
@@ -37,6 +38,7 @@ from controller.runtime.kubernetes import permissions
 from controller.runtime.local.server import SERVER_USER
 
 pytestmark = pytest.mark.kubernetes
+ENDPOINT = "https://activator.sdb-system.svc/sql"
 
 
 async def sql(gateway: Gateway, client: str, query: str) -> tuple[int, Any]:
@@ -77,9 +79,10 @@ async def test_sql_over_http_reaches_a_running_database_and_wakes_a_paused_one(
     neighbour = await client_pod(kube, "shop")
     stranger = await client_pod(kube, "other")
     try:
-        async with operator(kube, pods) as running:
+        async with operator(kube, pods, gateway_endpoint=ENDPOINT) as running:
             create(kube, autoPause={"idleAfter": "2s"})
             await eventually(lambda: phase(kube) == "Active", what="Active")
+            assert sdb(kube)["status"]["httpEndpoint"] == ENDPOINT  # what a driver's fetchEndpoint is
             await eventually(lambda: cluster.awake("shop/orders"), what="the activator to see it Active")
 
             status, body = await sql(gateway, neighbour, "SELECT 1")

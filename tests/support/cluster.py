@@ -116,6 +116,7 @@ async def operator(
     leader_elect: bool = False,
     tuning: Tuning = FAST,
     locate_pooler: LocatePooler = pooler_service,
+    gateway_endpoint: str = "",
 ) -> AsyncIterator[Running]:
     """The cluster operator on the double, with `postgres` standing in for every database's pod.
 
@@ -137,6 +138,7 @@ async def operator(
             timing=Timing(lease_duration=2, renew_deadline=1.5, retry_period=0.2),
             watch_timeout=5,
             activator_ports=ACTIVATOR_PORTS,
+            gateway_endpoint=gateway_endpoint,
         ),
         locate=lambda pod: (HOST, postgres.port),
         locate_pooler=locate_pooler,

@@ -99,6 +99,7 @@ class KubernetesRuntime:
         certificates: Certificates | None = None,
         pooler_image: str = pooled.IMAGE,
         locate_pooler: LocatePooler = pooler_service,
+        gateway_endpoint: str = "",
     ) -> None:
         """`system_namespace`: where the operator and the activator run (their pods may reach Postgres);
         `certificates`: who issues the servers' certificates (default: the operator's own CA);
@@ -112,6 +113,8 @@ class KubernetesRuntime:
         self.port_range = port_range
         self.locate = locate
         self.system_namespace = system_namespace
+        self.gateway_endpoint = gateway_endpoint
+        """The activator gateway's `/sql` URL, as every database's status tells it (empty: none)."""
         self.in_place_resize = False
         self._passwords: dict[str, str] = {}
         self._claimed: dict[str, int] = {}
@@ -253,6 +256,7 @@ class KubernetesRuntime:
             activator_port=self._activator_port(db),
             pooler_message=pooler_message,
             pooled_endpoint=pooled.endpoint(db) if db.spec.pooling.enabled and storage else "",
+            http_endpoint=self.gateway_endpoint,
         )
 
     # -- the pooled endpoint ---------------------------------------------------------------------
