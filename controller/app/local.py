@@ -153,7 +153,7 @@ def build(
     sessions = OperatorSessions()
     identity = IdentityEndpoint(
         backend,
-        Authenticator(issuers=issuers),
+        Authenticator(issuers=issuers, observer=exposition),
         wake_timeout=wake_timeout,
         source_address=IDENTITY_SOURCE,
     )

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -29,6 +29,24 @@ log = structlog.get_logger("identity")
 REVIEW_TIMEOUT = 5.0
 
 
+class Observer(Protocol):
+    def token_checked(self, key: str, outcome: str) -> None:
+        """One token check for database `key`: `accepted`, or the refusal's reason in lower case."""
+
+    def token_cache_hit(self, key: str) -> None: ...
+
+
+class NoObserver:
+    def token_checked(self, key: str, outcome: str) -> None:
+        pass
+
+    def token_cache_hit(self, key: str) -> None:
+        pass
+
+
+ACCEPTED = "accepted"
+
+
 def fingerprint(identities: Sequence[types.IdentitySpec]) -> str:
     """Names a set of identities: a verification is reused only while they are the same."""
     document = json.dumps([codec.encode_identity(i) for i in identities], sort_keys=True)
@@ -43,11 +61,13 @@ class Authenticator:
         reviewer: Reviewer | None = None,
         clock: Callable[[], datetime] = units.now_utc,
         cache: VerifiedTokens | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.issuers = {issuer.url: issuer for issuer in issuers}
         self.reviewer = reviewer
         self.clock = clock
         self.cache = cache or VerifiedTokens()
+        self.observer = observer or NoObserver()
         self.refusals: RefusalLog | None = None
 
     async def authenticate(
@@ -58,6 +78,9 @@ class Authenticator:
         result = tokens.for_role(result, role)
         if isinstance(result, Refused):
             self._log(key, role, result)
+            self.observer.token_checked(key, result.reason.name.lower())
+        else:
+            self.observer.token_checked(key, ACCEPTED)
         return result
 
     async def _verify(
@@ -67,6 +90,7 @@ class Authenticator:
         scope = f"{key}\0{fingerprint(identities)}"
         cached = self.cache.get(scope, token, now=now)
         if cached is not None:
+            self.observer.token_cache_hit(key)
             return cached
         claims = tokens.unverified_claims(token)
         if claims is None:

@@ -11,6 +11,8 @@ import contextlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from controller.api import types
+from controller.identity.authenticate import ACCEPTED
+from controller.identity.tokens import Reason
 from controller.metrics.status_counter import StatusCounter
 from controller.postgres.pooler import Stats
 
@@ -138,6 +140,20 @@ class OperatorMetrics:
             (*DB_LABELS, "door"),
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.token_checks = Counter(
+            "sdb_identity_token_checks",
+            "Identity tokens checked, by outcome: accepted, or why refused (expired, wrong_audience, "
+            "bad_signature, not_bound, ...). A bearer token on /sql is checked on every request, and "
+            "again, from the cache, when its session is opened.",
+            (*DB_LABELS, "outcome"),
+            registry=r,
+        )
+        self.token_cache_hits = Counter(
+            "sdb_identity_token_cache_hits",
+            "Token checks answered by the cache of verified tokens (no signature check, no TokenReview).",
+            DB_LABELS,
+            registry=r,
         )
         self.pooler_clients = Gauge(
             "sdb_pooler_clients",
@@ -286,6 +302,7 @@ class OperatorMetrics:
             self.reconciles,
             self.readings,
             self.held_connections,
+            self.token_cache_hits,
         )
         for metric in series:
             with contextlib.suppress(KeyError):
@@ -297,6 +314,9 @@ class OperatorMetrics:
         for phase in types.Phase:
             with contextlib.suppress(KeyError):
                 self.phase.remove(namespace, name, phase.value)
+        for outcome in (ACCEPTED, *(reason.name.lower() for reason in Reason)):
+            with contextlib.suppress(KeyError):
+                self.token_checks.remove(namespace, name, outcome)
 
     def held(self, key: str, delta: int) -> None:
         self.held_connections.labels(*types.split_key(key)).inc(delta)
@@ -311,6 +331,12 @@ class OperatorMetrics:
 
     def gateway_refused(self, door: str, reason: str) -> None:
         self.gateway_refused_clients.labels(door, reason).inc()
+
+    def token_checked(self, key: str, outcome: str) -> None:
+        self.token_checks.labels(*types.split_key(key), outcome).inc()
+
+    def token_cache_hit(self, key: str) -> None:
+        self.token_cache_hits.labels(*types.split_key(key)).inc()
 
     def serve(self, port: int, address: str = "0.0.0.0") -> int:
         """Serve /metrics on a background thread; returns the port (0 picks one)."""

@@ -16,6 +16,7 @@ from controller.identity import tokens
 from controller.identity.authenticate import Authenticator
 from controller.identity.cache import VerifiedTokens
 from controller.identity.tokens import Reason, Refused, Verified
+from controller.metrics.exposition import OperatorMetrics
 
 KEY = "shop/orders"
 AUDIENCE = "dbscale.io/shop/orders"
@@ -244,6 +245,28 @@ async def test_the_authenticator_verifies_once_per_token_and_identities() -> Non
     result = await authenticator.authenticate(KEY, IDENTITIES, token, "reader")
     assert isinstance(result, Refused)
     assert result.reason is Reason.EXPIRED
+
+
+async def test_every_check_is_counted_by_outcome_and_cache_hits_apart() -> None:
+    metrics = OperatorMetrics()
+    authenticator = Authenticator(issuers=[ISSUER_KEYS], clock=lambda: NOW, observer=metrics)
+    token = _mint(lifetime=120)
+    await authenticator.authenticate(KEY, IDENTITIES, token, "reader")  # verified
+    await authenticator.authenticate(KEY, IDENTITIES, token, "reader")  # from the cache
+    await authenticator.authenticate(KEY, IDENTITIES, token, "nobody")  # from the cache, other role
+    await authenticator.authenticate(KEY, IDENTITIES, _mint(lifetime=-120), "reader")
+    namespace, name = types.split_key(KEY)
+
+    def sample(metric: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(metric, {"namespace": namespace, "database": name, **labels})
+
+    assert sample("sdb_identity_token_checks_total", outcome="accepted") == 2
+    assert sample("sdb_identity_token_checks_total", outcome="not_bound_to_role") == 1
+    assert sample("sdb_identity_token_checks_total", outcome="expired") == 1
+    assert sample("sdb_identity_token_cache_hits_total") == 2
+    metrics.forget(namespace, name)
+    assert sample("sdb_identity_token_checks_total", outcome="accepted") is None
+    assert sample("sdb_identity_token_cache_hits_total") is None
 
 
 async def test_without_a_reviewer_a_token_of_an_unknown_issuer_is_refused() -> None:
