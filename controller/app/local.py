@@ -170,6 +170,7 @@ def build(
         limits=Limits(wake_timeout=wake_timeout),
         observer=exposition,
         postgres_tls=PostgresTls(ca=state_dir / CA_CERTIFICATE),  # every local server has its certificate
+        identity=identity,
     )
     return LocalOperator(store, runtime, activator, source, reconciler, exposition, gateway)
 

@@ -4,8 +4,8 @@ A kept session is a client session to the operator: it keeps its database from p
 is closed after `idle_timeout` without a request (seconds, well below any sensible
 `autoPause.idleAfter`: it delays a pause by at most that much), and the sessions of a database that
 is no longer awake are closed when a request finds them (they lead to a server that is stopping or
-gone). The password is part of the key, so a session is only reused by a client that gave the very
-password it was opened with; only a digest of it is kept in the key.
+gone). The password (or token) is part of the key, so a session is only reused by a client that gave
+the very password or token it was opened with; only a digest of it is kept in the key.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class Role:
 
     @classmethod
     def of(cls, credentials: request.Credentials) -> Role:
-        digest = hashlib.sha256(credentials.password.encode()).digest()
+        kind = b"token\0" if credentials.token else b"password\0"  # the two kinds never share a session
+        digest = hashlib.sha256(kind + credentials.secret.encode()).digest()
         return cls(
             credentials.key, credentials.user, credentials.database, credentials.application_name, digest
         )

@@ -11,6 +11,7 @@ Nothing here echoes the connection string back: it carries a password.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -63,6 +64,14 @@ class Credentials:
     database: str
     password: str = field(repr=False)
     application_name: str = ""
+    token: str = field(default="", repr=False)
+    """An `Authorization: Bearer` token (the driver's `authToken`): the login is the token's, and
+    the connection string's password, if any, is not used."""
+
+    @property
+    def secret(self) -> str:
+        """What proves the login: the token when there is one, else the password."""
+        return self.token or self.password
 
 
 @dataclass(frozen=True)
@@ -113,15 +122,26 @@ def database_key(host: str) -> str | None:
 
 
 def authenticate(headers: Mapping[str, str]) -> Credentials:
-    """Who a request says it is: the one place its credentials are read. The password is Postgres's to
-    check, when a session is opened with it (a kept session is only ever reused for the same one)."""
-    if AUTHORIZATION in headers:
+    """Who a request says it is: the one place its credentials are read. A password is Postgres's to
+    check, when a session is opened with it; a bearer token is the identity check's (a kept session
+    is only ever reused for the same password or token)."""
+    found = credentials(headers.get(CONNECTION_STRING))
+    if AUTHORIZATION not in headers:
+        return found
+    return dataclasses.replace(found, password="", token=bearer(headers[AUTHORIZATION]))
+
+
+def bearer(value: str) -> str:
+    """The token of an `Authorization: Bearer TOKEN` header (what the driver sends for `authToken`);
+    a refusal never repeats the header."""
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
         raise RequestError(
-            "token authentication is not supported: give the role's password in the connection string",
+            "the Authorization header must be `Bearer <token>`",
             code="28000",
             reason="unsupported_authentication",
         )
-    return credentials(headers.get(CONNECTION_STRING))
+    return token.strip()
 
 
 def credentials(value: str | None) -> Credentials:

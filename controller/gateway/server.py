@@ -3,7 +3,7 @@ any other path (the driver asks for `/v2`) on the same port.
 
 It serves HTTPS and `wss://` with a certificate from the operator's CA (`tls_context`). Plain HTTP
 carries the connection string, password included, in the clear: it is served only when asked for,
-and only on loopback.
+and only on loopback; a token is never taken over it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from controller.gateway.identity import TokenLogins
 from controller.gateway.pool import Pool
 from controller.gateway.reach import Backend, Door, Limits, NoObserver, Observer, PostgresTls, Reach
 from controller.gateway.sql import Sql
 from controller.gateway.websocket import Relay
+from controller.identity.endpoint import IdentityEndpoint
 
 BUSY = 503
 RELOAD_SECONDS = 300.0
@@ -98,11 +100,13 @@ class Gateway:
         observer: Observer | None = None,
         pool: Pool | None = None,
         postgres_tls: PostgresTls | None = None,
+        identity: IdentityEndpoint | None = None,
     ) -> None:
         self.reach = Reach(backend, limits or Limits(), observer or NoObserver(), postgres_tls)
         self.pool = pool or Pool()
-        self.sql = Sql(self.reach, self.pool)
-        self.relay = Relay(self.reach)
+        logins = TokenLogins(identity)
+        self.sql = Sql(self.reach, self.pool, logins)
+        self.relay = Relay(self.reach, logins)
         self._in_flight = 0
         self._runner: web.AppRunner | None = None
         self.port: int | None = None

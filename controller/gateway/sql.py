@@ -2,7 +2,8 @@
 
 A request is read whole (within its cap) and checked before anything is woken or connected; the
 statements then run on a kept session of the client's role, or a new one that Postgres
-authenticates. A client that goes away mid-query has its query cancelled on the server.
+authenticates (for a bearer token: checked here, then logged in by the database's identity
+endpoint). A client that goes away mid-query has its query cancelled on the server.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from controller.gateway import request as req
 from controller.gateway import results, upstream
+from controller.gateway.identity import TokenLogins
 from controller.gateway.pool import Pool, Role
 from controller.gateway.reach import Door, Reach
 from controller.gateway.upstream import (
@@ -48,9 +50,10 @@ CONNECTION_FAILURE = "08006"
 
 
 class Sql:
-    def __init__(self, reach: Reach, pool: Pool) -> None:
+    def __init__(self, reach: Reach, pool: Pool, logins: TokenLogins | None = None) -> None:
         self.reach = reach
         self.pool = pool
+        self.logins = logins or TokenLogins(None)
         self.limits = reach.limits
         self.observer = reach.observer
 
@@ -64,6 +67,8 @@ class Sql:
             credentials = req.authenticate(request.headers)
             work = req.work(body, request.headers)
             await self.reach.check(credentials.key, peer(request))
+            if credentials.token:
+                await self.logins.check(credentials, peer(request)[0], secure=request.secure)
             payload, status = await self._serve(credentials, work, req.output(request.headers))
         except req.RequestError as error:
             self.observer.gateway_refused(Door.HTTP, error.reason)
@@ -138,6 +143,8 @@ class Sql:
         else:
             self.pool.forget(credentials.key)
         address = await self.reach.upstream(credentials.key, Door.HTTP)
+        if credentials.token:
+            address = self.logins.address(credentials.key)
         return await Session.open(address, credentials, self.reach.tls)
 
     async def _run(self, session: Session, work: req.Query | req.Batch, output: req.Output) -> object:

@@ -103,7 +103,7 @@ class Session:
                 host=upstream.host,
                 port=upstream.port,
                 user=credentials.user,
-                password=credentials.password,
+                password=credentials.secret,  # a token goes to the identity endpoint, which asks for it
                 dbname=credentials.database,
                 application_name=credentials.application_name,
                 client_encoding="UTF8",

@@ -7,8 +7,9 @@ reads it, so an encryption request is declined here (TLS belongs to the `wss://`
 CancelRequest reaches only a database that is awake, and anything else (bad lengths, garbage) is
 answered or closed as Postgres would; a text frame ends the session. Then the bytes go on
 untouched, starting with the StartupMessage and whatever the client sent after it, so Postgres
-itself authenticates the client. Memory is bounded: one frame at a time in each direction, each
-written out before the next is read.
+itself authenticates the client. A startup as a role bound to an identity is relayed to the
+database's identity endpoint instead (only over `wss://`), which takes the password as a token.
+Memory is bounded: one frame at a time in each direction, each written out before the next is read.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from controller.activator import negotiation, protocol, relay
+from controller.gateway.identity import TokenLogins
 from controller.gateway.reach import Door, Reach
 from controller.gateway.request import RequestError, database_key
 from controller.gateway.sql import peer
@@ -43,8 +45,9 @@ class _ClosedError(Exception):
 
 
 class Relay:
-    def __init__(self, reach: Reach) -> None:
+    def __init__(self, reach: Reach, logins: TokenLogins | None = None) -> None:
         self.reach = reach
+        self.logins = logins or TokenLogins(None)
         self.limits = reach.limits
         self.observer = reach.observer
 
@@ -92,7 +95,13 @@ class Relay:
         if not isinstance(decision, negotiation.Wake):
             await self._cancel(key, opening.packet)
             return
+        role = decision.startup.parameters.get("user", "") if decision.startup is not None else ""
+        token = await self.logins.bound(key, role)
+        if token:
+            self.logins.require_tls(key, peer(request)[0], secure=request.secure)
         upstream = await self.reach.upstream(key, Door.WEBSOCKET)
+        if token:
+            upstream = self.logins.address(key)  # which asks for the token as the password
         reader, writer = await asyncio.open_connection(upstream.host, upstream.port, limit=relay.CHUNK)
         sock = writer.get_extra_info("socket")
         if sock is not None:

@@ -37,7 +37,7 @@ from controller.activator.refusals import RefusalLog
 from controller.api import types
 from controller.identity import tokens
 from controller.identity.authenticate import Authenticator
-from controller.identity.tokens import Refused
+from controller.identity.tokens import Refused, Verified
 
 log = structlog.get_logger("identity.endpoint")
 T = TypeVar("T")
@@ -134,6 +134,28 @@ class IdentityEndpoint:
         listener = self._listeners.get(key)
         return listener.port if listener else None
 
+    def address(self, key: str) -> Upstream | None:
+        """Where database `key`'s endpoint listens, for a door that hands it token logins."""
+        listener = self._listeners.get(key)
+        if listener is None:
+            return None
+        host, port = listener.sock.getsockname()[:2]
+        return Upstream(str(host), int(port))
+
+    async def bound(self, key: str, role: str) -> bool:
+        """Whether `role` is bound to an identity of database `key`: such a role has no password, so
+        a login as it is a token login, whichever door it comes through."""
+        identities = await self.backend.identities(key)
+        return any(identity.role == role for identity in identities or ())
+
+    async def verify(self, key: str, token: str, role: str) -> Verified | Refused | None:
+        """The token check of a login as `role` (the authenticator logs a refusal); None when there is
+        no such database."""
+        identities = await self.backend.identities(key)
+        if identities is None:
+            return None
+        return await self.authenticator.authenticate(key, identities, token, role)
+
     async def unlisten(self, key: str) -> None:
         listener = self._listeners.pop(key, None)
         if listener is not None:
@@ -163,7 +185,7 @@ class IdentityEndpoint:
                     self.connections += 1
             if full:
                 conn.close()
-                self._refused("too many connections", key, str(peer[0]))
+                self.refused("too many connections", key, str(peer[0]))
                 continue
             conn.setblocking(True)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -224,7 +246,7 @@ class IdentityEndpoint:
             with contextlib.suppress(OSError):
                 client.sendall(protocol.error_response(refusal.code, refusal.message))
             if refusal.reason and self._loop is not None:
-                self._loop.call_soon_threadsafe(self._refused, refusal.reason, key, peer)
+                self._loop.call_soon_threadsafe(self.refused, refusal.reason, key, peer)
         except (EOFError, OSError, concurrent.futures.CancelledError) as error:
             log.debug("identity connection ended", database=key, peer=peer, error=repr(error))
         finally:
@@ -239,7 +261,8 @@ class IdentityEndpoint:
                 negotiating.clear()
                 self.negotiating -= 1
 
-    def _refused(self, reason: str, key: str, peer: str) -> None:
+    def refused(self, reason: str, key: str, peer: str) -> None:
+        """Log a refusal the authenticator did not see (plaintext, junk, too many), rate-limited."""
         if self.refusals is None:  # made on first use, in the loop: it needs one
             self.refusals = RefusalLog(logger=log)
         self.refusals.refused(reason, database=key, peer=peer)
@@ -286,14 +309,11 @@ class IdentityEndpoint:
             return sock, parsed
 
     def _authorize(self, key: str, token: str, role: str) -> None:
-        identities = self._call(self.backend.identities(key), self.startup_deadline)
-        if identities is None:
+        result = self._call(self.verify(key, token, role), self.startup_deadline)
+        if result is None:
             namespace, name = types.split_key(key)
             message = f'database "{name}" in namespace "{namespace}" does not exist'
             raise _RefusedError("3D000", message, "unknown_database")
-        result = self._call(
-            self.authenticator.authenticate(key, identities, token, role), self.startup_deadline
-        )
         if isinstance(result, Refused):  # the authenticator has logged it
             raise _RefusedError(tokens.sqlstate(result.reason), tokens.refusal_message(result.reason, role))
 

@@ -21,16 +21,21 @@ from support.postgres import Server, running_server
 
 from controller.activator import protocol
 from controller.activator.proxy import Upstream, WakeError
+from controller.api import types
 from controller.gateway import request
 from controller.gateway.pool import Pool
 from controller.gateway.reach import Door, Limits
 from controller.gateway.server import Gateway, listen
+from controller.identity.authenticate import Authenticator
+from controller.identity.endpoint import NEEDS_TLS, IdentityEndpoint
 from controller.runtime.local.server import SERVER_USER
 
 pytestmark = pytest.mark.postgres
 
 KEY = "shop/orders"
 HOST = "orders.shop"
+BOUND_ROLE = "reader"
+"""Bound to an identity: a login as it is a token login."""
 
 
 class Resting:
@@ -60,6 +65,11 @@ class Resting:
 
     async def admits(self, key: str, peer: tuple[str, int]) -> bool:
         return peer[0] == "127.0.0.1"
+
+    async def identities(self, key: str) -> tuple[types.IdentitySpec, ...] | None:
+        if key != KEY:
+            return None
+        return (types.IdentitySpec(BOUND_ROLE, issuer="https://issuer.test", subject="alice"),)
 
 
 class Counts:
@@ -125,7 +135,10 @@ class Running:
 async def running(postgres: Server, request_limits: Limits) -> AsyncIterator[Running]:
     backend = Resting(Upstream("127.0.0.1", postgres.port))
     counts = Counts()
-    gateway = Gateway(backend, limits=request_limits, observer=counts, pool=Pool(idle_timeout=0.2))
+    identity = IdentityEndpoint(backend, Authenticator())
+    gateway = Gateway(
+        backend, limits=request_limits, observer=counts, pool=Pool(idle_timeout=0.2), identity=identity
+    )
     await gateway.start(listen("127.0.0.1", 0, tls=False))
     running = Running(gateway, backend, counts, postgres)
     try:
@@ -308,6 +321,15 @@ async def test_an_unknown_database_or_a_failed_wake_wakes_nothing_or_says_57p03(
     assert (status, body["code"], body["message"]) == (400, "57P03", "Postgres could not start: disk full")
 
 
+async def test_a_bearer_token_over_plain_http_is_refused_before_it_is_checked_and_wakes_nothing(
+    running: Running,
+) -> None:
+    status, body = await running.sql({"query": "SELECT 1"}, Authorization="Bearer eyJhbGciOi.e30.c2ln")
+    assert (status, body["code"], body["message"]) == (400, "28000", NEEDS_TLS)
+    assert running.backend.wakes == 0
+    assert running.counts.refused == [(Door.HTTP, "plaintext")]
+
+
 # -- WebSocket --------------------------------------------------------------------------------------
 
 
@@ -376,6 +398,16 @@ async def test_a_startup_over_websocket_wakes_the_database_once_and_reaches_post
     assert struct.unpack("!i", received[6:10]) == (10,)  # AuthenticationSASL
     assert running.backend.wakes == 1
     assert running.counts.served == [Door.WEBSOCKET]
+
+
+async def test_a_startup_as_a_bound_role_over_plain_ws_is_refused_before_a_password_is_asked_for(
+    running: Running,
+) -> None:
+    startup = protocol.startup_message({"user": BOUND_ROLE, "database": "postgres"})
+    received, _ = await ws_exchange(running, startup)
+    assert (fields(received)[b"C"], fields(received)[b"M"]) == ("28000", NEEDS_TLS)
+    assert running.backend.wakes == 0
+    assert running.counts.refused == [(Door.WEBSOCKET, "plaintext")]
 
 
 async def test_a_startup_for_an_unknown_database_is_answered_3d000(running: Running) -> None:

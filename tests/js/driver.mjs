@@ -2,9 +2,12 @@
 // exactly as `sdb dsn NAME --http` and `--ws` print it:
 //   FETCH_ENDPOINT=https://127.0.0.1:9443/sql WS_PROXY=127.0.0.1:9443/v2 USE_SECURE_WEBSOCKET=true \
 //   DATABASE_URL=postgresql://app:pw@orders.default/app NODE_EXTRA_CA_CERTS=<state>/ca.crt node driver.mjs SCENARIO
+// The token scenarios take TOKEN: over HTTP as `authToken` (the driver sends it as Authorization:
+// Bearer), over WebSocket as the password (the driver's Pool has no authToken; its default
+// pipelineConnect sends the password as soon as the socket is open).
 // Prints one JSON document: what the scenario saw. A failure the scenario does not expect exits 1.
 import ws from 'ws';
-import { neon, neonConfig, Pool, NeonDbError } from '@neondatabase/serverless';
+import { neon, neonConfig, Pool, NeonDbError, parseIntoClientConfig } from '@neondatabase/serverless';
 
 const url = process.env.DATABASE_URL;
 neonConfig.fetchEndpoint = process.env.FETCH_ENDPOINT;
@@ -86,6 +89,35 @@ const scenarios = {
     } finally {
       client.release();
       await pool.end();
+    }
+  },
+  async tokenQuery() {
+    const authorized = neon(url, { authToken: process.env.TOKEN });
+    const rows = await authorized`SELECT current_user AS role, ${41}::int + 1 AS n`;
+    // Again, with authToken as a function (resolved per query), on the session the first one left.
+    const again = neon(url, { authToken: async () => process.env.TOKEN });
+    return { ...rows[0], again: (await again`SELECT current_user AS role`)[0].role };
+  },
+  async tokenRefused() {
+    const authorized = neon(url, { authToken: process.env.TOKEN });
+    try {
+      await authorized`SELECT 1`;
+      return { thrown: false };
+    } catch (e) {
+      return { thrown: true, neon: e instanceof NeonDbError, code: e.code, message: e.message };
+    }
+  },
+  async tokenPool() {
+    neonConfig.pipelineConnect = 'password';
+    const pool = new Pool({ ...parseIntoClientConfig(url), password: () => process.env.TOKEN });
+    pool.on('error', () => {});
+    try {
+      const result = await pool.query('SELECT current_user AS role');
+      return { role: result.rows[0].role };
+    } catch (e) {
+      return { code: e.code, message: e.message };
+    } finally {
+      await pool.end().catch(() => {});
     }
   },
 };

@@ -25,11 +25,18 @@ def require_driver() -> str:
 
 
 def run(
-    scenario: str, settings: dict[str, str], *, trusted: bool = True, timeout: float = 120
+    scenario: str,
+    settings: dict[str, str],
+    *,
+    trusted: bool = True,
+    timeout: float = 120,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """One scenario of tests/js/driver.mjs, with the driver configured by `sdb dsn --http` and `--ws`
-    settings, trusting their CA unless told not to; what it saw, as JSON."""
+    settings, trusting their CA unless told not to, and given a token when told (TOKEN); what it
+    saw, as JSON."""
     env = {
+        **({"TOKEN": token} if token is not None else {}),
         **{k: v for k, v in os.environ.items() if k != "NODE_EXTRA_CA_CERTS"},
         "FETCH_ENDPOINT": settings["fetchEndpoint"],
         "WS_PROXY": settings["wsProxy"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import ssl
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from cryptography import x509
 from controller import pki
 from controller.app import activator
 from controller.gateway import request, results, server
+from controller.gateway.pool import Role
 from controller.gateway.request import Batch, Query, RequestError
 
 # -- which database ---------------------------------------------------------------------------------
@@ -222,13 +224,24 @@ def test_an_error_carries_every_field_the_driver_copies() -> None:
 # -- who the request says it is, and where it is served ---------------------------------------------
 
 
-def test_a_request_is_authenticated_by_its_connection_string_alone() -> None:
+def test_a_request_is_authenticated_by_its_password_or_its_bearer_token() -> None:
     headers = {request.CONNECTION_STRING: "postgresql://app:s3cret@orders.shop/app"}
-    assert request.authenticate(headers).password == "s3cret"
+    by_password = request.authenticate(headers)
+    assert (by_password.password, by_password.token, by_password.secret) == ("s3cret", "", "s3cret")
+    # What the driver sends for `authToken`: the token is the credential, a password is not used.
+    by_token = request.authenticate({**headers, request.AUTHORIZATION: "Bearer abc.def.ghi"})
+    assert (by_token.user, by_token.password, by_token.token) == ("app", "", "abc.def.ghi")
+    assert "abc.def.ghi" not in repr(by_token)
+    assert Role.of(by_token) != Role.of(dataclasses.replace(by_password, password="abc.def.ghi"))
+
+
+@pytest.mark.parametrize("value", ["Basic YXBwOnMzY3JldA==", "Bearer", "Bearer  ", "abc.def.ghi"])
+def test_an_authorization_other_than_a_bearer_token_is_refused_without_repeating_it(value: str) -> None:
+    headers = {request.CONNECTION_STRING: "postgresql://app@orders.shop/app", request.AUTHORIZATION: value}
     with pytest.raises(RequestError) as refused:
-        request.authenticate({**headers, request.AUTHORIZATION: "Bearer abc.def.ghi"})
+        request.authenticate(headers)
     assert (refused.value.status, refused.value.code) == (400, "28000")
-    assert "abc.def.ghi" not in refused.value.message
+    assert all(word not in refused.value.message for word in value.split() if word != "Bearer")
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.7", "::", "gateway.example"])
