@@ -7,7 +7,8 @@ StartupMessage is refused before any password is asked for. Then it connects to 
 waking it as the activator would (the backend's one wake per database), over TLS with the operator
 CA's client certificate: Postgres's `cert` method and its pg_ident map let that certificate become
 exactly the roles bound to identities, with no password. Postgres's own answer, from
-AuthenticationOk on, is the client's; from there the bytes are relayed unchanged.
+AuthenticationOk on, is the client's; from there the bytes are relayed unchanged, BackendKeyData
+included, so a client's CancelRequest to this port is passed on to Postgres as it came.
 
 Each connection is served by a thread of its own with blocking sockets, the event loop doing only
 what is shared (the token check, the wake, the refusal log). The reason is speed: a relay between
@@ -27,6 +28,7 @@ import ssl
 import struct
 import threading
 from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -45,6 +47,7 @@ T = TypeVar("T")
 STARTUP_DEADLINE = 10.0
 """Seconds from accept to a password, as Postgres's authentication_timeout bounds its own."""
 CONNECT_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0
 AUTHENTICATION_CLEARTEXT_PASSWORD = struct.pack("!cii", b"R", 8, 3)
 PASSWORD_MESSAGE = b"p"
 NEEDS_TLS = "identity authentication needs TLS: connect with sslmode=require or stricter"
@@ -73,6 +76,12 @@ class _RefusedError(Exception):
         self.message = message
         self.reason = reason
         """For the log, when the authenticator has not logged it already."""
+
+
+@dataclass(frozen=True)
+class _CancelRequest:
+    packet: bytes
+    """As the client sent it, length first."""
 
 
 class _Listener:
@@ -232,6 +241,11 @@ class IdentityEndpoint:
         upstream: socket.socket | None = None
         try:
             client, startup = self._startup(conn, tls)
+            if isinstance(startup, _CancelRequest):
+                self._negotiated(negotiating)
+                self._cancel(key, startup)
+                _close_tls(client)
+                return
             role = startup.parameters["user"]
             client.sendall(AUTHENTICATION_CLEARTEXT_PASSWORD)
             token = _password(client)
@@ -279,8 +293,10 @@ class IdentityEndpoint:
 
     def _startup(
         self, conn: socket.socket, tls: ssl.SSLContext
-    ) -> tuple[socket.socket, protocol.StartupMessage]:
-        """Read up to a StartupMessage, taking TLS on the way; refuse one that comes in plaintext."""
+    ) -> tuple[socket.socket, protocol.StartupMessage | _CancelRequest]:
+        """Read up to a StartupMessage, taking TLS on the way; refuse one that comes in plaintext.
+        A CancelRequest may come either way (libpq sends it in the clear, or, since 17, inside TLS
+        when the session was): it carries no credential, only the key Postgres handed out."""
         sock: socket.socket = conn
         encrypted = gssenc_declined = False
         while True:
@@ -300,13 +316,25 @@ class IdentityEndpoint:
                 sock.sendall(protocol.DECLINE_ENCRYPTION)
                 continue
             if code == protocol.CANCEL_REQUEST_CODE:
-                raise EOFError  # no cancel key of ours was ever handed out: nothing to cancel
+                return sock, _CancelRequest(struct.pack("!i", length) + packet)
             parsed = protocol.parse_startup(code, packet[protocol.LENGTH_SIZE :])
             if isinstance(parsed, protocol.Invalid):
                 raise _RefusedError(parsed.code, parsed.message, "invalid_startup")
             if not encrypted:
                 raise _RefusedError(protocol.INVALID_AUTHORIZATION_SPECIFICATION, NEEDS_TLS, "plaintext")
             return sock, parsed
+
+    def _cancel(self, key: str, request: _CancelRequest) -> None:
+        """Pass a CancelRequest on to the database's Postgres, unchanged: the BackendKeyData its
+        sessions got came from Postgres through the relay, so Postgres knows the key (and checks it).
+        A resting database has nothing to cancel: it is never woken for one."""
+        upstream = self._call(self.backend.upstream(key), CONNECT_TIMEOUT)
+        if upstream is None:
+            return
+        with socket.create_connection((upstream.host, upstream.port), CONNECT_TIMEOUT) as sock:
+            sock.sendall(request.packet)
+            with contextlib.suppress(OSError):
+                sock.recv(1)  # Postgres closes once it has read it; the client waits for that too
 
     def _authorize(self, key: str, token: str, role: str) -> None:
         result = self._call(self.verify(key, token, role), self.startup_deadline)
@@ -350,6 +378,15 @@ class IdentityEndpoint:
             ) from None
         sock.settimeout(None)
         return sock
+
+
+def _close_tls(sock: socket.socket) -> None:
+    """End TLS with a close_notify, as Postgres does: a client reading a bare EOF inside TLS (libpq
+    waiting for a cancel's answer) takes it for an error."""
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(CLOSE_TIMEOUT)
+        with contextlib.suppress(OSError):
+            sock.unwrap()
 
 
 def _deadline(conn: socket.socket, negotiating: threading.Event) -> None:

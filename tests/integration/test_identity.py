@@ -4,6 +4,7 @@ database; tokens minted by a test RS256 key whose JWKS `sdb up --oidc-jwks` was 
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import os
 import socket
@@ -13,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from support.identity import ISSUER, SigningKey, write_jwks
 from support.operator import Operator, database, running_operator, wait_for
@@ -164,3 +166,28 @@ def test_plaintext_is_refused_before_any_password_is_asked_for(operator: Operato
     logged = '"reason": "plaintext"'
     wait_for(lambda: logged in operator.log.read_text(), timeout=10, what="the refusal logged")
     assert token not in operator.log.read_text()
+
+
+@pytest.mark.parametrize("how", ["cancel", "cancel_safe"])
+def test_a_cancel_request_reaches_postgres_for_a_token_session(operator: Operator, how: str) -> None:
+    """libpq's CancelRequest to the endpoint's port, as psql's Ctrl-C sends it (`cancel`: in the clear)
+    and as libpq 17's PQcancelCreate does (`cancel_safe`: inside TLS, as the session was)."""
+    token = SIGNER.mint("alice", AUDIENCE)
+    _, superuser, _ = operator.sdb("dsn", "ident", "--superuser", "--show-password")
+    with (
+        psycopg.connect(identity_dsn(operator), password=token, autocommit=True) as session,
+        psycopg.connect(superuser.strip(), autocommit=True) as watcher,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        pid = session.info.backend_pid
+        sleeping = pool.submit(session.execute, "select pg_sleep(60)")
+
+        def running() -> bool:
+            state = watcher.execute("select state from pg_stat_activity where pid = %s", [pid]).fetchone()
+            return state is not None and state[0] == "active"
+
+        wait_for(running, timeout=30, what="the query running")
+        getattr(session, how)()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            sleeping.result(timeout=30)
+        assert session.execute("select current_user").fetchone() == ("reader",)  # the session goes on

@@ -41,7 +41,10 @@ class Unwakeable:
         return None
 
     async def wake(self, key: str) -> Upstream:
+        self.wakes += 1
         raise WakeError("the database could not be woken: no room on this host")
+
+    wakes = 0
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +131,25 @@ async def test_plaintext_is_refused_with_no_password_asked(certificates: tuple[P
         assert not reply.startswith(b"R")
         assert _fields(reply)["C"] == "28000"
         assert "needs TLS" in _fields(reply)["M"]
+    finally:
+        await door.close()
+
+
+def cancel(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(struct.pack("!iiii", 16, protocol.CANCEL_REQUEST_CODE, 4242, 7))
+        return _until_closed(raw)
+
+
+async def test_a_cancel_request_for_a_resting_database_wakes_nothing(
+    certificates: tuple[Path, ssl.SSLContext],
+) -> None:
+    _, tls = certificates
+    door, port = await endpoint(tls)
+    try:
+        assert await asyncio.to_thread(cancel, port) == b""  # answered as Postgres answers: not at all
+        assert isinstance(door.backend, Unwakeable)
+        assert door.backend.wakes == 0
     finally:
         await door.close()
 
