@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -169,15 +170,22 @@ class Operator:
     def connect(self, name: str, **kwargs: Any) -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(self.dsn(name), autocommit=True, connect_timeout=60, **kwargs)
 
-    def sql_over_http(self, name: str, query: str) -> Any:
+    def sql_over_http(self, name: str, query: str, *, token: str | None = None, role: str = "") -> Any:
         """One `POST /sql` to the gateway, as `sdb dsn NAME --http` configures a client (HTTPS,
-        trusting the operator's CA); the JSON answer."""
+        trusting the operator's CA), or as `role` with a bearer token; the JSON answer."""
         _, out, _ = self.sdb("dsn", name, "--http", "--show-password")
         settings = {key: value for key, _, value in (line.partition(": ") for line in out.splitlines())}
+        if role:
+            url = urllib.parse.urlsplit(settings["connectionString"])
+            settings["connectionString"] = url._replace(netloc=f"{role}@{url.hostname}").geturl()
         sent = urllib.request.Request(
             settings["fetchEndpoint"],
             data=json.dumps({"query": query, "params": []}).encode(),
-            headers={"Neon-Connection-String": settings["connectionString"], "Neon-Array-Mode": "true"},
+            headers={
+                "Neon-Connection-String": settings["connectionString"],
+                "Neon-Array-Mode": "true",
+                **({"Authorization": f"Bearer {token}"} if token is not None else {}),
+            },
         )
         trust = ssl.create_default_context(cafile=settings["caCertificate"])
         with urllib.request.urlopen(sent, timeout=60, context=trust) as response:
