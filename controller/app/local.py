@@ -57,6 +57,12 @@ class Waker(Protocol):
     def wake(self, key: str) -> None: ...
 
 
+class Specs(Store, Protocol):
+    """The store, and each object's spec as last parsed (the file store's `read_spec`)."""
+
+    def read_spec(self, key: str) -> types.DatabaseSpec | None: ...
+
+
 class LocalBackend:
     """The activator's view of the local operator: where a database is, and how to wake it.
 
@@ -64,7 +70,7 @@ class LocalBackend:
     every held connection waits on it.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Specs) -> None:
         self.store = store
         self.runtime: Endpoints | None = None
         self.reconciler: Waker | None = None
@@ -114,8 +120,10 @@ class LocalBackend:
         return True
 
     async def identities(self, key: str) -> Sequence[types.IdentitySpec] | None:
-        db = await self.store.get(key)
-        return None if db is None else db.spec.access.identities
+        """Asked on every token check: from the spec as the store last parsed it, while its file
+        stays the same."""
+        spec = self.store.read_spec(key)
+        return None if spec is None else spec.access.identities
 
     def ready(self, key: str) -> None:
         self._wakes.succeed(key, None)

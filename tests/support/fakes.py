@@ -168,6 +168,10 @@ class MemoryStore:
     async def list(self) -> Sequence[types.ServerlessDatabase]:
         return list(self.objects.values())
 
+    def read_spec(self, key: str) -> types.DatabaseSpec | None:
+        db = self.objects.get(key)
+        return None if db is None else db.spec
+
     async def get(self, key: str) -> types.ServerlessDatabase | None:
         return self.objects.get(key)
 

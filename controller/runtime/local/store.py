@@ -49,6 +49,7 @@ class FileStore:
         self.statuses = root / "status"
         self.events_dir = root / "events"
         self._clock = clock
+        self._specs: dict[str, tuple[tuple[int, int, int], types.DatabaseSpec]] = {}
 
     def _object_path(self, key: str) -> Path:
         namespace, name = types.split_key(key)
@@ -85,6 +86,28 @@ class FileStore:
             status = None
         db = codec.decode(raw)
         return replace(db, status=codec.decode_status(status))
+
+    def read_spec(self, key: str) -> types.DatabaseSpec | None:
+        """The object's spec, parsed again only when its file was replaced (every write renames a
+        new file into place, so its inode, time and size say so): cheap enough for a check on every
+        login, where parsing the YAML each time cost milliseconds."""
+        path = self._object_path(key)
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            self._specs.pop(key, None)
+            return None
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        known = self._specs.get(key)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        try:
+            # Replaced since the stat: then the next stat differs, and this is read again.
+            spec = codec.decode(yaml.safe_load(path.read_text())).spec
+        except FileNotFoundError:
+            return None
+        self._specs[key] = (stamp, spec)
+        return spec
 
     def keys(self) -> list[str]:
         if not self.objects.exists():
