@@ -10,20 +10,28 @@ the identity endpoint, against the same with a password straight to Postgres ove
 (the endpoint takes only TLS); direct in plaintext is printed too. Targets alternate within each
 round; figures are medians over the rounds. Where the time goes: the CPU the operator process
 (where the endpoint's relay runs) spends per transaction.
+Over the gateway: `POST /sql` (`select 1`, what the driver sends, one kept HTTPS connection per
+client) with a bearer token (the driver's `authToken`) against the same with the connection
+string's password, in the same round.
 Last line: connects_per_s, connects_vs_password (against password connects straight to Postgres over
 TLS, which bound what any door can reach on the machine), tps_identity, tps_direct, ratio (goals:
->= 500 connects/s; ratio >= 0.8).
+>= 500 connects/s; ratio >= 0.8), http_token_rps, http_token_vs_password.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
+import time
 from pathlib import Path
 
+import aiohttp
 import psutil
 from common import database, median, report, scratch_operator
 from support.identity import ISSUER, SigningKey, write_jwks
@@ -63,6 +71,34 @@ def tps(output: str, *, with_connections: bool = False) -> float:
     if match is None:
         raise RuntimeError(f"no tps in pgbench output:\n{output}")
     return float(match.group(1))
+
+
+async def http_rps(endpoint: str, headers: dict[str, str], ca: Path, clients: int, seconds: float) -> float:
+    """`POST /sql` round trips per second, `clients` at once, each on its kept HTTPS connection."""
+    body = json.dumps({"query": "select 1", "params": []})
+    trust = ssl.create_default_context(cafile=str(ca))
+    headers = {"Neon-Raw-Text-Output": "true", "Neon-Array-Mode": "true", **headers}
+    done = 0
+
+    async def client(session: aiohttp.ClientSession, until: float) -> None:
+        nonlocal done
+        while time.perf_counter() < until:
+            async with session.post(endpoint, data=body, headers=headers) as response:
+                document = await response.json(content_type=None)
+                if response.status != 200:
+                    raise RuntimeError(f"/sql answered {response.status}: {document}")
+            done += 1
+
+    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) for _ in range(clients)]
+    try:
+        await asyncio.gather(*(client(s, time.perf_counter() + 1) for s in sessions))  # warm-up
+        done = 0
+        started = time.perf_counter()
+        await asyncio.gather(*(client(s, started + seconds) for s in sessions))
+        return done / (time.perf_counter() - started)
+    finally:
+        for session in sessions:
+            await session.close()
 
 
 def main() -> None:
@@ -122,9 +158,25 @@ def main() -> None:
             str(args.seconds),
         ]
         kept = [*common, "-M", "prepared"]
+        _, http, _ = operator.sdb("dsn", "bench", "--http", "--show-password")
+        settings = dict(line.split(": ", 1) for line in http.splitlines())
+        by_password = {"Neon-Connection-String": settings["connectionString"]}
+        by_token = {
+            "Neon-Connection-String": f"postgresql://{ROLE}@bench.default/app",
+            "Authorization": f"Bearer {token}",
+        }
         operator_process = psutil.Process(operator.process.pid if operator.process else 0)
         results: dict[str, list[float]] = {
-            k: [] for k in ("connects_identity", "connects_direct", "identity", "direct", "direct_plain")
+            k: []
+            for k in (
+                "connects_identity",
+                "connects_direct",
+                "identity",
+                "direct",
+                "direct_plain",
+                "http_token",
+                "http_password",
+            )
         }
         cpu_per_tx: list[float] = []
         for _ in range(args.rounds):
@@ -143,6 +195,9 @@ def main() -> None:
             cpu_per_tx.append(spent / max(1, transactions) * 1e6)
             results["direct"].append(tps(pgbench(direct_port, app.user, app.password, ca, *kept)))
             results["direct_plain"].append(tps(pgbench(direct_port, app.user, app.password, None, *kept)))
+            for name, headers in (("http_token", by_token), ("http_password", by_password)):
+                load = http_rps(settings["fetchEndpoint"], headers, ca, args.clients, args.seconds)
+                results[name].append(asyncio.run(load))
     finally:
         operator.stop()
     figures = {
@@ -151,6 +206,8 @@ def main() -> None:
         "tps_identity": median(results["identity"]),
         "tps_direct": median(results["direct"]),
         "ratio": median(results["identity"]) / median(results["direct"]),
+        "http_token_rps": median(results["http_token"]),
+        "http_token_vs_password": median(results["http_token"]) / median(results["http_password"]),
     }
     report(
         "identity",
@@ -161,6 +218,7 @@ def main() -> None:
             "rounds": args.rounds,
             "password_connects_per_s_direct_tls": round(median(results["connects_direct"])),
             "tps_direct_plaintext": round(median(results["direct_plain"])),
+            "http_password_rps": round(median(results["http_password"])),
             "operator_cpu_us_per_identity_tx": round(median(cpu_per_tx), 1),
             **{f"{k}_per_round": [round(v) for v in values] for k, values in results.items()},
         },
