@@ -61,6 +61,6 @@ class TokenLogins:
             raise RequestError(
                 "the database's identity endpoint is not listening yet; try again",
                 code=protocol.CANNOT_CONNECT_NOW,
-                reason="wake_failed",
+                reason="identity_unavailable",
             )
         return address

@@ -96,11 +96,11 @@ class Relay:
             await self._cancel(key, opening.packet)
             return
         role = decision.startup.parameters.get("user", "") if decision.startup is not None else ""
-        token = await self.logins.bound(key, role)
-        if token:
+        by_token = await self.logins.bound(key, role)
+        if by_token:
             self.logins.require_tls(key, peer(request)[0], secure=request.secure)
         upstream = await self.reach.upstream(key, Door.WEBSOCKET)
-        if token:
+        if by_token:
             upstream = self.logins.address(key)  # which asks for the token as the password
         reader, writer = await asyncio.open_connection(upstream.host, upstream.port, limit=relay.CHUNK)
         sock = writer.get_extra_info("socket")
