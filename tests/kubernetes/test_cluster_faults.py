@@ -27,8 +27,8 @@ from support.cluster import (
 from support.postgres import Server
 
 from controller.api import codec, types
+from controller.runtime.kubernetes import builders, permissions
 from controller.runtime.kubernetes import client as kc
-from controller.runtime.kubernetes import permissions
 from controller.runtime.kubernetes.informer import Informer
 from controller.runtime.kubernetes.store import KubeStore
 
@@ -224,15 +224,23 @@ async def test_two_replicas_only_the_leader_writes(kube: KubeApiDouble, pods: Se
 
 
 def settled_at_the_limit(kube: KubeApiDouble) -> bool:
-    """The node has refused all it will: the database runs at the limit status records, nothing pending.
+    """The node has refused all it will: the pod's container runs at the limit status records, as its
+    spec asks, and nothing is pending.
 
-    (Between one refusal and the next, smaller, request the pod may briefly show nothing pending.)
+    (Status alone is not enough: it can show a request at the limit before the node has answered it,
+    and a refusal then lowers the limit again.)
     """
     pod = kube.get("pods", "orders-0", "shop") or {}
     pending = any(c["type"] == "PodResizePending" for c in pod.get("status", {}).get("conditions") or [])
+    asked = builders.capacity_of(container(pod.get("spec") or {}).get("resources"))
+    running = builders.capacity_of(container(pod.get("status") or {}, "containerStatuses").get("resources"))
     status = sdb(kube)["status"]
     limit = (status.get("compute") or {}).get("limit")
-    return not pending and limit is not None and status["capacity"]["current"] == limit
+    return not pending and limit is not None and status["capacity"]["current"] == asked == running == limit
+
+
+def container(part: dict[str, Any], key: str = "containers") -> dict[str, Any]:
+    return next((c for c in part.get(key) or [] if c.get("name") == "postgres"), {})
 
 
 async def test_a_resize_the_node_cannot_fit_keeps_the_old_size_and_says_so(
