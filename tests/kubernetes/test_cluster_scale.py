@@ -12,6 +12,8 @@ from support.postgres import Server
 
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import permissions
+from controller.runtime.kubernetes.informer import Informer
+from controller.runtime.kubernetes.store import KubeStore
 
 pytestmark = pytest.mark.kubernetes
 
@@ -33,6 +35,64 @@ async def test_resting_databases_get_no_pass_and_no_api_call_over_many_ticks(
         assert reconciler.reconciles == passes
         calls = [r for r in kube.requests if r.resource != "leases.coordination.k8s.io" and r.verb != "watch"]
         assert calls == [], [(r.verb, r.resource, r.name) for r in calls]
+
+
+async def test_a_restart_looks_at_each_database_once_at_resync_priority(
+    kube: KubeApiDouble, pods: Server
+) -> None:
+    """Filling the caches tells of every object (each database's own and its compute objects): the
+    start's list already holds all of it, so none of it comes again as a change."""
+    kube.create(activator_slice())
+    states = {f"rest{index:02d}": "Paused" if index % 2 else "Parked" for index in range(12)}
+    names = list(states)
+    async with operator(kube, pods):
+        for name, state in states.items():
+            create(kube, name, state=state)
+        await eventually(lambda: all(phase(kube, n) == s for n, s in states.items()), what="all at rest")
+    async with operator(kube, pods, identity="op-2") as running:
+        reconciler = running.operator.reconciler
+        await asyncio.wait_for(reconciler.synced.wait(), 10)
+        await asyncio.sleep(1.0)  # anything queued behind the first looks has had its worker too
+        waits = running.operator.exposition.queue_wait
+        assert reconciler.reconciles == len(names)
+        counts = {
+            label: sum(
+                s.value
+                for family in waits.collect()
+                for s in family.samples
+                if s.name.endswith("_count") and s.labels["priority"] == label
+            )
+            for label in ("Wake", "Change", "Tick", "Resync")
+        }
+        assert counts == {"Wake": 0, "Change": 0, "Tick": 0, "Resync": len(names)}
+
+
+async def test_a_database_told_of_again_before_it_was_handed_on_is_handed_on_once(
+    kube: KubeApiDouble,
+) -> None:
+    create(kube, "orders")
+    create(kube, "users")
+    api = kc.Kube(kube.api_client(), permissions.OPERATOR)
+    informer = Informer(api, kc.DATABASES, watch_timeout=5)
+    task = asyncio.create_task(informer.run())
+    try:
+        await informer.synced.wait()
+        store = KubeStore(api, informer)
+        for key in ("shop/orders", "shop/users", "shop/orders", "shop/orders"):  # a pod, its set, ...
+            store.notify(key)
+        feed = aiter(store.changes())
+        handed = [(await anext(feed))[0] for _ in range(2)]
+        assert handed == ["shop/orders", "shop/users"]
+        with pytest.raises(TimeoutError):  # nothing more: the repeats were one look
+            await asyncio.wait_for(anext(feed), 0.5)
+        store.notify("shop/orders")  # told again after it was handed on: a new change
+        key, db = await asyncio.wait_for(anext(aiter(store.changes())), 1)
+        assert key == "shop/orders"
+        assert db is not None
+        assert db.metadata.name == "orders"
+    finally:
+        informer.stop()
+        task.cancel()
 
 
 async def test_the_caches_hold_projections_without_managed_fields(kube: KubeApiDouble, pods: Server) -> None:

@@ -47,17 +47,25 @@ class KubeStore:
         self.wakes = wakes
         self.clock = clock
         self.instance = instance
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self._pending: dict[str, None] = {}
+        """Keys told of and not yet handed on, oldest first: a key told of again meanwhile is handed
+        on once, as it is then (a wake's pod, StatefulSet and EndpointSlice events are one look)."""
+        self._told = asyncio.Event()
         self._events: dict[str, tuple[str, str, str, str, int, datetime]] = {}
         """Per database: the last event's (name, type, reason, message, count, first time)."""
 
     def notify(self, key: str) -> None:
         """Something about this database changed (its object, or one of its objects)."""
-        self.queue.put_nowait(key)
+        self._pending[key] = None
+        self._told.set()
 
     async def changes(self) -> AsyncIterator[tuple[str, types.ServerlessDatabase | None]]:
         while True:
-            key = await self.queue.get()
+            while not self._pending:
+                self._told.clear()
+                await self._told.wait()
+            key = next(iter(self._pending))
+            del self._pending[key]
             raw = self.databases.get(*types.split_key(key))
             try:
                 yield key, self._decode(raw, self._newest_wake(key)) if raw is not None else None
