@@ -172,8 +172,18 @@ class Child:
         raise TimeoutError(f"the operator never logged {event!r}")
 
     def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
         self.process.send_signal(signal.SIGTERM)
-        self.process.wait(60)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+SPAWNED: list[Child] = []
+"""Every operator started, so that each is stopped however the benchmark ends."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,7 @@ def spawn(options: OperatorOptions) -> Child:
         command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
     )
     child = Child(process)
+    SPAWNED.append(child)
     keep = open(os.environ["FLEET_LOG"], "ab") if os.environ.get("FLEET_LOG") else None  # noqa: SIM115
 
     def read() -> None:
@@ -271,9 +282,13 @@ class Double:
         return value
 
     def close(self) -> None:
-        self.connection.close()
+        self.connection.close()  # the double's process ends when its connection does
         self.listener.close()
-        self.process.wait(60)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class Fleet:
@@ -443,7 +458,6 @@ def run_fleet(count: int, args: argparse.Namespace, postgres_port: int) -> dict[
     options = OperatorOptions(
         double.url, postgres_port, args.tick, free_port(), (20000, 20000 + count + 1000)
     )
-    child: Child | None = None
     try:
         print(f"-- {count} databases: {', '.join(f'{len(v)} {k}' for k, v in names.items())}", flush=True)
         for group, members in first.items():
@@ -457,7 +471,6 @@ def run_fleet(count: int, args: argparse.Namespace, postgres_port: int) -> dict[
         fleet.wait_converged(built, timeout=600, what="paused ones set to Auto")
         time.sleep(2)
         child.stop()
-        child = None
         templates = {group: members[0] for group, members in first.items()}
         copies = {group: [n for n in members if n not in built] for group, members in names.items()}
         preload = double.call("preload", templates, copies, 20000 + len(built))
@@ -486,8 +499,8 @@ def run_fleet(count: int, args: argparse.Namespace, postgres_port: int) -> dict[
         if errors:
             print("the double's own errors:", *errors, sep="\n", file=sys.stderr)
     finally:
-        if child is not None:
-            child.stop()
+        for each in SPAWNED:
+            each.stop()
         double.close()
     return {
         "databases": count,
