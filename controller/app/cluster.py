@@ -114,7 +114,7 @@ class ClusterOperator:
                 watch_timeout=options.watch_timeout,
                 project=projection.database,
             ),
-            statefulsets=owned(kc.STATEFULSETS, projection.owned),
+            statefulsets=owned(kc.STATEFULSETS, projection.statefulset),
             deployments=owned(kc.DEPLOYMENTS, projection.deployment),
             pods=owned(kc.PODS, projection.pod),
             endpointslices=owned(kc.ENDPOINTSLICES, projection.owned),
