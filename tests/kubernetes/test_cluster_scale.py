@@ -11,6 +11,7 @@ from kubeapi import KubeApiDouble
 from support.cluster import activator_slice, create, eventually, operator, phase
 from support.postgres import Server
 
+from controller.api import types
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import permissions, projection
 from controller.runtime.kubernetes.informer import Informer
@@ -91,6 +92,39 @@ async def test_a_database_told_of_again_before_it_was_handed_on_is_handed_on_onc
         assert key == "shop/orders"
         assert db is not None
         assert db.metadata.name == "orders"
+    finally:
+        informer.stop()
+        task.cancel()
+
+
+async def test_a_running_database_is_decoded_once_per_version_a_resting_one_each_read(
+    kube: KubeApiDouble,
+) -> None:
+    create(kube, "orders")
+    create(kube, "archive")
+    for name, phase_ in (("orders", "Active"), ("archive", "Parked")):
+        kube.patch_status("serverlessdatabases", name, {"phase": phase_}, "shop")
+    api = kc.Kube(kube.api_client(), permissions.OPERATOR)
+    informer = Informer(api, kc.DATABASES, watch_timeout=5)
+    task = asyncio.create_task(informer.run())
+    try:
+        await informer.synced.wait()
+        store = KubeStore(api, informer)
+        first, again = await store.get("shop/orders"), await store.get("shop/orders")
+        assert first is not None
+        assert again is first  # each tick of a running database reads it: one decode serves them
+        resting = await store.get("shop/archive")
+        assert resting is not None
+        assert await store.get("shop/archive") is not resting
+        edit = {"metadata": {"name": "orders", "namespace": "shop"}, "spec": {"capacity": {"max": 2}}}
+        kube.apply({"apiVersion": types.API_VERSION, "kind": types.KIND, **edit})
+        await eventually(
+            lambda: (informer.get("shop", "orders") or {})["spec"]["capacity"]["max"] == 2, what="the edit"
+        )
+        changed = await store.get("shop/orders")
+        assert changed is not None
+        assert changed is not first
+        assert changed.spec.capacity.max == 2
     finally:
         informer.stop()
         task.cancel()
