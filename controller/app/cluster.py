@@ -257,6 +257,8 @@ class ClusterOperator:
             gateway = self.runtime.certificates.keep_gateway(self.options.activator_service)
             self._tasks.append(asyncio.create_task(gateway, name="gateway-certificate"))
             self._listed = True  # the list below reads the caches after every change told so far
+            for request in self.informers.wakes.values():  # asked for while no operator ran
+                self._wake_requested(kc.key_of(request), request, False)
             await self.reconciler.start()
             self._tasks.append(
                 asyncio.create_task(
