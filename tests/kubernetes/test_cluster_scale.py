@@ -4,7 +4,9 @@ caches hold projections, and the client keeps to its rate and to the server's Re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import pytest
 from kubeapi import KubeApiDouble
@@ -69,17 +71,26 @@ async def test_a_restart_looks_at_each_database_once_at_resync_priority(
         assert counts == {"Wake": 0, "Change": 0, "Tick": 0, "Resync": len(names)}
 
 
-async def test_a_database_told_of_again_before_it_was_handed_on_is_handed_on_once(
-    kube: KubeApiDouble,
-) -> None:
-    create(kube, "orders")
-    create(kube, "users")
+@contextlib.asynccontextmanager
+async def watched_store(kube: KubeApiDouble) -> AsyncIterator[tuple[KubeStore, Informer]]:
+    """The operator's store over a synced database cache."""
     api = kc.Kube(kube.api_client(), permissions.OPERATOR)
     informer = Informer(api, kc.DATABASES, watch_timeout=5)
     task = asyncio.create_task(informer.run())
     try:
         await informer.synced.wait()
-        store = KubeStore(api, informer)
+        yield KubeStore(api, informer), informer
+    finally:
+        informer.stop()
+        task.cancel()
+
+
+async def test_a_database_told_of_again_before_it_was_handed_on_is_handed_on_once(
+    kube: KubeApiDouble,
+) -> None:
+    create(kube, "orders")
+    create(kube, "users")
+    async with watched_store(kube) as (store, _):
         for key in ("shop/orders", "shop/users", "shop/orders", "shop/orders"):  # a pod, its set, ...
             store.notify(key)
         feed = aiter(store.changes())
@@ -92,9 +103,6 @@ async def test_a_database_told_of_again_before_it_was_handed_on_is_handed_on_onc
         assert key == "shop/orders"
         assert db is not None
         assert db.metadata.name == "orders"
-    finally:
-        informer.stop()
-        task.cancel()
 
 
 async def test_a_running_database_is_decoded_once_per_version_a_resting_one_each_read(
@@ -104,12 +112,7 @@ async def test_a_running_database_is_decoded_once_per_version_a_resting_one_each
     create(kube, "archive")
     for name, phase_ in (("orders", "Active"), ("archive", "Parked")):
         kube.patch_status("serverlessdatabases", name, {"phase": phase_}, "shop")
-    api = kc.Kube(kube.api_client(), permissions.OPERATOR)
-    informer = Informer(api, kc.DATABASES, watch_timeout=5)
-    task = asyncio.create_task(informer.run())
-    try:
-        await informer.synced.wait()
-        store = KubeStore(api, informer)
+    async with watched_store(kube) as (store, informer):
         first, again = await store.get("shop/orders"), await store.get("shop/orders")
         assert first is not None
         assert again is first  # each tick of a running database reads it: one decode serves them
@@ -125,9 +128,6 @@ async def test_a_running_database_is_decoded_once_per_version_a_resting_one_each
         assert changed is not None
         assert changed is not first
         assert changed.spec.capacity.max == 2
-    finally:
-        informer.stop()
-        task.cancel()
 
 
 async def test_the_caches_hold_projections_without_managed_fields(kube: KubeApiDouble, pods: Server) -> None:
