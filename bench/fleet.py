@@ -1,25 +1,32 @@
 """Fleet: what the cluster operator costs, and how fast it answers, with N databases on the API double.
 
-    nice -n 19 .venv/bin/python bench/fleet.py --databases 100 1000 10000
+    nice -n 5 .venv/bin/python bench/fleet.py --databases 100 1000 10000
 
-The double runs in this process; the operator runs in a child process of its own (`fleet.py
-operator`), so the RSS and CPU reported are the operator's alone. The fleet is 10% Active, 30%
-Paused and 60% Parked. For each N:
+Three processes: this one measures; the double runs in one of its own (`fleet_double.py`), and the
+operator in another (`fleet.py operator`), so the RSS and CPU reported are the operator's alone and
+the double's work slows neither. The fleet is 10% Active, 30% Paused and 60% Parked. For each N:
 
-- build: the N objects exist before the operator starts; the time until each has its phase;
-- steady: 60 s after everything settled: the operator's RSS and CPU, and the API requests it made;
+- preload: an operator builds ten databases (one of each kind is the template) and stops; the double
+  then holds N - 10 copies of them, restored as settled objects (`fleet_double.preload`);
+- start: a new operator starts on the fleet: from its taking the Lease to its first pass of every
+  database, and the writes it made meanwhile (a faithful preload needs almost none);
+- steady: 60 s later: the operator's RSS and CPU, and the API requests and writes it made;
 - pickup: 20 new objects, one at a time; from each object's creation to its first status write;
 - wakes: a full resync is started, and 20 paused databases get a WakeRequest (as the activator makes
-  them) at once; from each request to a status that answers it Active and Ready;
+  them) at once; from each request to a status that answers it Active and Ready, and to the
+  operator's first write for it (its queueing and first look);
 - restart: the operator stops, a wake is asked for while none runs, and a new operator starts: from
   its taking the Lease to its first write for the woken database, and to its first pass of every
   database (`startup_s`).
+
+The machine's 1-minute load average is reported at each step (others' work slows every latency).
 
 What is simulated: the double's pods run nothing (its kubelet makes them Ready); the operator's own
 SQL (the settings of a size, once per start) goes to one real Postgres standing in for every pod;
 load comes from a source that says every running database has one client and a little CPU, one
 batched reading per tick for the fleet, as Prometheus gives. Requests the benchmark itself makes go
-to the double's store directly and are not counted.
+to the double's store directly and are not counted. The activator's port range is widened to fit
+N + 1,000 databases (the chart's default of 10,000 ports is exactly full at N = 10,000).
 
 FLEET_LOG=path keeps the operator's log lines (FLEET_LOG_LEVEL=debug for each step of each pass).
 

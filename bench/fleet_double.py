@@ -258,13 +258,10 @@ class Side:
                 obj["data"]["tls.key"] = _b64(leaf.key)
         return copies
 
-    def _settle(self, quiet: float = 2.0) -> None:
-        """Until the double's controllers and kubelet have written nothing for `quiet` seconds."""
-        seen, since = self.store.resource_version, time.monotonic()
-        while time.monotonic() - since < quiet:
-            time.sleep(0.2)
-            if self.store.resource_version != seen:
-                seen, since = self.store.resource_version, time.monotonic()
+    def _settle(self) -> None:
+        """Until a pass of the double's controllers and kubelet over everything changes nothing (a
+        quiet spell is not enough: one pass over ninety thousand objects can take seconds)."""
+        self.double.settle()
 
     def _follow_pods(self, names: list[str]) -> None:
         """Each running copy's EndpointSlice at its own pod's address (the kubelet gave it a new one)."""
