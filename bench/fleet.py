@@ -1,25 +1,32 @@
 """Fleet: what the cluster operator costs, and how fast it answers, with N databases on the API double.
 
-    nice -n 19 .venv/bin/python bench/fleet.py --databases 100 1000 10000
+    nice -n 5 .venv/bin/python bench/fleet.py --databases 100 1000 10000
 
-The double runs in this process; the operator runs in a child process of its own (`fleet.py
-operator`), so the RSS and CPU reported are the operator's alone. The fleet is 10% Active, 30%
-Paused and 60% Parked. For each N:
+Three processes: this one measures; the double runs in one of its own (`fleet_double.py`), and the
+operator in another (`fleet.py operator`), so the RSS and CPU reported are the operator's alone and
+the double's work slows neither. The fleet is 10% Active, 30% Paused and 60% Parked. For each N:
 
-- build: the N objects exist before the operator starts; the time until each has its phase;
-- steady: 60 s after everything settled: the operator's RSS and CPU, and the API requests it made;
+- preload: an operator builds ten databases (one of each kind is the template) and stops; the double
+  then holds N - 10 copies of them, restored as settled objects (`fleet_double.preload`);
+- start: a new operator starts on the fleet: from its taking the Lease to its first pass of every
+  database, and the writes it made meanwhile (a faithful preload needs almost none);
+- steady: 60 s later: the operator's RSS and CPU, and the API requests and writes it made;
 - pickup: 20 new objects, one at a time; from each object's creation to its first status write;
 - wakes: a full resync is started, and 20 paused databases get a WakeRequest (as the activator makes
-  them) at once; from each request to a status that answers it Active and Ready;
+  them) at once; from each request to a status that answers it Active and Ready, and to the
+  operator's first write for it (its queueing and first look);
 - restart: the operator stops, a wake is asked for while none runs, and a new operator starts: from
   its taking the Lease to its first write for the woken database, and to its first pass of every
   database (`startup_s`).
+
+The machine's 1-minute load average is reported at each step (others' work slows every latency).
 
 What is simulated: the double's pods run nothing (its kubelet makes them Ready); the operator's own
 SQL (the settings of a size, once per start) goes to one real Postgres standing in for every pod;
 load comes from a source that says every running database has one client and a little CPU, one
 batched reading per tick for the fleet, as Prometheus gives. Requests the benchmark itself makes go
-to the double's store directly and are not counted.
+to the double's store directly and are not counted. The activator's port range is widened to fit
+N + 1,000 databases (the chart's default of 10,000 ports is exactly full at N = 10,000).
 
 FLEET_LOG=path keeps the operator's log lines (FLEET_LOG_LEVEL=debug for each step of each pass).
 
@@ -37,10 +44,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from multiprocessing.connection import Listener
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +120,7 @@ def run_operator(args: argparse.Namespace) -> None:
             activator_service="activator",
             identity=f"fleet-{os.getpid()}",
             tuning=Tuning(tick=timedelta(seconds=args.tick)),
+            activator_ports=tuple(int(port) for port in args.activator_ports.split("-")),  # type: ignore[arg-type]
         ),
         locate=lambda pod: ("127.0.0.1", args.postgres_port),
         metrics=load,
@@ -171,17 +179,41 @@ class Child:
         raise TimeoutError(f"the operator never logged {event!r}")
 
     def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
         self.process.send_signal(signal.SIGTERM)
-        self.process.wait(60)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
-def spawn(url: str, postgres_port: int, tick: float, metrics_port: int) -> Child:
-    command = [sys.executable, __file__, "operator", "--url", url, "--postgres-port", str(postgres_port)]
-    command += ["--tick", str(tick), "--metrics-port", str(metrics_port), "--kube-qps", "0"]
+SPAWNED: list[Child] = []
+"""Every operator started, so that each is stopped however the benchmark ends."""
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    url: str
+    postgres_port: int
+    tick: float
+    metrics_port: int
+    activator_ports: tuple[int, int]
+    """Wider than the chart's default of 10,000 ports, which 10,000 databases would fill exactly."""
+
+
+def spawn(options: OperatorOptions) -> Child:
+    low, high = options.activator_ports
+    command = [sys.executable, __file__, "operator", "--url", options.url]
+    command += ["--postgres-port", str(options.postgres_port), "--tick", str(options.tick)]
+    command += ["--metrics-port", str(options.metrics_port), "--kube-qps", "0"]
+    command += ["--activator-ports", f"{low}-{high}"]
     process = subprocess.Popen(
         command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
     )
     child = Child(process)
+    SPAWNED.append(child)
     keep = open(os.environ["FLEET_LOG"], "ab") if os.environ.get("FLEET_LOG") else None  # noqa: SIM115
 
     def read() -> None:
@@ -230,54 +262,65 @@ def database(name: str, group: str) -> dict[str, Any]:
     }
 
 
+class Double:
+    """The API double's process (`fleet_double.py`), and calls to what it offers there (its `Side`)."""
+
+    def __init__(self) -> None:
+        key = os.urandom(16)
+        self.listener = Listener(("127.0.0.1", 0), authkey=key)
+        host, port = self.listener.address
+        command = [
+            sys.executable,
+            str(Path(__file__).with_name("fleet_double.py")),
+            "--address",
+            f"{host}:{port}",
+        ]
+        self.process = subprocess.Popen(command, env={**os.environ, "FLEET_DOUBLE_KEY": key.hex()})
+        self.connection = self.listener.accept()
+        self.lock = threading.Lock()
+        self.url: str = self.call("url")
+
+    def call(self, method: str, *args: Any) -> Any:
+        with self.lock:
+            self.connection.send((method, args))
+            ok, value = self.connection.recv()
+        if not ok:
+            raise RuntimeError(f"the double failed: {value}")
+        return value
+
+    def close(self) -> None:
+        self.connection.close()  # the double's process ends when its connection does
+        self.listener.close()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 class Fleet:
-    """The double, with the fleet's objects, and reads of it that bypass its request log."""
+    """The fleet's objects, read and written in the double's store directly (not in its request log)."""
 
-    def __init__(self, double: Any) -> None:
+    def __init__(self, double: Double) -> None:
         self.double = double
-        self.rt = double.resource("serverlessdatabases")
 
-    def objects(self) -> list[dict[str, Any]]:
-        return self.double.store.snapshot(self.rt, NAMESPACE, None)[0]  # type: ignore[no-any-return]
+    def create(self, obj: dict[str, Any]) -> None:
+        self.double.call("create", obj)
 
     def get(self, name: str) -> dict[str, Any] | None:
-        return self.double.get("serverlessdatabases", name, NAMESPACE)  # type: ignore[no-any-return]
+        return self.double.call("get", name)  # type: ignore[no-any-return]
 
     def ask_wake(self, name: str) -> str:
-        """A WakeRequest for the database, as the activator makes one; its name is what status answers."""
-        token = f"{name}-{time.time_ns()}"
-        self.double.create(
-            {
-                "apiVersion": types.API_VERSION,
-                "kind": types.WAKE_REQUEST_KIND,
-                "metadata": {"name": token, "namespace": NAMESPACE},
-                "spec": {"database": name},
-            }
-        )
-        return token
+        return self.double.call("ask_wake", name)  # type: ignore[no-any-return]
 
     def patch(self, name: str, patch: dict[str, Any]) -> None:
-        self.double.store.patch(
-            self.rt, NAMESPACE, name, "application/merge-patch+json", patch, manager="bench"
-        )
-
-    def converged(self, want: Mapping[str, str]) -> int:
-        """How many of the named objects have their phase, for their generation."""
-        done = 0
-        for obj in self.objects():
-            name = obj["metadata"]["name"]
-            status = obj.get("status") or {}
-            if (
-                name in want
-                and status.get("phase") == want[name]
-                and status.get("observedGeneration") == obj["metadata"].get("generation")
-            ):
-                done += 1
-        return done
+        self.double.call("patch", name, patch)
 
     def wait_converged(self, want: Mapping[str, str], *, timeout: float, what: str) -> float:
+        """Until every named object has its phase, for its generation."""
         started = time.monotonic()
-        while (done := self.converged(want)) < len(want):
+        self.double.call("expect", dict(want))
+        while (done := self.double.call("converged")) < len(want):
             if time.monotonic() - started > timeout:
                 raise TimeoutError(f"{what}: {done} of {len(want)} after {timeout} s")
             time.sleep(0.25)
@@ -294,13 +337,7 @@ def wait(predicate: Callable[[], Any], *, timeout: float, what: str, every: floa
 
 
 def answered(fleet: Fleet, name: str, token: str) -> bool:
-    status = (fleet.get(name) or {}).get("status") or {}
-    ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), {})
-    return bool(
-        status.get("wakeRequest") == token
-        and status.get("phase") == "Active"
-        and ready.get("status") == "True"
-    )
+    return bool(fleet.double.call("answered", {name: token}))
 
 
 def cpu_seconds(ps: psutil.Process) -> float:
@@ -308,23 +345,24 @@ def cpu_seconds(ps: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def measure_steady(child: Child, double: Any, seconds: float) -> dict[str, float]:
+def measure_steady(child: Child, double: Double, seconds: float) -> dict[str, float]:
     ps = child.ps
     since = time.time()
     cpu_before, started = cpu_seconds(ps), time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - started
     cpu = (cpu_seconds(ps) - cpu_before) / elapsed
-    requests = [r for r in double.requests if r.time >= since]
-    writes = [r for r in requests if r.is_write and r.resource != "leases.coordination.k8s.io"]
-    secret_reads = [r for r in requests if r.resource == "secrets" and not r.is_write]
+    traffic = double.call("traffic", since, time.time())
+    until = time.time()
+    print(f"   steady writes: {double.call('writes_by_resource', since, until)}", flush=True)
+    print(f"   most written: {double.call('top_writers', since, until)}", flush=True)
     return {
         "rss_mib": ps.memory_info().rss / MIB,
         "cpu_cores": cpu,
-        "api_rps": len(requests) / elapsed,
-        "api_writes_per_s": len(writes) / elapsed,
-        "secret_reads_per_min": len(secret_reads) / elapsed * 60,
-        "machine_load_1m": os.getloadavg()[0],  # others' work on this machine slows every latency
+        "api_rps": traffic["requests"] / elapsed,
+        "api_writes_per_s": traffic["writes"] / elapsed,
+        "secret_reads_per_min": traffic["secret_reads"] / elapsed * 60,
+        "load_steady": os.getloadavg()[0],  # others' work on this machine slows every latency
     }
 
 
@@ -334,28 +372,11 @@ def measure_pickup(fleet: Fleet, count: int) -> list[float]:
     for index in range(count):
         name = f"new{index:03d}"
         created = time.time()
-        fleet.double.create(database(name, ACTIVE))
-        wait(lambda n=name: (fleet.get(n) or {}).get("status"), timeout=60, what=f"{name}'s status")  # type: ignore[misc]
+        fleet.create(database(name, ACTIVE))
+        wait(lambda n=name: fleet.double.call("has_status", n), timeout=60, what=f"{name}'s status")  # type: ignore[misc]
         latencies.append(time.time() - created)
         time.sleep(0.25)
     return latencies
-
-
-def first_writes(double: Any, asked: Mapping[str, float]) -> dict[str, float]:
-    """For each database, the time of the operator's first successful write of its compute (its
-    StatefulSet) after it was asked to wake: when its wake left the queue and was acted on."""
-    found: dict[str, float] = {}
-    for r in double.requests:
-        at = asked.get(r.name)
-        if (
-            at is not None
-            and r.is_write
-            and r.resource == "statefulsets.apps"
-            and r.time > at
-            and r.status < 300
-        ):
-            found[r.name] = min(found.get(r.name, r.time), r.time)
-    return found
 
 
 def measure_wakes(child: Child, fleet: Fleet, names: list[str]) -> tuple[list[float], list[float]]:
@@ -364,22 +385,21 @@ def measure_wakes(child: Child, fleet: Fleet, names: list[str]) -> tuple[list[fl
     resyncs = len(child.logged("resync"))
     child.process.send_signal(signal.SIGUSR1)
     child.wait_logged("resync", timeout=60, after=resyncs)
-    pending: dict[str, tuple[str, float]] = {}
+    pending: dict[str, str] = {}
     asked: dict[str, float] = {}
     for name in names:
         asked[name] = time.time()
-        pending[name] = (fleet.ask_wake(name), asked[name])
+        pending[name] = fleet.ask_wake(name)
     latencies = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while pending:
         if time.monotonic() > deadline:
             raise TimeoutError(f"not woken: {sorted(pending)}")
-        for name, (token, at) in list(pending.items()):
-            if answered(fleet, name, token):
-                latencies.append(time.time() - at)
-                del pending[name]
-        time.sleep(0.02)  # the double shares this process: polling it harder slows it down
-    acted = first_writes(fleet.double, asked)
+        for name in fleet.double.call("answered", pending):
+            latencies.append(time.time() - asked[name])
+            del pending[name]
+        time.sleep(0.01)
+    acted = fleet.double.call("first_writes", asked)
     return latencies, [acted[name] - asked[name] for name in names]
 
 
@@ -401,81 +421,100 @@ def wake_queueing(port: int) -> float:
     return min(bound for bound, count in buckets if count >= total)
 
 
+def start(fleet: Fleet, options: OperatorOptions) -> tuple[Child, dict[str, float]]:
+    """An operator started on the fleet: from its taking the Lease to its first pass of every database,
+    and the writes it made to get there."""
+    spawned = time.time()
+    child = spawn(options)
+    leader = logged_at(child.wait_logged("became the leader", timeout=600))
+    passed = logged_at(child.wait_logged("every database had its first pass", timeout=1800))
+    writes = fleet.double.call("writes_by_resource", spawned, time.time())
+    print(
+        f"   started: leader after {leader - spawned:.1f} s, all passed {passed - leader:.1f} s later, "
+        f"writes {writes}",
+        flush=True,
+    )
+    return child, {"leader_after_spawn_s": leader - spawned, "startup_s": passed - leader}
+
+
 def measure_restart(
-    child: Child, fleet: Fleet, url: str, postgres_port: int, tick: float, metrics_port: int, woken: str
+    child: Child, fleet: Fleet, options: OperatorOptions, woken: str
 ) -> tuple[Child, dict[str, float]]:
+    """The operator stops, a wake is asked for while none runs, and a new operator starts: from its
+    taking the Lease to its first write for the woken database, and to its first pass of every one."""
     child.stop()
     asked = time.time()
     token = fleet.ask_wake(woken)
-    spawned = time.time()
-    child = spawn(url, postgres_port, tick, metrics_port)
-    leader = logged_at(child.wait_logged("became the leader", timeout=600))
-    passed = child.wait_logged("every database had its first pass", timeout=1800)
-
+    load = os.getloadavg()[0]
+    child, started = start(fleet, options)
+    leader = logged_at(child.logged("became the leader")[0])
     wait(lambda: answered(fleet, woken, token), timeout=120, what="the wake after the restart", every=0.05)
-    acted = first_writes(fleet.double, {woken: asked})[woken]
-    figures = {
-        "leader_after_spawn_s": leader - spawned,
-        "restart_wake_s": acted - leader,
-        "startup_s": logged_at(passed) - leader,
-    }
-    return child, figures
+    acted = fleet.double.call("first_writes", {woken: asked})[woken]
+    return child, {**started, "restart_wake_s": acted - leader, "load_restart": load}
 
 
-@contextmanager
-def the_double() -> Iterator[Any]:
-    from kubeapi import KubeApiDouble
-    from support.cluster import CRDS, activator_slice
-
-    capacity = {"cpu": "100000", "memory": "1000000Gi", "pods": "1000000"}
-    with KubeApiDouble(history_size=200_000, node_capacity=capacity) as double:
-        for crd in CRDS:
-            double.install_crd(crd)
-        for namespace in (SYSTEM, NAMESPACE):
-            double.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-        double.create(activator_slice())
-        yield double
+TEMPLATES = 10
+"""Databases the operator builds itself at the start of each fleet; the rest are copies of them."""
 
 
 def run_fleet(count: int, args: argparse.Namespace, postgres_port: int) -> dict[str, float]:
     names = groups(count)
-    with the_double() as double:
-        fleet = Fleet(double)
-        for group, members in names.items():
-            for name in members:
-                double.create(database(name, group))
+    first = groups(min(count, TEMPLATES))
+    double = Double()
+    fleet = Fleet(double)
+    options = OperatorOptions(
+        double.url, postgres_port, args.tick, free_port(), (20000, 20000 + count + 1000)
+    )
+    try:
         print(f"-- {count} databases: {', '.join(f'{len(v)} {k}' for k, v in names.items())}", flush=True)
-        started = time.monotonic()
-        metrics_port = free_port()
-        child = spawn(double.url, postgres_port, args.tick, metrics_port)
-        try:
-            want = {name: WANT[group] for group, members in names.items() for name in members}
-            fleet.wait_converged(want, timeout=3600, what="build")
-            build = time.monotonic() - started
-            print(f"   built in {build:.1f} s", flush=True)
-            for name in names[PAUSED]:
-                fleet.patch(name, {"spec": {"state": "Auto"}})
-            fleet.wait_converged(want, timeout=3600, what="paused ones set to Auto")
-            time.sleep(args.settle)
-            steady = measure_steady(child, double, args.steady)
-            print(f"   steady: {steady}", flush=True)
-            pickup = measure_pickup(fleet, args.new)
-            print(f"   pickup p50 {percentile(pickup, 0.5):.3f} s p99 {percentile(pickup, 0.99):.3f} s")
-            wakes, acted = measure_wakes(child, fleet, names[PAUSED][: args.wakes])
-            print(f"   wake p50 {percentile(wakes, 0.5):.3f} s p99 {percentile(wakes, 0.99):.3f} s")
-            print(f"   first action p50 {percentile(acted, 0.5):.3f} s p99 {percentile(acted, 0.99):.3f} s")
-            queueing = wake_queueing(metrics_port)
-            print(f"   wakes waited in the queue at most {queueing} s (histogram bucket)")
-            child, restart = measure_restart(
-                child, fleet, double.url, postgres_port, args.tick, metrics_port, names[PAUSED][args.wakes]
-            )
-            print(f"   restart: {restart}", flush=True)
-        finally:
-            child.stop()
+        for group, members in first.items():
+            for name in members:
+                fleet.create(database(name, group))
+        child = spawn(options)
+        built = {name: WANT[group] for group, members in first.items() for name in members}
+        fleet.wait_converged(built, timeout=600, what="build")
+        for name in first[PAUSED]:
+            fleet.patch(name, {"spec": {"state": "Auto"}})
+        fleet.wait_converged(built, timeout=600, what="paused ones set to Auto")
+        time.sleep(2)
+        child.stop()
+        templates = {group: members[0] for group, members in first.items()}
+        copies = {group: [n for n in members if n not in built] for group, members in names.items()}
+        preload = double.call("preload", templates, copies, 20000 + len(built))
+        print(
+            f"   {count - len(built)} copies of {len(built)} built preloaded in {preload:.1f} s", flush=True
+        )
+        want = {name: WANT[group] for group, members in names.items() for name in members}
+        fleet.wait_converged(want, timeout=60, what="preload")
+        load_start = os.getloadavg()[0]
+        child, started = start(fleet, options)
+        fleet.wait_converged(want, timeout=3600, what="the operator's first look")
+        time.sleep(args.settle)
+        steady = measure_steady(child, double, args.steady)
+        print(f"   steady: {steady}", flush=True)
+        pickup = measure_pickup(fleet, args.new)
+        print(f"   pickup p50 {percentile(pickup, 0.5):.3f} s p99 {percentile(pickup, 0.99):.3f} s")
+        load_wakes = os.getloadavg()[0]
+        wakes, acted = measure_wakes(child, fleet, names[PAUSED][: args.wakes])
+        print(f"   wake p50 {percentile(wakes, 0.5):.3f} s p99 {percentile(wakes, 0.99):.3f} s")
+        print(f"   first action p50 {percentile(acted, 0.5):.3f} s p99 {percentile(acted, 0.99):.3f} s")
+        queueing = wake_queueing(options.metrics_port)
+        print(f"   wakes waited in the queue at most {queueing} s (histogram bucket)")
+        child, restart = measure_restart(child, fleet, options, names[PAUSED][args.wakes])
+        print(f"   restart: {restart}", flush=True)
+        errors = double.call("internal_errors")
+        if errors:
+            print("the double's own errors:", *errors, sep="\n", file=sys.stderr)
+    finally:
+        for each in SPAWNED:
+            each.stop()
+        double.close()
     return {
         "databases": count,
         **steady,
-        "build_s": build,
+        "preload_s": preload,
+        "first_start_s": started["startup_s"],
+        "load_start": load_start,
         "pickup_p50_s": percentile(pickup, 0.5),
         "pickup_p99_s": percentile(pickup, 0.99),
         "wake_p50_s": percentile(wakes, 0.5),
@@ -483,6 +522,7 @@ def run_fleet(count: int, args: argparse.Namespace, postgres_port: int) -> dict[
         "wake_action_p50_s": percentile(acted, 0.5),
         "wake_action_p99_s": percentile(acted, 0.99),
         "wake_queue_max_s": queueing,
+        "load_wakes": load_wakes,
         **restart,
     }
 
@@ -497,6 +537,7 @@ def main() -> None:
     child.add_argument("--metrics-port", type=int, required=True)
     child.add_argument("--kube-qps", type=float, default=50.0)
     child.add_argument("--kube-burst", type=int, default=100)
+    child.add_argument("--activator-ports", default="20000-29999")
     parser.add_argument("--databases", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--steady", type=float, default=60.0, help="seconds of steady state measured")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds to wait before measuring")
@@ -509,6 +550,8 @@ def main() -> None:
         return
     from support.postgres import running_server
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the double and the operator too
+
     rows = []
     with running_server(any_password=True) as postgres:
         for count in args.databases:
@@ -520,7 +563,8 @@ def main() -> None:
         "api_rps",
         "api_writes_per_s",
         "secret_reads_per_min",
-        "build_s",
+        "preload_s",
+        "first_start_s",
         "pickup_p50_s",
         "pickup_p99_s",
         "wake_p50_s",
@@ -529,6 +573,10 @@ def main() -> None:
         "wake_queue_max_s",
         "restart_wake_s",
         "startup_s",
+        "load_start",
+        "load_steady",
+        "load_wakes",
+        "load_restart",
     ]
     print(" | ".join(columns))
     for row in rows:

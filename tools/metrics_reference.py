@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
 from controller.metrics import exposition
+from controller.metrics.series import Family
 from controller.metrics.status_counter import StatusCounter
 
 SOURCE = "controller/metrics/exposition.py"
@@ -49,6 +50,8 @@ def series(cls: type) -> list[Series]:
         # A placeholder child per metric makes the collected families carry every sample name and label.
         if isinstance(metric, StatusCounter):
             metric.set(tuple(f"<{label}>" for label in metric.labelnames), 0.0, created=0.0)
+        if isinstance(metric, Family):
+            metric.labels(*(f"<{label}>" for label in metric.labelnames))
         if not isinstance(metric, MetricWrapperBase):
             continue
         # `_labelnames` is the one thing prometheus-client keeps only privately.

@@ -114,7 +114,7 @@ class ClusterOperator:
                 watch_timeout=options.watch_timeout,
                 project=projection.database,
             ),
-            statefulsets=owned(kc.STATEFULSETS, projection.owned),
+            statefulsets=owned(kc.STATEFULSETS, projection.statefulset),
             deployments=owned(kc.DEPLOYMENTS, projection.deployment),
             pods=owned(kc.PODS, projection.pod),
             endpointslices=owned(kc.ENDPOINTSLICES, projection.owned),
@@ -175,6 +175,8 @@ class ClusterOperator:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._seen: dict[str, tuple[Any, ...]] = {}
+        self._listed = False
+        """Whether the reconciler has listed the databases: what changed before, that list holds."""
 
     def _prometheus(self) -> MetricsSource | None:
         if not self.options.prometheus_url:
@@ -196,24 +198,31 @@ class ClusterOperator:
         self.runtime.database_changed(key, obj, deleted)
         if deleted or self._seen.get(key) != seen:
             self._seen[key] = seen
-            self.store.notify(key)
+            self._notify(key)
 
     def _wake_requested(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
         database = (obj.get("spec") or {}).get("database")
         if not deleted and isinstance(database, str):
-            self.store.notify(f"{types.split_key(key)[0]}/{database}")
+            self._notify(f"{types.split_key(key)[0]}/{database}")
 
     def _owned_changed(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
         database = self.runtime.key_for(obj)
         if database is not None:
-            self.store.notify(database)
+            self._notify(database)
 
     def _activator_changed(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
         """The activator's pods moved: every resting database's endpoints must follow them."""
         for raw in self.informers.databases.values():
             phase = (raw.get("status") or {}).get("phase")
             if phase in {p.value for p in RESTING}:
-                self.store.notify(kc.key_of(raw))
+                self._notify(kc.key_of(raw))
+
+    def _notify(self, key: str) -> None:
+        # Before the start's list, a change is a pass that list brings anyway. Filling the caches
+        # tells of every object once: ten thousand databases are some sixty thousand objects, each
+        # of which would be decoded and queued as a change ahead of the first look's real work.
+        if self._listed:
+            self.store.notify(key)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -247,6 +256,9 @@ class ClusterOperator:
             await self.runtime.open()
             gateway = self.runtime.certificates.keep_gateway(self.options.activator_service)
             self._tasks.append(asyncio.create_task(gateway, name="gateway-certificate"))
+            self._listed = True  # the list below reads the caches after every change told so far
+            for request in self.informers.wakes.values():  # asked for while no operator ran
+                self._wake_requested(kc.key_of(request), request, False)
             await self.reconciler.start()
             self._tasks.append(
                 asyncio.create_task(

@@ -1,7 +1,9 @@
 """The operator's own metrics, served on /metrics through prometheus-client.
 
 Names are under `sdb_`; per-database series carry `namespace` and `database` labels. The set is the
-contract the Grafana dashboards are built on (`docs/metrics.md` lists it).
+contract the Grafana dashboards are built on (`docs/metrics.md` lists it). The per-database gauges and
+counters are `series` families (a number per database, not a metric object), so that ten thousand
+databases cost the process tens of MiB less.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from controller.api import types
 from controller.identity.authenticate import ACCEPTED
 from controller.identity.tokens import Reason
+from controller.metrics import series
 from controller.metrics.status_counter import StatusCounter
 from controller.postgres.pooler import Stats
 
@@ -23,44 +26,46 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.capacity_current = Gauge(
+        self.capacity_current = series.Gauge(
             "sdb_capacity_current_cu",
             "Compute units the database runs at now (0 when paused or parked).",
             DB_LABELS,
             registry=r,
         )
-        self.capacity_desired = Gauge(
+        self.capacity_desired = series.Gauge(
             "sdb_capacity_desired_cu",
             "Compute units the operator is moving the database to.",
             DB_LABELS,
             registry=r,
         )
-        self.capacity_min = Gauge(
+        self.capacity_min = series.Gauge(
             "sdb_capacity_min_cu", "The database's floor (spec.capacity.min).", DB_LABELS, registry=r
         )
-        self.capacity_max = Gauge(
+        self.capacity_max = series.Gauge(
             "sdb_capacity_max_cu", "The database's ceiling (spec.capacity.max).", DB_LABELS, registry=r
         )
-        self.phase = Gauge(
+        self.phase = series.Gauge(
             "sdb_phase",
             "1 for the database's current phase (there is no series for the others).",
             (*DB_LABELS, "phase"),
             registry=r,
         )
-        self.client_sessions = Gauge(
+        self.client_sessions = series.Gauge(
             "sdb_client_sessions",
             "Client sessions (not the operator's, exporters' or idle poolers').",
             DB_LABELS,
             registry=r,
         )
-        self.cpu_used = Gauge("sdb_cpu_used_cores", "CPU the database used, in cores.", DB_LABELS, registry=r)
-        self.memory_used = Gauge(
+        self.cpu_used = series.Gauge(
+            "sdb_cpu_used_cores", "CPU the database used, in cores.", DB_LABELS, registry=r
+        )
+        self.memory_used = series.Gauge(
             "sdb_memory_working_set_bytes",
             "Memory the database uses, excluding reclaimable cache.",
             DB_LABELS,
             registry=r,
         )
-        self.transactions = Gauge(
+        self.transactions = series.Gauge(
             "sdb_transactions_per_second", "Client transactions per second.", DB_LABELS, registry=r
         )
         self.cu_seconds = StatusCounter(
@@ -70,21 +75,21 @@ class OperatorMetrics:
             DB_LABELS,
             registry=r,
         )
-        self.max_cu_seconds = Counter(
+        self.max_cu_seconds = series.Counter(
             "sdb_compute_unit_seconds_at_max",
             "Compute-unit seconds an always-at-max database would have consumed over the same time.",
             DB_LABELS,
             registry=r,
         )
-        self.resizes = Counter(
+        self.resizes = series.Counter(
             "sdb_resizes",
             "Resizes applied, by direction (up or down).",
             (*DB_LABELS, "direction"),
             registry=r,
         )
-        self.pauses = Counter("sdb_pauses", "Pauses completed.", DB_LABELS, registry=r)
-        self.parks = Counter("sdb_parks", "Parks completed.", DB_LABELS, registry=r)
-        self.wakes = Counter(
+        self.pauses = series.Counter("sdb_pauses", "Pauses completed.", DB_LABELS, registry=r)
+        self.parks = series.Counter("sdb_parks", "Parks completed.", DB_LABELS, registry=r)
+        self.wakes = series.Counter(
             "sdb_wakes", "Wakes completed (a paused or parked database made active).", DB_LABELS, registry=r
         )
         self.wake_duration = Histogram(
@@ -100,8 +105,10 @@ class OperatorMetrics:
             registry=r,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self.reconciles = Counter("sdb_reconciles", "Reconciles run, per database.", DB_LABELS, registry=r)
-        self.readings = Counter(
+        self.reconciles = series.Counter(
+            "sdb_reconciles", "Reconciles run, per database.", DB_LABELS, registry=r
+        )
+        self.readings = series.Counter(
             "sdb_load_readings",
             "Readings of load taken from the metrics source, per database.",
             DB_LABELS,
@@ -141,7 +148,7 @@ class OperatorMetrics:
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.token_checks = Counter(
+        self.token_checks = series.Counter(
             "sdb_identity_token_checks",
             "Identity tokens checked, by outcome: accepted, or why refused (expired, wrong_audience, "
             "bad_signature, not_bound, ...). A bearer token on /sql is checked on every request, and "
@@ -149,7 +156,7 @@ class OperatorMetrics:
             (*DB_LABELS, "outcome"),
             registry=r,
         )
-        self.token_cache_hits = Counter(
+        self.token_cache_hits = series.Counter(
             "sdb_identity_token_cache_hits",
             "Token checks answered by the cache of verified tokens (no signature check, no TokenReview).",
             DB_LABELS,
@@ -276,7 +283,7 @@ class OperatorMetrics:
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
 
-    def _compute_gauges(self) -> tuple[Gauge, ...]:
+    def _compute_gauges(self) -> tuple[series.Gauge, ...]:
         return (
             self.capacity_current,
             self.capacity_desired,
@@ -289,7 +296,7 @@ class OperatorMetrics:
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted database's series."""
         self.forget_pooler(namespace, name)
-        series: tuple[Gauge | Counter | Histogram | StatusCounter, ...] = (
+        families: tuple[Gauge | Counter | Histogram | StatusCounter | series.Family, ...] = (
             *self._compute_gauges(),
             self.capacity_min,
             self.capacity_max,
@@ -304,7 +311,7 @@ class OperatorMetrics:
             self.held_connections,
             self.token_cache_hits,
         )
-        for metric in series:
+        for metric in families:
             with contextlib.suppress(KeyError):
                 metric.remove(namespace, name)
         for door in ("http", "websocket"):
@@ -315,8 +322,9 @@ class OperatorMetrics:
             with contextlib.suppress(KeyError):
                 self.phase.remove(namespace, name, phase.value)
         for outcome in (ACCEPTED, *(reason.name.lower() for reason in Reason)):
-            with contextlib.suppress(KeyError):
-                self.token_checks.remove(namespace, name, outcome)
+            self.token_checks.remove(namespace, name, outcome)
+        for direction in ("up", "down"):
+            self.resizes.remove(namespace, name, direction)
 
     def held(self, key: str, delta: int) -> None:
         self.held_connections.labels(*types.split_key(key)).inc(delta)

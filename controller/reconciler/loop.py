@@ -100,8 +100,10 @@ class Reconciler:
         self._wakes_started: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._reconciles = 0
-        self._first_pass: set[str] = set()
-        """Keys listed at start that have not had their first pass yet."""
+        self._first_pass: set[str] | None = set()
+        """Keys listed at start that have not had their first pass yet (None: still listing)."""
+        self._passed_early: set[str] = set()
+        """Keys that had a pass while the start's list was still being read."""
         self._started = 0.0
         self.synced = asyncio.Event()
         """Set once every database listed at start has had a pass."""
@@ -109,19 +111,23 @@ class Reconciler:
     # -- running ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        started = asyncio.get_running_loop().time()
-        listed = await self.store.list()
-        for db in listed:  # whatever waits on a wake or a change goes first; the rest is a resync
-            self.queue.add(db.key, priority.of(db, otherwise=Priority.RESYNC))
-        self._first_pass = {db.key for db in listed}
-        self._started = started
-        self._passed()
+        """Workers and the change feed first, then the list of everything: a wake told by the feed
+        (the store tells of those asked for while no operator ran) is acted on while the list is
+        still being read, which for ten thousand databases takes seconds."""
+        self._started = asyncio.get_running_loop().time()
+        self._first_pass = None
         self._tasks = [
             asyncio.create_task(self._worker(), name=f"reconcile-{i}") for i in range(self.workers)
         ]
         self._tasks.append(asyncio.create_task(self._watch(), name="watch"))
         self._tasks.append(asyncio.create_task(self._sample(), name="sample"))
         self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
+        listed = await self.store.list()
+        for db in listed:  # whatever waits on a wake or a change goes first; the rest is a resync
+            self.queue.add(db.key, priority.of(db, otherwise=Priority.RESYNC))
+        self._first_pass = {db.key for db in listed} - self._passed_early
+        self._passed_early = set()
+        self._passed()
 
     async def stop(self) -> None:
         self.queue.close()
@@ -158,6 +164,10 @@ class Reconciler:
     def _passed(self, key: str | None = None) -> None:
         """Count a database's first pass since the start; say when every one listed then had it."""
         if self.synced.is_set():
+            return
+        if self._first_pass is None:
+            if key is not None:
+                self._passed_early.add(key)
             return
         if key is not None:
             self._first_pass.discard(key)

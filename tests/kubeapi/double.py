@@ -279,6 +279,11 @@ class KubeApiDouble:
         ns = namespace or (obj.get("metadata") or {}).get("namespace") or ("default" if rt.namespaced else "")
         return self.store.create(rt, ns, obj, manager="test")
 
+    def restore(self, obj: Obj) -> None:
+        """Put back a stored object as it was (uid, status and managedFields kept), as an etcd restore
+        does; not in the request log. The object is taken, not copied."""
+        self.store.restore(self.registry.for_object(obj), obj)
+
     def apply(self, obj: Obj, *, manager: str = "test", force: bool = True) -> Obj:
         """Server-side apply an object directly (not in the request log)."""
         rt = self.registry.for_object(obj)

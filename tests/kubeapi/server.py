@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import http
 import json
 import socket
@@ -482,7 +483,8 @@ class ApiServer:
 
     def _list(self, rt: ResourceType, namespace: str, query: dict[str, str]) -> Reply:
         match = self._matcher(rt, query)
-        items, rv = self.store.list_objects(rt, namespace or None, match)
+        # Not copied yet: a page of a large collection copies only what it returns.
+        items, rv = self.store.snapshot(rt, namespace or None, match)
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         token = query.get("continue")
         if token:
@@ -507,6 +509,8 @@ class ApiServer:
             meta["continue"] = base64.urlsafe_b64encode(json.dumps(state).encode()).decode()
             meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
+        with self.store.lock:
+            items = [copy.deepcopy(i) for i in items]
         return Reply(
             200,
             {

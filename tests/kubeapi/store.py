@@ -400,6 +400,23 @@ class Store:
             self.registry.register_crd(obj)
         return copy.deepcopy(obj)
 
+    def restore(self, rt: ResourceType, obj: Obj) -> None:
+        """Put back an object as it was stored, as an etcd restore does: its uid, generation, status
+        and managedFields are kept, and it gets a new resourceVersion. The object is taken, not copied."""
+        with self.lock:
+            meta = obj["metadata"]
+            ns, name = _ns_of(rt, meta.get("namespace")), meta["name"]
+            if rt.namespaced:
+                self._check_namespace(rt, ns, name)
+            if self._peek(rt.key, ns, name) is not None:
+                raise already_exists(rt.plural, rt.group, name)
+            if not meta.get("uid"):
+                raise invalid(
+                    rt.kind, rt.group, name, [("FieldValueRequired", "metadata.uid", "Required value")]
+                )
+            obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+            self._put(rt, obj, None)
+
     # -- update and patch ---------------------------------------------------------------------------
 
     def update(

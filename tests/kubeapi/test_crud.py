@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from kubeapi import KubeApiDouble
+from kubeapi import ApiError, KubeApiDouble
 
 pytestmark = pytest.mark.kubernetes
 
@@ -464,3 +464,25 @@ def test_kubeconfig_for_other_processes(kube: KubeApiDouble, tmp_path: Path) -> 
     with client.ApiClient(configuration) as api:
         names = [n.metadata.name for n in client.CoreV1Api(api).list_namespace().items]
     assert "default" in names
+
+
+def test_a_restored_object_keeps_what_was_stored_and_is_watched_as_added(
+    kube: KubeApiDouble, core: client.CoreV1Api
+) -> None:
+    stored = kube.api_client().sanitize_for_serialization(
+        core.create_namespaced_config_map("default", _cm("a"))
+    )
+    core.delete_namespaced_config_map("a", "default")
+    since = kube.resource_version
+    kube.restore(json.loads(json.dumps(stored)))
+    back = core.read_namespaced_config_map("a", "default")
+    assert back.metadata.uid == stored["metadata"]["uid"]
+    assert back.metadata.creation_timestamp.isoformat().startswith(
+        stored["metadata"]["creationTimestamp"][:19]
+    )
+    assert back.metadata.managed_fields[0].manager == stored["metadata"]["managedFields"][0]["manager"]
+    assert int(back.metadata.resource_version) > since
+    assert [e.type for e in kube.store.events_after(since)] == ["ADDED"]
+    assert kube.writes("configmaps") == 2  # the create and the delete; the restore is not a request
+    with pytest.raises(ApiError):
+        kube.restore(json.loads(json.dumps(stored)))

@@ -4,14 +4,20 @@ caches hold projections, and the client keeps to its rate and to the server's Re
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
 
 import pytest
 from kubeapi import KubeApiDouble
 from support.cluster import activator_slice, create, eventually, operator, phase
 from support.postgres import Server
 
+from controller.api import types
 from controller.runtime.kubernetes import client as kc
-from controller.runtime.kubernetes import permissions
+from controller.runtime.kubernetes import permissions, projection
+from controller.runtime.kubernetes.informer import Informer
+from controller.runtime.kubernetes.store import KubeStore
 
 pytestmark = pytest.mark.kubernetes
 
@@ -35,6 +41,95 @@ async def test_resting_databases_get_no_pass_and_no_api_call_over_many_ticks(
         assert calls == [], [(r.verb, r.resource, r.name) for r in calls]
 
 
+async def test_a_restart_looks_at_each_database_once_at_resync_priority(
+    kube: KubeApiDouble, pods: Server
+) -> None:
+    """Filling the caches tells of every object (each database's own and its compute objects): the
+    start's list already holds all of it, so none of it comes again as a change."""
+    kube.create(activator_slice())
+    states = {f"rest{index:02d}": "Paused" if index % 2 else "Parked" for index in range(12)}
+    names = list(states)
+    async with operator(kube, pods):
+        for name, state in states.items():
+            create(kube, name, state=state)
+        await eventually(lambda: all(phase(kube, n) == s for n, s in states.items()), what="all at rest")
+    async with operator(kube, pods, identity="op-2") as running:
+        reconciler = running.operator.reconciler
+        await asyncio.wait_for(reconciler.synced.wait(), 10)
+        await asyncio.sleep(1.0)  # anything queued behind the first looks has had its worker too
+        waits = running.operator.exposition.queue_wait
+        assert reconciler.reconciles == len(names)
+        counts = {
+            label: sum(
+                s.value
+                for family in waits.collect()
+                for s in family.samples
+                if s.name.endswith("_count") and s.labels["priority"] == label
+            )
+            for label in ("Wake", "Change", "Tick", "Resync")
+        }
+        assert counts == {"Wake": 0, "Change": 0, "Tick": 0, "Resync": len(names)}
+
+
+@contextlib.asynccontextmanager
+async def watched_store(kube: KubeApiDouble) -> AsyncIterator[tuple[KubeStore, Informer]]:
+    """The operator's store over a synced database cache."""
+    api = kc.Kube(kube.api_client(), permissions.OPERATOR)
+    informer = Informer(api, kc.DATABASES, watch_timeout=5)
+    task = asyncio.create_task(informer.run())
+    try:
+        await informer.synced.wait()
+        yield KubeStore(api, informer), informer
+    finally:
+        informer.stop()
+        task.cancel()
+
+
+async def test_a_database_told_of_again_before_it_was_handed_on_is_handed_on_once(
+    kube: KubeApiDouble,
+) -> None:
+    create(kube, "orders")
+    create(kube, "users")
+    async with watched_store(kube) as (store, _):
+        for key in ("shop/orders", "shop/users", "shop/orders", "shop/orders"):  # a pod, its set, ...
+            store.notify(key)
+        feed = aiter(store.changes())
+        handed = [(await anext(feed))[0] for _ in range(2)]
+        assert handed == ["shop/orders", "shop/users"]
+        with pytest.raises(TimeoutError):  # nothing more: the repeats were one look
+            await asyncio.wait_for(anext(feed), 0.5)
+        store.notify("shop/orders")  # told again after it was handed on: a new change
+        key, db = await asyncio.wait_for(anext(aiter(store.changes())), 1)
+        assert key == "shop/orders"
+        assert db is not None
+        assert db.metadata.name == "orders"
+
+
+async def test_a_running_database_is_decoded_once_per_version_a_resting_one_each_read(
+    kube: KubeApiDouble,
+) -> None:
+    create(kube, "orders")
+    create(kube, "archive")
+    for name, phase_ in (("orders", "Active"), ("archive", "Parked")):
+        kube.patch_status("serverlessdatabases", name, {"phase": phase_}, "shop")
+    async with watched_store(kube) as (store, informer):
+        first, again = await store.get("shop/orders"), await store.get("shop/orders")
+        assert first is not None
+        assert again is first  # each tick of a running database reads it: one decode serves them
+        resting = await store.get("shop/archive")
+        assert resting is not None
+        assert await store.get("shop/archive") is not resting
+        edit = {"metadata": {"name": "orders", "namespace": "shop"}, "spec": {"capacity": {"max": 2}}}
+        kube.apply({"apiVersion": types.API_VERSION, "kind": types.KIND, **edit})
+        await eventually(
+            lambda: (informer.get("shop", "orders") or {})["spec"]["capacity"]["max"] == 2, what="the edit"
+        )
+        changed = await store.get("shop/orders")
+        assert changed is not None
+        assert changed is not first
+        assert changed.spec.capacity.max == 2
+
+
 async def test_the_caches_hold_projections_without_managed_fields(kube: KubeApiDouble, pods: Server) -> None:
     kube.create(activator_slice())
     async with operator(kube, pods) as running:
@@ -44,7 +139,15 @@ async def test_the_caches_hold_projections_without_managed_fields(kube: KubeApiD
         for informer in informers.all():
             for obj in informer.values():
                 assert "managedFields" not in obj["metadata"], informer.kind.kind
-        assert "status" not in informers.statefulsets.get("shop", "orders")  # type: ignore[operator]
+        cached = informers.statefulsets.get("shop", "orders")
+        assert cached is not None
+        assert "status" not in cached
+        # What a pass reads is there as it is; what only a start compares is packed, and whole.
+        stored = kube.get("statefulsets", "orders", "shop")
+        assert stored is not None
+        assert cached["spec"] == {"replicas": 1}
+        assert projection.unpacked(cached) == projection.owned(stored)
+        assert len(cached[projection.PACKED]) < len(json.dumps(stored["spec"])) / 2
         pod = informers.pods.get("shop", "orders-0")
         assert pod is not None
         assert set(pod) == {"metadata", "spec", "status"}

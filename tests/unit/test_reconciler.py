@@ -285,6 +285,41 @@ async def test_a_wake_queued_behind_a_thousand_object_resync_runs_first() -> Non
         await world.reconciler.stop()
 
 
+class SlowListStore(MemoryStore):
+    """A list that takes as long as the test says, as reading ten thousand objects takes seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listed = asyncio.Event()
+
+    async def list(self) -> list[types.ServerlessDatabase]:
+        await self.listed.wait()
+        return list(await super().list())
+
+
+@pytest.mark.looptime
+async def test_a_wake_told_at_a_start_is_acted_on_while_the_list_is_still_read() -> None:
+    world = World()
+    world.store = SlowListStore()
+    resting_fleet(world, 100)
+    world.reconciler = world.fresh_reconciler()
+    starting = asyncio.create_task(world.reconciler.start())
+    try:
+        await asyncio.sleep(0.1)  # the change feed is listening
+        woken = world.store.objects["shop/db0"]  # paused; a WakeRequest made while no operator ran
+        world.store.put(replace(woken, wake_request="asked-while-down"))  # the cluster tells of it
+        await asyncio.sleep(1)
+        assert passes(world.runtime) == ["shop/db0"]
+        assert world.runtime.databases["shop/db0"].compute is not Compute.STOPPED  # started
+        assert not starting.done()  # the list is still being read
+        world.store.listed.set()
+        await starting
+        await asyncio.wait_for(world.reconciler.synced.wait(), 60)
+        assert set(passes(world.runtime)) == set(world.store.objects)
+    finally:
+        await world.reconciler.stop()
+
+
 @pytest.mark.looptime
 async def test_a_new_object_is_picked_up_ahead_of_a_resync() -> None:
     world, runtime = World(), GatedRuntime()

@@ -6,15 +6,17 @@ status nobody here reads, and defaults; a projection drops them. Keys and the sh
 repeat across objects (condition types, reasons, label values) are interned, so a string held by
 every object is held once.
 
-A projection keeps, per kind, what the runtime's and the store's reads need: a StatefulSet's and an
-EndpointSlice's whole spec, since a write is skipped when every field the builders set is there
-with the same value; of a pod, only its name, labels, address, conditions and the postgres
+A projection keeps, per kind, what the runtime's and the store's reads need: an EndpointSlice's whole
+spec, and a StatefulSet's packed, since a write is skipped when every field the builders set is
+there with the same value; of a pod, only its name, labels, address, conditions and the postgres
 container's resources. A projection of a projection is the same object.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -66,6 +68,34 @@ def owned(obj: dict[str, Any]) -> dict[str, Any]:
     status, which it never reads."""
     rest = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
     return _interned_object({**rest, "metadata": _metadata(obj, _OWNED_METADATA)})
+
+
+PACKED = "packedSpec"
+"""Where a StatefulSet's projection keeps its spec, but for replicas: zlib of its JSON."""
+
+
+def statefulset(obj: dict[str, Any]) -> dict[str, Any]:
+    """A StatefulSet: its metadata and replicas as they are, the rest of its spec packed. A pass reads
+    only the replicas; a start compares the whole spec with the builders' and unpacks it (`unpacked`).
+    The pod template is most of a StatefulSet: some 15 KiB of dicts, against 1 KiB packed."""
+    if PACKED in obj:
+        return obj
+    spec = obj.get("spec") or {}
+    rest = {k: v for k, v in obj.items() if k not in ("metadata", "status", "spec")}
+    kept = {"replicas": spec["replicas"]} if "replicas" in spec else {}
+    packed = zlib.compress(json.dumps(spec, separators=(",", ":")).encode())
+    return {
+        **_interned_object({**rest, "metadata": _metadata(obj, _OWNED_METADATA), "spec": kept}),
+        PACKED: packed,
+    }
+
+
+def unpacked(obj: dict[str, Any]) -> dict[str, Any]:
+    """A StatefulSet's projection with its whole spec (as `owned` keeps it)."""
+    if PACKED not in obj:
+        return obj
+    rest = {k: v for k, v in obj.items() if k != PACKED}
+    return {**rest, "spec": json.loads(zlib.decompress(obj[PACKED]))}
 
 
 def pod(obj: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from controller.policy.inputs import Compute, ComputeState, ResizeState, Route
 from controller.postgres import declared, encryption, pooler, roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
 from controller.runtime.base import PermanentError, StepError, TransientError, settings_step
-from controller.runtime.kubernetes import builders
+from controller.runtime.kubernetes import builders, projection
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import pooler as pooled
 from controller.runtime.kubernetes.builders import Endpoint, Names
@@ -492,7 +492,9 @@ class KubernetesRuntime:
             if claim is not None:
                 _check_ours(claim, builders.headless_service(db))
         await self._ensure(
-            kc.STATEFULSETS, builders.statefulset(db, replicas=replicas, capacity=capacity), sts
+            kc.STATEFULSETS,
+            builders.statefulset(db, replicas=replicas, capacity=capacity),
+            projection.unpacked(sts) if sts is not None else None,
         )
 
     async def start(self, db: types.ServerlessDatabase, capacity: float) -> None:

@@ -26,9 +26,10 @@ from controller.runtime.kubernetes.informer import Informer
 log = structlog.get_logger("store.kubernetes")
 CONFLICT_RETRIES = 5
 READ_OWN_WRITE_SECONDS = 2.0
-LIST_YIELD_EVERY = 200
+LIST_YIELD_EVERY = 50
 """How long a read waits for the watch to bring the operator's own last write, before asking the server."""
 COMPONENT = "serverless-db-operator"
+_AT_REST = frozenset({types.Phase.PAUSED, types.Phase.PARKED})
 
 
 class KubeStore:
@@ -47,18 +48,30 @@ class KubeStore:
         self.wakes = wakes
         self.clock = clock
         self.instance = instance
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self._pending: dict[str, None] = {}
+        """Keys told of and not yet handed on, oldest first: a key told of again meanwhile is handed
+        on once, as it is then (a wake's pod, StatefulSet and EndpointSlice events are one look)."""
+        self._told = asyncio.Event()
+        self._decoded: dict[str, tuple[str, str, types.ServerlessDatabase]] = {}
+        """Running databases as last decoded: (resourceVersion, wake request, object)."""
         self._events: dict[str, tuple[str, str, str, str, int, datetime]] = {}
         """Per database: the last event's (name, type, reason, message, count, first time)."""
 
     def notify(self, key: str) -> None:
         """Something about this database changed (its object, or one of its objects)."""
-        self.queue.put_nowait(key)
+        self._pending[key] = None
+        self._told.set()
 
     async def changes(self) -> AsyncIterator[tuple[str, types.ServerlessDatabase | None]]:
         while True:
-            key = await self.queue.get()
+            while not self._pending:
+                self._told.clear()
+                await self._told.wait()
+            key = next(iter(self._pending))
+            del self._pending[key]
             raw = self.databases.get(*types.split_key(key))
+            if raw is None:
+                self._decoded.pop(key, None)
             try:
                 yield key, self._decode(raw, self._newest_wake(key)) if raw is not None else None
             except ValueError:
@@ -91,13 +104,26 @@ class KubeStore:
             log.info("the watch lags behind our own write; reading the object from the server", database=key)
             raw = await asyncio.to_thread(self.kube.get, kc.DATABASES, namespace, name)
         if raw is None:
+            self._decoded.pop(key, None)
             return None
         return self._decode(raw, self._newest_wake(key))
 
-    @staticmethod
-    def _decode(raw: dict[str, Any], wake_request: str) -> types.ServerlessDatabase:
+    def _decode(self, raw: dict[str, Any], wake_request: str) -> types.ServerlessDatabase:
+        """The typed object; a running database's is kept for the version it was decoded from, since
+        each of its ticks reads it again (a tenth of ten thousand, every 2 s), and the reconciler
+        keeps the running ones anyway. A resting database's is not kept: it is read rarely."""
+        key = kc.key_of(raw)
+        version = str(raw["metadata"].get("resourceVersion", ""))
+        kept = self._decoded.get(key)
+        if kept is not None and kept[0] == version and kept[1] == wake_request:
+            return kept[2]
         # A wake is asked for only with a WakeRequest: an annotation, which any spec author can set, is not.
-        return replace(codec.decode(raw), wake_request=wake_request)
+        db = replace(codec.decode(raw), wake_request=wake_request)
+        if db.status.phase in _AT_REST:
+            self._decoded.pop(key, None)
+        else:
+            self._decoded[key] = (version, wake_request, db)
+        return db
 
     async def mark_invalid(self, key: str, message: str, now: datetime) -> None:
         namespace, name = types.split_key(key)
