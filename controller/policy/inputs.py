@@ -129,7 +129,7 @@ class Tuning:
     resize_deferred_limit: timedelta = timedelta(seconds=60)
     """A resize the node defers for longer is taken as refused: the old size stays."""
     metric_lag: timedelta = timedelta(seconds=5)
-    """How far a reading's load figures trail its time when its source does not say (the local source's)."""
+    """How far a reading's load figures trail its time when its source does not say (both sources do)."""
     resize_latency: timedelta = timedelta(seconds=2)
     """From asking for a size to having it (in place): part of how far ahead a goal must look."""
     trend_window: timedelta = timedelta(minutes=2)

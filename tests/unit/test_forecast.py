@@ -217,6 +217,31 @@ def test_readings_from_before_a_start_do_not_shrink_it() -> None:
     assert got.learned.load == ()  # and it is not learned from
 
 
+@pytest.mark.parametrize(
+    "lag",
+    [
+        pytest.param(None, id="lag-unsaid"),  # taken as Tuning.metric_lag, 5 s: longer than the run so far
+        pytest.param(timedelta(milliseconds=500), id="lag-half-a-tick"),  # the local source's, at a 1 s tick
+    ],
+)
+def test_load_met_at_a_start_grows_it_within_two_readings(lag: timedelta | None) -> None:
+    """pgbench a second after the start: the floor's CPU pinned from the first reading on."""
+    tuning = replace(TUNING, tick=timedelta(seconds=1))
+    db = database(current=0.25)
+    db = replace(db, status=replace(db.status, phase_since=NOW))
+    current, sizes = 0.25, []
+    for second in range(1, 6):
+        now = NOW + timedelta(seconds=second)
+        compute = running(current)
+        got = plan.decide(
+            db=db, compute=compute, observation=reading(0.25, at=now, lag=lag), now=now, tuning=tuning
+        )
+        db = replace(db, status=status_of.next_status(db, status_of.Outcome(got, compute), now))
+        current = got.capacity if got.action is Action.RESIZE and got.capacity is not None else current
+        sizes.append(current)
+    assert sizes[1] > 0.25, sizes
+
+
 def test_a_saturated_reading_from_before_the_last_growth_does_not_grow_it_again() -> None:
     grown = NOW - timedelta(seconds=1)
     db = database(current=3.0, learned=types.Learned(grown_at=grown))
