@@ -137,6 +137,8 @@ class Tuning:
     sample_every: timedelta = timedelta(seconds=10)
     """One reading per this long is kept in status: enough for a trend, and a busy database's status
     is not rewritten at every reading."""
+    steady_cores: float = 0.02
+    """A reading this close to the kept load (or within `noise_floor` of it) is the same load: not kept."""
     trend_readings: int = 4
     """Kept readings the window needs (since a start) before they say anything of trend or noise."""
     noise_headroom: float = 1.0
