@@ -62,10 +62,7 @@ def forecast(
     if observation.cpu_cores is None:
         return None
     at = reading_time(observation, tuning)
-    points = [
-        ((s.time - at).total_seconds(), s.cores) for s in load if at - tuning.trend_window <= s.time < at
-    ]
-    points.append((0.0, observation.cpu_cores))
+    points = [*held(load, at, tuning), (0.0, observation.cpu_cores)]
     level = observation.cpu_cores
     slope, noise = 0.0, 0.0
     if len(points) > tuning.trend_readings:
@@ -82,20 +79,25 @@ def forecast(
     return Forecast(level, slope, noise, horizon, tuning.noise_headroom * noise * widen)
 
 
-def baseline(load: tuple[types.LoadSample, ...], observation: Observation, tuning: Tuning) -> float | None:
-    """The window's usual load before this reading (its median), when enough of the window is known.
+def held(load: tuple[types.LoadSample, ...], at: datetime, tuning: Tuning) -> list[tuple[float, float]]:
+    """(seconds before `at`, cores) at each sampling interval of the window before `at`, oldest first.
 
-    A kept sample holds until the next, so the load at each sampling interval is the last sample
-    at or before it.
+    A kept sample holds until the next, so the load at each interval is the last sample at or before
+    it: a load that held still within the band reads as flat, not as the few moves that were kept.
     """
-    at = reading_time(observation, tuning)
     slots = round(tuning.trend_window / tuning.sample_every)
-    held = []
-    for slot in range(1, slots + 1):
+    out = []
+    for slot in range(slots, 0, -1):
         before = [s.cores for s in load if s.time <= at - slot * tuning.sample_every]
         if before:
-            held.append(before[-1])
-    return statistics.median(held) if len(held) >= tuning.trend_readings else None
+            out.append((-slot * tuning.sample_every.total_seconds(), before[-1]))
+    return out
+
+
+def baseline(load: tuple[types.LoadSample, ...], observation: Observation, tuning: Tuning) -> float | None:
+    """The window's usual load before this reading (its median), when enough of the window is known."""
+    recent = [cores for _, cores in held(load, reading_time(observation, tuning), tuning)]
+    return statistics.median(recent) if len(recent) >= tuning.trend_readings else None
 
 
 def record_load(
