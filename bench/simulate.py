@@ -103,6 +103,8 @@ class Replay:
     resizes: int = 0
     pauses: int = 0
     wakes: int = 0
+    learned_writes: int = 0
+    """Ours: ticks whose status write carried a change of what the policy learned."""
 
 
 @dataclass
@@ -386,6 +388,7 @@ def run_ours(
                 running = False
                 out.pauses += 1
             step = status_of.advance(db, status_of.Outcome(plan, compute), when)
+            out.learned_writes += step.db.status.capacity.learned != db.status.capacity.learned
             db = step.db
             if not step.more:
                 break
@@ -417,6 +420,7 @@ class Score:
     resizes: int = 0
     pauses: int = 0
     wakes: int = 0
+    learned_writes: int = 0
 
     def add(self, demand: np.ndarray, outcome: Replay) -> None:
         self.cu_seconds += float(outcome.capacity.sum())
@@ -426,9 +430,18 @@ class Score:
         self.resizes += outcome.resizes
         self.pauses += outcome.pauses
         self.wakes += outcome.wakes
+        self.learned_writes += outcome.learned_writes
 
     def merge(self, other: Score) -> None:
-        for name in ("cu_seconds", "active_seconds", "short_seconds", "resizes", "pauses", "wakes"):
+        for name in (
+            "cu_seconds",
+            "active_seconds",
+            "short_seconds",
+            "resizes",
+            "pauses",
+            "wakes",
+            "learned_writes",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     @property
@@ -709,6 +722,11 @@ def main() -> None:
         print(table(run))
         print(family_table(run))
         print(goals_table(run))
+        ours = totals(run)["ours"]
+        print(
+            f"ours: what it learned changed on {ours.learned_writes} ticks, "
+            f"{ours.learned_writes / max(ours.active_seconds / 3600, 1e-9):.1f} per hour with demand"
+        )
         detail[f"lag{lag}"] = {
             "results": [
                 {
@@ -723,6 +741,7 @@ def main() -> None:
                             "resizes": score.resizes,
                             "pauses": score.pauses,
                             "wakes": score.wakes,
+                            "learned_writes": score.learned_writes,
                         }
                         for name, score in r.scores.items()
                     },

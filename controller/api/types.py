@@ -351,7 +351,8 @@ class Learned:
     """What the policy learned of a database's load: bounded, in status, so a restart decides the same."""
 
     load: tuple[LoadSample, ...] = ()
-    """Recent CPU readings, one per sampling interval, oldest first: the trend and noise come from them."""
+    """Recent CPU readings where the load moved (each holds until the next), at most one per sampling
+    interval, oldest first: the trend and noise come from them."""
     shortfalls: tuple[datetime, ...] = ()
     """When recent readings found demand above capacity: each widens the headroom for a while."""
     cache_peaks: tuple[Peak, ...] = ()

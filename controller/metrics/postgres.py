@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 import structlog
@@ -117,9 +117,11 @@ class PostgresSource:
             own_sessions=self.sessions.opened(db.key),
         )
         previous, watch.previous = watch.previous, reading
-        cpu = tps = throttled = None
+        cpu = tps = throttled = lag = None
         came_and_went = False
         if previous is not None:
+            # A rate between two readings describes the middle of the interval, half of it ago.
+            lag = timedelta(seconds=(reading.time - previous.time) / 2)
             at = (previous.time, reading.time)
             before, after = previous.usage or Usage(None, None), reading.usage or Usage(None, None)
             cpu = counters.rate(_pair(before.cpu_seconds, after.cpu_seconds, at=at))
@@ -146,6 +148,7 @@ class PostgresSource:
             memory_cache_bytes=usage.cache_bytes if usage else None,
             transactions_per_second=tps,
             last_activity=now if came_and_went else None,
+            lag=lag,
         )
 
     async def forget(self, key: str) -> None:

@@ -173,8 +173,12 @@ def size(
     """The goal for when a resize decided now is in force, and the next capacity toward it."""
     learned = status.capacity.learned
     active_since = status.phase_since if status.phase is types.Phase.ACTIVE and status.phase_since else now
-    if forecast.reading_time(observation, tuning) < active_since:
-        # The reading describes the time before this start, when it was down: not the load now.
+    before_start = forecast.reading_time(observation, tuning) < active_since
+    if before_start and not forecast.is_short(observation, current, tuning):
+        # The reading describes the time before this start, when it was down: not the load now. One
+        # that found the database short is news whatever its lag says: a stopped server uses no CPU,
+        # so at least that much demand is on this one (and a lag assumed for a source that does not
+        # say could otherwise hide the first readings of a load met at a start).
         observation = replace(observation, cpu_cores=None, cpu_throttled=None)
         learned = replace(learned, load=())
     answered = forecast.answered(observation, learned.grown_at, tuning)

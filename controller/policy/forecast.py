@@ -62,10 +62,7 @@ def forecast(
     if observation.cpu_cores is None:
         return None
     at = reading_time(observation, tuning)
-    points = [
-        ((s.time - at).total_seconds(), s.cores) for s in load if at - tuning.trend_window <= s.time < at
-    ]
-    points.append((0.0, observation.cpu_cores))
+    points = [*held(load, at, tuning), (0.0, observation.cpu_cores)]
     level = observation.cpu_cores
     slope, noise = 0.0, 0.0
     if len(points) > tuning.trend_readings:
@@ -82,24 +79,53 @@ def forecast(
     return Forecast(level, slope, noise, horizon, tuning.noise_headroom * noise * widen)
 
 
+def held(load: tuple[types.LoadSample, ...], at: datetime, tuning: Tuning) -> list[tuple[float, float]]:
+    """(seconds before `at`, cores) at each sampling interval of the window before `at`, oldest first.
+
+    A kept sample holds until the next, so the load at each interval is the last sample at or before
+    it: a load that held still within the band reads as flat, not as the few moves that were kept.
+    """
+    slots = round(tuning.trend_window / tuning.sample_every)
+    out = []
+    for slot in range(slots, 0, -1):
+        before = [s.cores for s in load if s.time <= at - slot * tuning.sample_every]
+        if before:
+            out.append((-slot * tuning.sample_every.total_seconds(), before[-1]))
+    return out
+
+
 def baseline(load: tuple[types.LoadSample, ...], observation: Observation, tuning: Tuning) -> float | None:
-    """The window's usual load before this reading (its median), when enough readings are known."""
-    at = reading_time(observation, tuning)
-    recent = [s.cores for s in load if at - tuning.trend_window <= s.time < at]
+    """The window's usual load before this reading (its median), when enough of the window is known."""
+    recent = [cores for _, cores in held(load, reading_time(observation, tuning), tuning)]
     return statistics.median(recent) if len(recent) >= tuning.trend_readings else None
 
 
 def record_load(
     load: tuple[types.LoadSample, ...], observation: Observation, tuning: Tuning
 ) -> tuple[types.LoadSample, ...]:
-    """Keep one reading per sampling interval over the trend window, so status stays small and calm."""
+    """Keep a reading, at most one per sampling interval, only when the load moved since the last kept.
+
+    A kept sample holds until the next, so a steady load (within the noise the forecast assumes at
+    least) is one sample however long it lasts, and a steady database's status does not change. What
+    moves is kept as it moves: a ramp's slope is its kept samples' slope. Old samples go when a new
+    one comes, all but the one the window starts with.
+    """
     if observation.cpu_cores is None:
         return load
     at = reading_time(observation, tuning)
-    if load and load[-1].time <= at < load[-1].time + tuning.sample_every:
-        return load  # old readings go when a new one comes: one change of status per interval
-    kept = tuple(s for s in load if at - tuning.trend_window <= s.time < at)
+    if load and at < load[-1].time + tuning.sample_every:
+        return load
+    if load and abs(observation.cpu_cores - load[-1].cores) <= steady_band(load[-1].cores, tuning):
+        return load
+    start = at - tuning.trend_window
+    holding = [s for s in load if s.time < start][-1:]
+    kept = (*holding, *(s for s in load if start <= s.time < at))
     return (*kept, types.LoadSample(at, round(observation.cpu_cores, 3)))
+
+
+def steady_band(cores: float, tuning: Tuning) -> float:
+    """How far a reading may stray from the kept load and still be the same load."""
+    return max(tuning.steady_cores, tuning.noise_floor * cores)
 
 
 def record_shortfall(

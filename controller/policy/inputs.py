@@ -129,7 +129,7 @@ class Tuning:
     resize_deferred_limit: timedelta = timedelta(seconds=60)
     """A resize the node defers for longer is taken as refused: the old size stays."""
     metric_lag: timedelta = timedelta(seconds=5)
-    """How far a reading's load figures trail its time when its source does not say (the local source's)."""
+    """How far a reading's load figures trail its time when its source does not say (both sources do)."""
     resize_latency: timedelta = timedelta(seconds=2)
     """From asking for a size to having it (in place): part of how far ahead a goal must look."""
     trend_window: timedelta = timedelta(minutes=2)
@@ -137,6 +137,8 @@ class Tuning:
     sample_every: timedelta = timedelta(seconds=10)
     """One reading per this long is kept in status: enough for a trend, and a busy database's status
     is not rewritten at every reading."""
+    steady_cores: float = 0.02
+    """A reading this close to the kept load (or within `noise_floor` of it) is the same load: not kept."""
     trend_readings: int = 4
     """Kept readings the window needs (since a start) before they say anything of trend or noise."""
     noise_headroom: float = 1.0

@@ -102,17 +102,41 @@ def test_noisy_load_gets_more_headroom_than_flat_and_shortfalls_widen_it() -> No
     assert widened.headroom == pytest.approx(2 * rough.headroom)
 
 
-def test_the_sample_list_is_bounded_and_changes_once_per_interval() -> None:
+def recorded(loads: list[float]) -> tuple[tuple[types.LoadSample, ...], int]:
+    """The kept samples after readings every 2 s, and how many of the readings changed them."""
     load: tuple[types.LoadSample, ...] = ()
     changes = 0
-    for second in range(0, 600, 2):
-        after = forecast.record_load(load, reading(1.0, at=NOW + timedelta(seconds=second)), TUNING)
+    for index, cpu in enumerate(loads):
+        after = forecast.record_load(load, reading(cpu, at=NOW + TICK * index), TUNING)
         changes += after != load
         load = after
-    window = TUNING.trend_window / TUNING.sample_every
-    assert len(load) <= window + 1
-    # ten minutes of readings every 2 s: one kept per 10 s, 60 changes of status instead of 300
-    assert changes == 60
+    return load, changes
+
+
+def test_a_steady_load_is_kept_once_however_long_it_lasts() -> None:
+    # ten minutes at 1.0 core, 2% apart reading to reading: the same load, one change of status
+    _, changes = recorded([1.0 + 0.01 * (-1) ** index for index in range(300)])
+    assert changes == 1
+    # ten minutes idle but for the operator's own monitoring queries
+    _, changes = recorded([0.001 * (index % 3) for index in range(300)])
+    assert changes == 1
+
+
+def test_a_moving_load_is_kept_once_per_interval_and_bounded() -> None:
+    # four minutes of a ramp, 0.01 cores a second: one kept per 10 s, 24 changes of status, not 120
+    load, changes = recorded(RAMP)
+    assert changes == 24
+    # the window's samples, and the one it starts with
+    assert len(load) <= TUNING.trend_window / TUNING.sample_every + 2
+
+
+def test_a_kept_sample_holds_until_the_next() -> None:
+    """Held at 0.2 for minutes, then one reading of 0.3: the window's usual load is still 0.2."""
+    load = (
+        types.LoadSample(NOW - timedelta(minutes=10), 0.2),
+        types.LoadSample(NOW - timedelta(seconds=6), 0.3),
+    )
+    assert forecast.baseline(load, reading(1.0), TUNING) == 0.2
 
 
 # -- the goal through decide ----------------------------------------------------------------------
@@ -188,6 +212,22 @@ def test_a_ramp_is_met_ahead_of_the_readings_and_further_ahead_when_they_lag() -
     assert prometheus > local  # 34 s ahead along the same trend
 
 
+def test_a_steady_database_learns_nothing_new() -> None:
+    """Ten minutes at half a core, wobbling: after the first minute its capacity status never changes."""
+    db = database(current=1.0)
+    current, seen = 1.0, []
+    for index in range(300):
+        now = NOW + TICK * index
+        compute = running(current)
+        observation = reading(0.5 + 0.005 * (-1) ** index, at=now)
+        got = plan.decide(db=db, compute=compute, observation=observation, now=now)
+        db = replace(db, status=status_of.next_status(db, status_of.Outcome(got, compute), now))
+        current = got.capacity if got.action is Action.RESIZE and got.capacity is not None else current
+        seen.append(db.status.capacity)
+    assert current == 0.75
+    assert len(set(seen[30:])) == 1
+
+
 @pytest.mark.parametrize("restart_at", [10, 37, 61, 90])
 def test_a_restart_in_the_middle_of_a_ramp_decides_the_same(restart_at: int) -> None:
     db = database(current=0.5)
@@ -215,6 +255,31 @@ def test_readings_from_before_a_start_do_not_shrink_it() -> None:
     )
     assert got.capacity == 1.0
     assert got.learned.load == ()  # and it is not learned from
+
+
+@pytest.mark.parametrize(
+    "lag",
+    [
+        pytest.param(None, id="lag-unsaid"),  # taken as Tuning.metric_lag, 5 s: longer than the run so far
+        pytest.param(timedelta(milliseconds=500), id="lag-half-a-tick"),  # the local source's, at a 1 s tick
+    ],
+)
+def test_load_met_at_a_start_grows_it_within_two_readings(lag: timedelta | None) -> None:
+    """pgbench a second after the start: the floor's CPU pinned from the first reading on."""
+    tuning = replace(TUNING, tick=timedelta(seconds=1))
+    db = database(current=0.25)
+    db = replace(db, status=replace(db.status, phase_since=NOW))
+    current, sizes = 0.25, []
+    for second in range(1, 6):
+        now = NOW + timedelta(seconds=second)
+        compute = running(current)
+        got = plan.decide(
+            db=db, compute=compute, observation=reading(0.25, at=now, lag=lag), now=now, tuning=tuning
+        )
+        db = replace(db, status=status_of.next_status(db, status_of.Outcome(got, compute), now))
+        current = got.capacity if got.action is Action.RESIZE and got.capacity is not None else current
+        sizes.append(current)
+    assert sizes[1] > 0.25, sizes
 
 
 def test_a_saturated_reading_from_before_the_last_growth_does_not_grow_it_again() -> None:

@@ -165,6 +165,35 @@ def test_a_goal_the_cache_drove_shrinks_more_slowly() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("delay", "waited"),
+    [
+        pytest.param(timedelta(seconds=10), timedelta(minutes=2), id="short-delay-the-cache-window"),
+        pytest.param(timedelta(minutes=5), timedelta(minutes=5), id="long-delay-the-spec-window"),
+    ],
+)
+def test_a_goal_the_cache_drove_waits_the_slower_of_the_two_windows(
+    delay: timedelta, waited: timedelta
+) -> None:
+    """A user's scaleDownDelay longer than the cache's two minutes holds cache-driven goals as long."""
+    the_db = db(spec(0.25, 4, scaling=types.ScalingSpec(scale_down_delay=delay)), current=1.0)
+    cached = observation(0.1, 1, 2 * GIB, cache=8 * GIB)
+    first = plan.decide(db=the_db, compute=RUNNING, observation=cached, now=NOW)
+    status = replace(
+        the_db.status, capacity=types.CapacityStatus(1.0, 1.0, first.peaks, learned=first.learned)
+    )
+    tick = timedelta(seconds=2)
+    for step in range(1, 200):
+        now = NOW + step * tick
+        quiet = observation(0.1, 1, GIB // 4, at=now)
+        got = plan.decide(db=replace(the_db, status=status), compute=RUNNING, observation=quiet, now=now)
+        if got.capacity != 1.0:
+            break
+        status = replace(status, capacity=replace(status.capacity, peaks=got.peaks, learned=got.learned))
+    assert got.capacity == 0.25
+    assert waited <= now - NOW <= waited + tick
+
+
 @given(
     cpu_low=st.floats(0, 8),
     extra=st.floats(0, 8),
