@@ -47,7 +47,9 @@ const scenarios = {
       await sql`SELECT * FROM does_not_exist`;
       return { thrown: false };
     } catch (e) {
-      return { thrown: true, neon: e instanceof NeonDbError, code: e.code, message: e.message, position: e.position };
+      // A request that never got an answer says why (ECONNRESET, a TLS alert...), for the assertion to show.
+      const cause = e.sourceError ? { cause: String(e.sourceError.cause?.code ?? e.sourceError.cause) } : {};
+      return { thrown: true, neon: e instanceof NeonDbError, code: e.code, message: e.message, position: e.position, ...cause };
     }
   },
   async untrusted() {
