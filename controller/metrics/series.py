@@ -8,6 +8,7 @@ What is served is the same: names, help, types, labels and samples.
 
 from __future__ import annotations
 
+import abc
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 
-class Family:
+class Family(abc.ABC):
     """Series by label values; `labels(...)` makes one exist (a counter at 0), `remove` drops it."""
 
     def __init__(
@@ -59,11 +60,13 @@ class Family:
             self._make(key)
             self._values[key] += amount
 
+    @abc.abstractmethod
     def _family(self) -> Metric:
-        raise NotImplementedError
+        """An empty family of this kind, for `collect` to fill."""
 
+    @abc.abstractmethod
     def _add(self, family: Metric, labels: tuple[str, ...], value: float, created: float) -> None:
-        raise NotImplementedError
+        """One series into the family `_family` made."""
 
     def collect(self) -> Iterator[Metric]:
         family = self._family()
