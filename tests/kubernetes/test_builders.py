@@ -156,8 +156,13 @@ def test_postgres_serves_tls_from_the_mounted_secret_and_hba_takes_plaintext_onl
     assert "ssl = 'on'" in config["postgresql.conf"]
     assert f"ssl_key_file = '{builders.TLS_MOUNT}/tls.key'" in config["postgresql.conf"]
     assert f"hba_file = '{builders.CONFIG_MOUNT}/pg_hba.conf'" in config["postgresql.conf"]
+    # Roles bound to identities: the gateway's client certificate (checked against the CA), never a password.
+    assert f"ssl_ca_file = '{builders.TLS_MOUNT}/ca.crt'" in config["postgresql.conf"]
+    assert f"ident_file = '{builders.PGDATA}/pg_ident.conf'" in config["postgresql.conf"]
     assert config["pg_hba.conf"].splitlines()[1:] == [
         "local   all all peer",
+        "hostssl all +sdb_identity all cert map=identities",
+        "host    all +sdb_identity all reject",
         "hostssl all all all scram-sha-256",
         "host    all +sdb_plaintext all scram-sha-256",
     ]

@@ -12,6 +12,8 @@ Objects per database `<name>` in its namespace:
                                    operator's CA or, with cert-manager, a Certificate <name>
   ConfigMap     <name>-config      postgresql.conf, pg_hba.conf and the exporter's queries
 And per namespace with databases, the ConfigMap serverless-db-ca: the CA's certificate, for clients.
+In the operator's namespace, `<activator>-tls` (the gateway's HTTPS) and `<activator>-client-tls`
+(the client certificate the gateway logs in to Postgres with for a token; pg_ident maps its name).
 Compute objects are owned by the ServerlessDatabase, so deleting it removes them; the Secret and the
 PVC are not, and the operator's finalizer deletes them only when storage.retainOnDelete is false.
 """
@@ -26,7 +28,7 @@ from typing import Any
 from controller import pki
 from controller.api import types, units
 from controller.policy import sizing
-from controller.postgres import conf, encryption, exporter
+from controller.postgres import conf, encryption, exporter, identities
 
 MANAGED_BY = "serverless-db-operator"
 FIELD_MANAGER = "serverless-db-operator"
@@ -185,8 +187,23 @@ def server_names(db: types.ServerlessDatabase) -> list[str]:
     ]
 
 
-HBA = encryption.hba_rules("all", local_peer=True)
-"""The image's init scripts use the Unix socket (peer); TCP is SCRAM, plaintext as `encryption` allows."""
+GATEWAY_CLIENT_NAME = "serverless-db-gateway"
+"""The common name of the gateway's client certificate: what pg_ident lets become the roles bound to
+identities."""
+
+
+def _hba() -> str:
+    lines = encryption.hba_rules("all", local_peer=True).splitlines()
+    first_tcp = next(at for at, line in enumerate(lines) if line.startswith("host"))
+    return "\n".join([*lines[:first_tcp], *identities.hba_rules(), *lines[first_tcp:]]) + "\n"
+
+
+HBA = _hba()
+"""The image's init scripts use the Unix socket (peer); roles bound to identities log in by the
+gateway's certificate only; the rest of TCP is SCRAM, plaintext as `encryption` allows."""
+IDENT_FILE = f"{PGDATA}/pg_ident.conf"
+"""Where the server reads pg_ident.conf: in the data directory, which the operator's session writes
+to (`identities.apply`) as the spec's identities change."""
 
 
 def postgresql_conf(db: types.ServerlessDatabase) -> str:
@@ -199,6 +216,8 @@ def postgresql_conf(db: types.ServerlessDatabase) -> str:
         "ssl": "on",
         "ssl_cert_file": f"{TLS_MOUNT}/tls.crt",
         "ssl_key_file": f"{TLS_MOUNT}/tls.key",
+        "ssl_ca_file": f"{TLS_MOUNT}/{CA_KEY}",
+        "ident_file": IDENT_FILE,
         "ssl_min_protocol_version": "TLSv1.2",
         **sizing.restart_settings(db.spec),
         **sizing.reloadable_settings(db.spec.capacity.min),
@@ -241,6 +260,8 @@ class Certified:
     labels: dict[str, str]
     owner: types.ServerlessDatabase | None = None
     """Deleted with this database (a gateway's certificate is no database's)."""
+    client: bool = False
+    """A client's certificate (names[1] is its common name, which Postgres's `cert` reads)."""
 
     @classmethod
     def database(cls, db: types.ServerlessDatabase) -> Certified:
@@ -271,6 +292,18 @@ class Certified:
             labels={"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "gateway"},
         )
 
+    @classmethod
+    def gateway_client(cls, service: str, namespace: str) -> Certified:
+        """The gateway's client certificate, with which it logs in to Postgres for a token's role."""
+        return cls(
+            secret=gateway_client_secret(service),
+            certificate=f"{service}-client",
+            names=(GATEWAY_CLIENT_NAME, GATEWAY_CLIENT_NAME),
+            namespace=namespace,
+            labels={"app.kubernetes.io/managed-by": MANAGED_BY, "app.kubernetes.io/component": "gateway"},
+            client=True,
+        )
+
     def metadata(self, name: str) -> dict[str, Any]:
         if self.owner is not None:
             return _metadata(self.owner, name)
@@ -280,6 +313,11 @@ class Certified:
 def gateway_secret(service: str) -> str:
     """The gateway's certificate Secret, named after the activator's Service (the chart mounts it)."""
     return f"{service}-tls"
+
+
+def gateway_client_secret(service: str) -> str:
+    """The gateway's client certificate Secret (the chart mounts it too)."""
+    return f"{service}-client-tls"
 
 
 def tls_secret(certified: Certified, *, certificate: str, key: str, ca: str) -> dict[str, Any]:
@@ -298,7 +336,9 @@ def tls_secret(certified: Certified, *, certificate: str, key: str, ca: str) -> 
 
 
 def certificate(certified: Certified, issuer: IssuerRef) -> dict[str, Any]:
-    """A cert-manager Certificate whose Secret is the one the server mounts."""
+    """A cert-manager Certificate whose Secret is the one the server (or the client) mounts."""
+    usage = "client auth" if certified.client else "server auth"
+    names = {} if certified.client else {"dnsNames": list(certified.names)}
     return {
         "apiVersion": f"{CERT_MANAGER_GROUP}/v1",
         "kind": "Certificate",
@@ -306,8 +346,8 @@ def certificate(certified: Certified, issuer: IssuerRef) -> dict[str, Any]:
         "spec": {
             "secretName": certified.secret,
             "commonName": certified.names[1],
-            "dnsNames": list(certified.names),
-            "usages": ["server auth", "digital signature", "key encipherment"],
+            **names,
+            "usages": [usage, "digital signature", "key encipherment"],
             "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
             "issuerRef": {"group": CERT_MANAGER_GROUP, "kind": issuer.kind, "name": issuer.name},
             "secretTemplate": {"labels": dict(certified.labels)},

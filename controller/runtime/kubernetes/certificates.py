@@ -6,7 +6,8 @@ each database's `<name>-tls` itself, again when it nears its end or lacks a name
 (`--cert-manager-issuer KIND/NAME`) each database gets a Certificate instead, and cert-manager
 writes `<name>-tls`. Either way the CA's certificate is published as the ConfigMap
 `serverless-db-ca` in every namespace with databases, for clients' `sslrootcert`. The activator's
-gateway (HTTPS) gets a certificate the same way, in the operator's namespace.
+gateway (HTTPS) gets a certificate the same way, in the operator's namespace, and so does its client
+certificate, which Postgres's `cert` method takes from it for a token's role.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class Certificates:
         """The activator's gateway certificate, `<service>-tls` in the system namespace, which its pods
         mount (they start once it exists); issued and renewed as a database's is."""
         await asyncio.to_thread(self._ensure, builders.Certified.gateway(service, self.system_namespace))
+        await asyncio.to_thread(
+            self._ensure, builders.Certified.gateway_client(service, self.system_namespace)
+        )
 
     async def keep_gateway(self, service: str, *, every: float = RECHECK_SECONDS) -> None:
         """`ensure_gateway` now and then, for as long as the operator leads: renewal needs no restart."""
@@ -113,15 +117,18 @@ class Certificates:
         certificate, key = _decoded(found, "tls.crt"), _decoded(found, "tls.key")
         current = pki.KeyPair(certificate, key) if certificate and key else None
         issued_here = _decoded(found, builders.CA_KEY) == self.authority.certificate
-        if issued_here and not pki.needs_renewal(current, wanted, now=self.now()):
+        served = [] if certified.client else wanted  # a client certificate has only its common name
+        if issued_here and not pki.needs_renewal(current, served, now=self.now()):
             return self.authority.certificate
-        leaf = pki.issue(self.authority, common_name=wanted[1], names=wanted, now=self.now())
+        leaf = pki.issue(
+            self.authority, common_name=wanted[1], names=served, client=certified.client, now=self.now()
+        )
         body = builders.tls_secret(
             certified, certificate=leaf.certificate, key=leaf.key, ca=self.authority.certificate
         )
         self.kube.apply(kc.SECRETS, body)
         log.info(
-            "issued a server certificate",
+            "issued a client certificate" if certified.client else "issued a server certificate",
             secret=f"{certified.namespace}/{certified.secret}",
             not_after=leaf.not_after().isoformat(),
         )

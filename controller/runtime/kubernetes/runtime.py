@@ -26,7 +26,7 @@ import structlog
 from controller.api import types, units
 from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, ResizeState, Route
-from controller.postgres import declared, encryption, pooler, roles, settings
+from controller.postgres import declared, encryption, identities, pooler, roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
 from controller.runtime.base import PermanentError, StepError, TransientError, settings_step
 from controller.runtime.kubernetes import builders, projection
@@ -602,6 +602,14 @@ class KubernetesRuntime:
             )
             # After the declared roles: those that log in get plaintext, or not, as the others do.
             await encryption.apply(self.sessions, db.key, address, required=db.spec.tls.required)
+            # After the declared roles too: a bound role made just now is granted its way in.
+            await identities.apply(
+                self.sessions,
+                db.key,
+                address,
+                certificate_name=builders.GATEWAY_CLIENT_NAME,
+                roles=[i.role for i in db.spec.access.identities],
+            )
             return report
 
     async def _role_credential(self, db: types.ServerlessDatabase, name: str) -> declared.Credential:

@@ -50,7 +50,7 @@ from controller.api import types, units
 from controller.identity.endpoint import IdentityEndpoint
 from controller.policy import sizing
 from controller.policy.inputs import Compute, ComputeState, Route
-from controller.postgres import declared, encryption, pooler, roles, settings
+from controller.postgres import declared, encryption, identities, pooler, roles, settings
 from controller.postgres.sessions import Address, OperatorSessions
 from controller.postgres.usage import Usage
 from controller.runtime.base import PermanentError, StepError, TransientError, settings_step
@@ -531,7 +531,7 @@ class LocalRuntime:
     def _ident(self, db: types.ServerlessDatabase) -> str:
         """pg_ident.conf for the spec: the roles bound to identities, when there is an identity endpoint."""
         roles = [i.role for i in db.spec.access.identities] if self.identity is not None else []
-        return server.ident_rules(IDENTITY_CLIENT_NAME, roles)
+        return identities.ident_rules(IDENTITY_CLIENT_NAME, roles)
 
     async def _follow_capacity(self, db: types.ServerlessDatabase, database: _Database) -> None:
         """The pool follows the size at once, not at the next pass (which reports it if it cannot)."""

@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ import psutil
 
 from controller.api import types
 from controller.policy import sizing
-from controller.postgres import conf, encryption
+from controller.postgres import conf, encryption, identities
 from controller.postgres.usage import Usage
 from controller.runtime.base import PermanentError, TransientError
 from controller.runtime.local import files
@@ -142,11 +142,10 @@ class Settings:
 
 HBA = encryption.hba_rules("127.0.0.1/32")
 """TCP on loopback only, passwords by SCRAM; plaintext as `encryption` allows."""
-IDENTITY_MAP = "identities"
 IDENTITY_SOURCE = "127.0.0.2"
 """The loopback address the identity endpoint connects from: for it alone, a client certificate
 (the `cert` method, mapped by pg_ident) logs in instead of a password."""
-IDENTITY_HBA = f"hostssl all all {IDENTITY_SOURCE}/32 cert map={IDENTITY_MAP}"
+IDENTITY_HBA = f"hostssl all all {IDENTITY_SOURCE}/32 cert map={identities.MAP}"
 
 
 def with_identities(hba: str) -> str:
@@ -154,13 +153,6 @@ def with_identities(hba: str) -> str:
     certificate may become is pg_ident's business, so this file does not change with the spec."""
     header, _, rest = hba.partition("\n")
     return f"{header}\n{IDENTITY_HBA}\n{rest}"
-
-
-def ident_rules(certificate_name: str, roles: Iterable[str]) -> str:
-    """pg_ident.conf: the identity endpoint's certificate may become exactly these roles."""
-    lines = ["# Managed by the serverless-db operator."]
-    lines += [f"{IDENTITY_MAP} {certificate_name} {role}" for role in sorted(set(roles))]
-    return "\n".join(lines) + "\n"
 
 
 class Cluster:
