@@ -12,7 +12,14 @@ its NetworkPolicy). Anyone else is refused (28000) before any wake is asked for.
 How it wakes one: it creates a WakeRequest (an API write, so it needs no port into the operator)
 and waits, on its watch of ServerlessDatabases, for the status to answer that request: Active and
 Ready, or a failure whose message each held client then reads. A TLS client's handshake passes
-through to Postgres, which holds the certificate: the activator holds no key.
+through to Postgres, which holds the certificate: the activator holds no key of a database's.
+
+Tokens (the gateway's bearer tokens, and a WebSocket login as a role bound to an identity) are
+checked by the identity endpoint, as locally: ServiceAccount tokens by a TokenReview, OIDC tokens by
+a configured issuer's keys. Per database with identities it listens on loopback only, for the
+gateway, behind a certificate made at start for that hop alone, and logs in to Postgres as the
+mapped role with the gateway's client certificate (`--gateway-client-certificate`, from the
+operator's CA), which the pod's pg_ident lets become exactly the roles bound.
 """
 
 from __future__ import annotations
@@ -21,13 +28,17 @@ import argparse
 import asyncio
 import contextlib
 import ssl
+import tempfile
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
 
+from controller import pki
 from controller.activator.proxy import Activator, Upstream, WakeError
 from controller.api import codec, types
 from controller.app import process
@@ -35,7 +46,9 @@ from controller.app.wakes import Wakes
 from controller.gateway import server
 from controller.gateway.reach import Limits, PostgresTls
 from controller.gateway.server import Gateway
-from controller.identity.authenticate import Reviewer
+from controller.identity import tokens
+from controller.identity.authenticate import Authenticator, Reviewer
+from controller.identity.endpoint import IdentityEndpoint
 from controller.metrics.exposition import OperatorMetrics
 from controller.runtime.kubernetes import builders, permissions, projection
 from controller.runtime.kubernetes import client as kc
@@ -49,6 +62,7 @@ NAMESPACE_CACHE_SIZE = 10_000
 METRICS_PORT = 9466
 GATEWAY_PORT = 9443
 HEALTH_PORT = 8082
+LOOPBACK = "127.0.0.1"
 
 
 def token_reviewer(kube: kc.Kube) -> Reviewer:
@@ -115,6 +129,8 @@ class ClusterBackend:
         self._namespaces: dict[str, tuple[_Peer, float]] = {}
         """Client address to (its pod, until when that is trusted)."""
         self._pending: set[asyncio.Task[None]] = set()
+        self.identities: Identities | None = None
+        """Where a database with identities is listened for, for the gateway's token logins."""
 
     async def admits(self, key: str, peer: tuple[str, int]) -> bool:
         """Whether a client may reach this database: its pod is in a namespace the spec allows (the
@@ -216,6 +232,9 @@ class ClusterBackend:
             self._wakes.fail(key, f"the database could not be woken: {ready.message}")
 
     def _changed(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
+        if self.identities is not None:
+            db = None if deleted else self._db(key)
+            self._spawn(self.identities.follow(key, db.spec.access.identities if db is not None else ()))
         # The port is in status, which only the operator writes: a spec author cannot claim another's.
         port = (obj.get("status") or {}).get("activatorPort")
         if deleted or not isinstance(port, int):
@@ -266,6 +285,8 @@ class ClusterBackend:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await self.activator.close()
+            if self.identities is not None:
+                await self.identities.endpoint.close()
 
     def ready(self) -> bool:
         return self.databases.synced.is_set()
@@ -295,6 +316,75 @@ class GatewayBackend:
     async def admits(self, key: str, peer: tuple[str, int]) -> bool:
         return await self.cluster.admits(key, peer)
 
+    async def identities(self, key: str) -> Sequence[types.IdentitySpec] | None:
+        db = self.cluster._db(key)
+        return db.spec.access.identities if db is not None else None
+
+
+class Identities:
+    """The identity endpoint of every database with identities, on loopback, for the gateway."""
+
+    def __init__(self, endpoint: IdentityEndpoint, hop: ssl.SSLContext) -> None:
+        self.endpoint = endpoint
+        self.hop = hop
+
+    async def follow(self, key: str, identities: Sequence[types.IdentitySpec]) -> None:
+        """Listen for a database that has identities, and stop for one that has none (or is gone)."""
+        if identities:
+            await self.endpoint.listen(key, LOOPBACK, 0, self.hop)
+        else:
+            await self.endpoint.unlisten(key)
+
+
+def loopback_tls(directory: Path, *, now: datetime) -> tuple[ssl.SSLContext, PostgresTls]:
+    """TLS for the hop from the gateway to the identity endpoint, both in this process: a certificate
+    for 127.0.0.1 from a CA made now and trusted by nothing else (its key is never written), and how
+    the gateway checks it (its certificate, written to `directory`)."""
+    authority = pki.new_authority("serverless-db activator loopback", now=now)
+    leaf = pki.issue(authority, common_name=LOOPBACK, names=[LOOPBACK], now=now)
+    ca = directory / "loopback-ca.crt"
+    ca.write_text(authority.certificate)
+    with tempfile.TemporaryDirectory() as scratch:  # load_cert_chain reads files; the key goes at once
+        certificate, key = Path(scratch) / "tls.crt", Path(scratch) / "tls.key"
+        certificate.write_text(leaf.certificate)
+        key.touch(mode=0o600)
+        key.write_text(leaf.key)
+        context = server.tls_context(certificate, key)
+    return context, PostgresTls(ca=ca)
+
+
+def client_tls(ca: Path, certificate: Path, key: Path) -> ssl.SSLContext:
+    """The identity endpoint's TLS to Postgres: the database's certificate checked against the CA, the
+    gateway's client certificate presented."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certificate, key)
+    return context
+
+
+def identity_logins(
+    kube: kc.Kube,
+    backend: ClusterBackend,
+    *,
+    ca: Path,
+    certificate: Path,
+    key: Path,
+    issuers: Sequence[tokens.Issuer] = (),
+    observer: OperatorMetrics | None = None,
+    wake_timeout: float = 30.0,
+) -> tuple[Identities, PostgresTls]:
+    """The gateway's identity endpoint, following the databases' identities, and how the gateway
+    checks it. `ca`: the operator's CA; `certificate` and `key`: the gateway's client certificate."""
+    endpoint = IdentityEndpoint(
+        GatewayBackend(backend),
+        Authenticator(issuers=issuers, reviewer=token_reviewer(kube), observer=observer),
+        wake_timeout=wake_timeout,
+    )
+    endpoint.client_tls = client_tls(ca, certificate, key)
+    hop, checked = loopback_tls(Path(tempfile.mkdtemp(prefix="sdb-activator-")), now=datetime.now(UTC))
+    backend.identities = Identities(endpoint, hop)
+    return backend.identities, checked
+
 
 def postgres_tls(args: argparse.Namespace) -> PostgresTls:
     """The gateway's own connections to Postgres: each database's certificate checked against the CA
@@ -321,8 +411,9 @@ def gateway_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     return server.tls_context(args.gateway_certificate, args.gateway_key)
 
 
-def run(args: argparse.Namespace, port_range: tuple[int, int]) -> int:
-    """`sdb activator`: hold connections to resting databases and wake them through the API."""
+def run(args: argparse.Namespace, port_range: tuple[int, int], issuers: Sequence[tokens.Issuer] = ()) -> int:
+    """`sdb activator`: hold connections to resting databases and wake them through the API.
+    `issuers`: OIDC issuers whose tokens the gateway takes, beside ServiceAccounts' (TokenReview)."""
 
     async def main() -> None:
         kube = kc.Kube(process.api_client(), permissions.ACTIVATOR)
@@ -337,26 +428,51 @@ def run(args: argparse.Namespace, port_range: tuple[int, int]) -> int:
         process.serve_metrics(exposition, args, default=METRICS_PORT)
         listening = process.gateway_socket(args, default=GATEWAY_PORT)
         gateway: Gateway | None = None
-        reloading: asyncio.Task[None] | None = None
+        reloading: list[asyncio.Task[None]] = []
         if listening is not None:
+            logins: tuple[Identities, PostgresTls] | None = None
+            if args.gateway_client_certificate is not None and args.gateway_ca is not None:
+                logins = identity_logins(
+                    kube,
+                    backend,
+                    ca=args.gateway_ca,
+                    certificate=args.gateway_client_certificate,
+                    key=args.gateway_client_key,
+                    issuers=issuers,
+                    observer=exposition,
+                    wake_timeout=args.wake_timeout,
+                )
+                reloading.append(
+                    asyncio.create_task(
+                        server.reload_periodically(
+                            logins[0].endpoint.client_tls,  # type: ignore[arg-type]
+                            args.gateway_client_certificate,
+                            args.gateway_client_key,
+                        )
+                    )
+                )
             gateway = Gateway(
                 GatewayBackend(backend),
                 limits=Limits(wake_timeout=args.wake_timeout),
                 observer=exposition,
                 postgres_tls=postgres_tls(args),
+                identity=logins[0].endpoint if logins else None,
+                identity_tls=logins[1] if logins else None,
             )
             context = gateway_tls(args)
             await gateway.start(listening, ssl_context=context)
             if context is not None:
-                reloading = asyncio.create_task(
-                    server.reload_periodically(context, args.gateway_certificate, args.gateway_key)
+                reloading.append(
+                    asyncio.create_task(
+                        server.reload_periodically(context, args.gateway_certificate, args.gateway_key)
+                    )
                 )
         try:
             with process.probes(args, default=HEALTH_PORT, ready=backend.ready):
                 await process.until_signalled(backend.run)
         finally:
-            if reloading is not None:
-                reloading.cancel()
+            for task in reloading:
+                task.cancel()
             if gateway is not None:
                 await gateway.close()
 

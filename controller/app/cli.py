@@ -92,14 +92,7 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
     up.add_argument(
         "--wake-timeout", type=float, default=30.0, help="seconds a held connection waits for a wake"
     )
-    up.add_argument(
-        "--oidc-issuer",
-        default=None,
-        help="an OIDC issuer (its tokens' iss) whose tokens the identity endpoints take as passwords",
-    )
-    up.add_argument(
-        "--oidc-jwks", type=Path, default=None, help="the issuer's keys, a JWKS file (with --oidc-issuer)"
-    )
+    _oidc_flags(up)
     up.add_argument(
         "--tick",
         type=float,
@@ -187,6 +180,14 @@ def _operator_commands(sub: Subparsers[argparse.ArgumentParser], common: argpars
         type=Path,
         help="the CA the gateway checks databases' certificates against (PEM, the operator's CA)",
     )
+    activator.add_argument(
+        "--gateway-client-certificate",
+        type=Path,
+        help="the client certificate (PEM, from the operator's CA) the gateway logs in to Postgres with "
+        "for a token's role, with --gateway-client-key; without it tokens are not taken",
+    )
+    activator.add_argument("--gateway-client-key", type=Path, help="the key of --gateway-client-certificate")
+    _oidc_flags(activator)
     activator.add_argument("--health-port", type=int, default=None, help="default: 8082; -1 to disable")
     activator.add_argument("--wake-timeout", type=float, default=30.0)
     activator.add_argument("--port-range", default="20000-29999", help="the per-database ports (low-high)")
@@ -283,6 +284,17 @@ def _issuer(text: str) -> Any:
         return IssuerRef.parse(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _oidc_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--oidc-issuer",
+        default=None,
+        help="an OIDC issuer (its tokens' iss) whose tokens are taken as passwords",
+    )
+    parser.add_argument(
+        "--oidc-jwks", type=Path, default=None, help="the issuer's keys, a JWKS file (with --oidc-issuer)"
+    )
 
 
 def _gateway_flags(parser: argparse.ArgumentParser, *, port: str, address: str) -> None:
@@ -396,8 +408,10 @@ def _cmd_activator(args: argparse.Namespace) -> int:
         port_range = (int(low), int(high))
     except ValueError as error:
         raise CliError(f"--port-range must be LOW-HIGH (got {args.port_range!r})") from error
+    if (args.gateway_client_certificate is None) != (args.gateway_client_key is None):
+        raise CliError("--gateway-client-certificate and --gateway-client-key go together")
     try:
-        return activator.run(args, port_range)
+        return activator.run(args, port_range, _issuers(args))
     except (process.PortInUseError, server.PlaintextError) as error:
         raise CliError(str(error)) from error
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from controller.activator import protocol
 from controller.activator.proxy import Upstream
+from controller.gateway.reach import PostgresTls
 from controller.gateway.request import Credentials, RequestError
 from controller.identity import tokens
 from controller.identity.endpoint import NEEDS_TLS, IdentityEndpoint
@@ -22,8 +23,11 @@ REFUSED = "token_refused"
 
 
 class TokenLogins:
-    def __init__(self, endpoint: IdentityEndpoint | None) -> None:
+    def __init__(self, endpoint: IdentityEndpoint | None, tls: PostgresTls | None = None) -> None:
         self.endpoint = endpoint
+        self.tls = tls or PostgresTls()
+        """How the endpoint's certificate is checked: as a database's locally (it serves the
+        database's own), against the activator's loopback CA in a cluster."""
 
     async def bound(self, key: str, role: str) -> bool:
         return self.endpoint is not None and await self.endpoint.bound(key, role)

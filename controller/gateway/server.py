@@ -101,10 +101,12 @@ class Gateway:
         pool: Pool | None = None,
         postgres_tls: PostgresTls | None = None,
         identity: IdentityEndpoint | None = None,
+        identity_tls: PostgresTls | None = None,
     ) -> None:
+        """`identity_tls`: how the identity endpoint's certificate is checked, when not as Postgres's."""
         self.reach = Reach(backend, limits or Limits(), observer or NoObserver(), postgres_tls)
         self.pool = pool or Pool()
-        logins = TokenLogins(identity)
+        logins = TokenLogins(identity, identity_tls or self.reach.tls)
         self.sql = Sql(self.reach, self.pool, logins)
         self.relay = Relay(self.reach, logins)
         self._in_flight = 0

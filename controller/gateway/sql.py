@@ -144,7 +144,7 @@ class Sql:
             self.pool.forget(credentials.key)
         address = await self.reach.upstream(credentials.key, Door.HTTP)
         if credentials.token:
-            address = self.logins.address(credentials.key)
+            return await Session.open(self.logins.address(credentials.key), credentials, self.logins.tls)
         return await Session.open(address, credentials, self.reach.tls)
 
     async def _run(self, session: Session, work: req.Query | req.Batch, output: req.Output) -> object:

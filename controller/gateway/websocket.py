@@ -100,15 +100,16 @@ class Relay:
         if by_token:
             self.logins.require_tls(key, peer(request)[0], secure=request.secure)
         upstream = await self.reach.upstream(key, Door.WEBSOCKET)
+        tls = self.reach.tls
         if by_token:
-            upstream = self.logins.address(key)  # which asks for the token as the password
+            upstream, tls = self.logins.address(key), self.logins.tls  # it asks for the token
         reader, writer = await asyncio.open_connection(upstream.host, upstream.port, limit=relay.CHUNK)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            await self.reach.tls.start(reader, writer, upstream.host)
+            await tls.start(reader, writer, upstream.host)
             writer.write(decision.packet)
             await writer.drain()
             self.observer.gateway_served(key, Door.WEBSOCKET, asyncio.get_running_loop().time() - started)

@@ -8,11 +8,9 @@ tested with the activator's flags)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import pytest
 from kubeapi import KubeApiDouble
 from support.cluster import (
@@ -23,6 +21,7 @@ from support.cluster import (
     eventually,
     operator,
     phase,
+    post_sql,
     reading,
     sdb,
 )
@@ -30,7 +29,6 @@ from support.postgres import Server
 
 from controller.activator.proxy import Upstream
 from controller.app.activator import ClusterBackend, GatewayBackend
-from controller.gateway import request
 from controller.gateway.reach import PostgresTls
 from controller.gateway.server import Gateway, listen
 from controller.runtime.kubernetes import client as kc
@@ -42,20 +40,9 @@ ENDPOINT = "https://activator.sdb-system.svc/sql"
 
 
 async def sql(gateway: Gateway, client: str, query: str) -> tuple[int, Any]:
-    """`POST /sql` as the driver sends it, from a client pod's address."""
-    connector = aiohttp.TCPConnector(local_addr=(client, 0))
-    async with (
-        aiohttp.ClientSession(connector=connector) as http,
-        http.post(
-            f"http://127.0.0.1:{gateway.port}/sql",
-            data=json.dumps({"query": query, "params": []}),
-            headers={
-                request.CONNECTION_STRING: f"postgresql://{SERVER_USER}:any@orders.shop.svc/postgres",
-                request.ARRAY_MODE: "true",
-            },
-        ) as response,
-    ):
-        return response.status, await response.json(content_type=None)
+    assert gateway.port is not None
+    connection = f"postgresql://{SERVER_USER}:any@orders.shop.svc/postgres"
+    return await post_sql(gateway.port, client, query, connection=connection)
 
 
 def wake_requests(kube: KubeApiDouble) -> int:

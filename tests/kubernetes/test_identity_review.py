@@ -3,8 +3,6 @@ with the permission table the activator's RBAC is generated from."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +10,7 @@ import jwt
 import pytest
 from kubeapi import KubeApiDouble
 from support.cluster import cluster
+from support.cluster import service_account_token as token_for
 from support.identity import SigningKey
 
 from controller.api import types
@@ -40,19 +39,6 @@ def double() -> Iterator[KubeApiDouble]:
                 }
             )
         yield kube
-
-
-def token_for(double: KubeApiDouble, account: str, *audiences: str, seconds: int = 600) -> str:
-    """A projected token, as the kubelet gets one for a pod: a TokenRequest."""
-    body = {"spec": {"audiences": list(audiences), "expirationSeconds": seconds}}
-    request = urllib.request.Request(
-        f"{double.url}/api/v1/namespaces/shop/serviceaccounts/{account}/token",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return str(json.load(response)["status"]["token"])
 
 
 def authenticator(double: KubeApiDouble, clock: list[Any] | None = None) -> Authenticator:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import socket
+import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from kubeapi import KubeApiDouble
 from kubernetes import client
 
@@ -19,6 +23,7 @@ from controller.activator.proxy import Upstream
 from controller.api import types
 from controller.app.activator import ClusterBackend
 from controller.app.cluster import ClusterOperator, Options
+from controller.gateway import request
 from controller.metrics.source import MetricsSource
 from controller.policy.inputs import Observation, Tuning
 from controller.runtime.kubernetes import client as kc
@@ -246,3 +251,38 @@ async def activator_backend(kube: KubeApiDouble) -> AsyncIterator[ClusterBackend
     finally:
         backend.databases.stop()
         task.cancel()
+
+
+async def post_sql(
+    port: int,
+    client: str,
+    query: str,
+    *,
+    connection: str,
+    headers: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[int, Any]:
+    """`POST /sql` to a gateway on loopback as the driver sends it, from a client pod's address."""
+    connector = aiohttp.TCPConnector(local_addr=(client, 0), ssl=tls or False)
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.post(
+            f"{'https' if tls else 'http'}://127.0.0.1:{port}/sql",
+            data=json.dumps({"query": query, "params": []}),
+            headers={request.CONNECTION_STRING: connection, request.ARRAY_MODE: "true", **(headers or {})},
+        ) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
+def service_account_token(kube: KubeApiDouble, account: str, *audiences: str, seconds: int = 600) -> str:
+    """A projected token of a ServiceAccount in `shop`, as the kubelet gets one for a pod: a TokenRequest."""
+    body = {"spec": {"audiences": list(audiences), "expirationSeconds": seconds}}
+    post = urllib.request.Request(
+        f"{kube.url}/api/v1/namespaces/shop/serviceaccounts/{account}/token",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(post, timeout=10) as response:
+        return str(json.load(response)["status"]["token"])

@@ -1,0 +1,231 @@
+"""ServiceAccount tokens at the cluster's gateway, end to end against the API double and a real
+Postgres with TLS: the operator issues the gateway's client certificate and keeps the pod's
+pg_ident map and the identity role's members as the spec's identities say; `sdb activator`'s
+identity endpoint checks a bearer token by a TokenReview and logs in to Postgres as the bound role
+with that certificate. The server stands in for the database's pod: its pg_hba starts as a pod's
+(members of the identity role by certificate only, then everyone trusted from loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from kubeapi import KubeApiDouble
+from kubernetes import client
+from support.cluster import (
+    SYSTEM,
+    activator_slice,
+    client_pod,
+    create,
+    eventually,
+    operator,
+    phase,
+    post_sql,
+    service_account_token,
+)
+from support.postgres import Server, Tls, running_server
+
+from controller import pki
+from controller.activator.proxy import Upstream
+from controller.api import types
+from controller.app.activator import ClusterBackend, GatewayBackend, identity_logins
+from controller.gateway import request
+from controller.gateway.reach import PostgresTls
+from controller.gateway.server import Gateway, listen, tls_context
+from controller.identity.tokens import Reason, default_audience, refusal_message
+from controller.postgres import identities
+from controller.runtime.kubernetes import builders, permissions
+from controller.runtime.kubernetes import client as kc
+
+pytestmark = pytest.mark.kubernetes
+
+KEY = "shop/orders"
+AUDIENCE = default_audience(KEY)
+ROLE = "k8s_reader"
+DATABASE = "k8s_orders"
+AUTHORITY = pki.new_authority("serverless-db sdb-system", now=datetime.now(UTC))
+"""The operator's CA, made before the operator starts (it takes the Secret it finds), so the server
+standing in for the pod can have a certificate from it."""
+SERVICE = "activator"
+
+
+@pytest.fixture
+def pod() -> Iterator[Server]:
+    leaf = pki.issue(AUTHORITY, common_name="127.0.0.1", names=["127.0.0.1"], now=datetime.now(UTC))
+    with running_server(
+        any_password=True, tls=Tls(leaf.certificate, leaf.key, AUTHORITY.certificate)
+    ) as server:
+        yield server
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def prepare(kube: KubeApiDouble) -> None:
+    kube.create(activator_slice())
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": builders.CA_NAME, "namespace": SYSTEM},
+            "data": {"tls.crt": _b64(AUTHORITY.certificate), "tls.key": _b64(AUTHORITY.key)},
+        }
+    )
+    for name in ("api", "web"):
+        kube.create(
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": "shop"}}
+        )
+
+
+def secret_files(kube: KubeApiDouble, name: str, directory: Path) -> dict[str, Path]:
+    """A kubernetes.io/tls Secret written out, as the chart mounts it."""
+    found = kube.get("secrets", name, SYSTEM)
+    assert found is not None
+    directory.mkdir()
+    out = {}
+    for key, value in found["data"].items():
+        (directory / key).write_bytes(base64.b64decode(value))
+        out[key] = directory / key
+    return out
+
+
+@dataclass
+class Door:
+    gateway: Gateway
+    backend: ClusterBackend
+    peer: str
+    """The address of a client pod in the database's namespace."""
+
+    async def sql(self, query: str, *, token: str, role: str = ROLE) -> tuple[int, Any]:
+        """`POST /sql` over HTTPS with a bearer token, as the driver sends `authToken`."""
+        context = ssl.create_default_context(cadata=AUTHORITY.certificate)
+        context.check_hostname = False  # the gateway's names are its Service's; the chain is checked
+        assert self.gateway.port is not None
+        return await post_sql(
+            self.gateway.port,
+            self.peer,
+            query,
+            connection=f"postgresql://{role}@orders.shop.svc/{DATABASE}",
+            headers={request.AUTHORIZATION: f"Bearer {token}"},
+            tls=context,
+        )
+
+
+@pytest.fixture
+async def door(kube: KubeApiDouble, pod: Server, tmp_path: Path) -> AsyncIterator[Door]:
+    prepare(kube)
+    async with operator(kube, pod):
+        await eventually(
+            lambda: kube.get("secrets", builders.gateway_client_secret(SERVICE), SYSTEM) is not None,
+            what="the gateway's client certificate",
+        )
+        client = secret_files(kube, builders.gateway_client_secret(SERVICE), tmp_path / "client")
+        serving = secret_files(kube, builders.gateway_secret(SERVICE), tmp_path / "gateway")
+        kube_activator = kc.Kube(kube.api_client(), permissions.ACTIVATOR)
+        backend = ClusterBackend(kube_activator, address=lambda db: Upstream("127.0.0.1", pod.port))
+        logins, hop = identity_logins(
+            kube_activator, backend, ca=client["ca.crt"], certificate=client["tls.crt"], key=client["tls.key"]
+        )
+        gateway = Gateway(
+            GatewayBackend(backend),
+            postgres_tls=PostgresTls(ca=serving["ca.crt"]),
+            identity=logins.endpoint,
+            identity_tls=hop,
+        )
+        await gateway.start(
+            listen("127.0.0.1", 0, tls=True), ssl_context=tls_context(serving["tls.crt"], serving["tls.key"])
+        )
+        stop = asyncio.Event()
+        watching = asyncio.create_task(backend.run(stop))
+        try:
+            yield Door(gateway, backend, await client_pod(kube, "shop"))
+        finally:
+            await gateway.close()
+            stop.set()
+            await watching
+
+
+def ident_map(pod: Server) -> frozenset[tuple[str, ...]]:
+    return identities.mappings((pod.cluster.pgdata / "pg_ident.conf").read_text())
+
+
+def members(pod: Server) -> set[str]:
+    with pod.connect() as conn:
+        rows = conn.execute(
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
+            "JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = %s",
+            [identities.IDENTITY_ROLE],
+        ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+BOUND: dict[str, Any] = {
+    "roles": [{"name": ROLE, "login": True}],
+    "databases": [{"name": DATABASE, "owner": ROLE}],
+    "access": {"identities": [{"serviceAccount": {"namespace": "shop", "name": "api"}, "role": ROLE}]},
+}
+WHO = "SELECT current_user, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+
+
+async def test_a_service_account_token_reaches_postgres_as_its_role_by_the_gateways_certificate(
+    kube: KubeApiDouble, pod: Server, door: Door
+) -> None:
+    create(kube, autoPause={"enabled": False}, **BOUND)
+    await eventually(lambda: phase(kube) == "Active", what="Active")
+    await eventually(lambda: ROLE in members(pod), what="the bound role to be a member of the identity role")
+    assert ident_map(pod) == {(identities.MAP, builders.GATEWAY_CLIENT_NAME, ROLE)}
+    await eventually(
+        lambda: door.backend.awake(KEY) and door.gateway is not None, what="the activator to see it"
+    )
+    await eventually(lambda: door.backend.identities.endpoint.listening(KEY), what="the identity endpoint")  # type: ignore[union-attr]
+
+    status, body = await door.sql(WHO, token=service_account_token(kube, "api", AUDIENCE))
+    assert (status, body.get("rows")) == (200, [[ROLE, f"/CN={builders.GATEWAY_CLIENT_NAME}"]]), body
+
+    # Refused, each with Postgres's code and why; nothing reaches Postgres.
+    for token, code, reason in (
+        (service_account_token(kube, "web", AUDIENCE), "28000", Reason.NOT_BOUND),
+        (service_account_token(kube, "api", "dbscale.io/shop/other"), "28P01", Reason.WRONG_AUDIENCE),
+        (service_account_token(kube, "api", AUDIENCE)[:-4] + "AAAA", "28P01", Reason.BAD_SIGNATURE),
+    ):
+        status, body = await door.sql(WHO, token=token)
+        assert (status, body["code"], body["message"]) == (400, code, refusal_message(reason, ROLE))
+    status, body = await door.sql(WHO, token=service_account_token(kube, "api", AUDIENCE), role="postgres")
+    assert (body["code"], body["message"]) == ("28000", refusal_message(Reason.NOT_BOUND_TO_ROLE, "postgres"))
+
+    # The bound role has no other way in: without the certificate, Postgres refuses it.
+    with pytest.raises(psycopg.OperationalError, match="certificate"):
+        psycopg.connect(host="127.0.0.1", port=pod.port, user=ROLE, dbname=DATABASE, sslmode="require")
+
+
+async def test_an_identity_removed_from_the_spec_no_longer_logs_in(
+    kube: KubeApiDouble, pod: Server, door: Door
+) -> None:
+    create(kube, autoPause={"enabled": False}, **BOUND)
+    await eventually(lambda: ROLE in members(pod), what="the bound role to be a member of the identity role")
+    await eventually(lambda: door.backend.identities.endpoint.listening(KEY), what="the identity endpoint")  # type: ignore[union-attr]
+    status, _ = await door.sql(WHO, token=service_account_token(kube, "api", AUDIENCE))
+    assert status == 200
+
+    client.CustomObjectsApi(kube.api_client()).patch_namespaced_custom_object(
+        types.GROUP, types.VERSION, "shop", types.PLURAL, "orders", {"spec": {"access": {"identities": []}}}
+    )
+    # The membership goes first, then the map: each alone already keeps the role out.
+    await eventually(lambda: not ident_map(pod), what="the map to let the certificate become no role")
+    assert ROLE not in members(pod)
+    await eventually(
+        lambda: not door.backend.identities.endpoint.listening(KEY),  # type: ignore[union-attr]
+        what="the endpoint to stop",
+    )
+    status, body = await door.sql(WHO, token=service_account_token(kube, "api", AUDIENCE))
+    assert (status, body["code"]) == (400, "28000")
