@@ -177,6 +177,10 @@ def test_activator_runs_sdb_activator() -> None:
         "/etc/sdb-gateway/tls.key",
         "--gateway-ca",
         "/etc/sdb-gateway/ca.crt",
+        "--gateway-client-certificate",
+        "/etc/sdb-gateway-client/tls.crt",
+        "--gateway-client-key",
+        "/etc/sdb-gateway-client/tls.key",
     ]
     _assert_probes(main, port=8082)
     assert {p["name"]: p["containerPort"] for p in main["ports"]} == {
@@ -207,6 +211,16 @@ def test_the_gateway_serves_https_from_the_certificate_the_operator_issues() -> 
         ("--gateway-ca", "ca.crt"),
     ):
         assert _arg(main, flag) == f"/etc/sdb-gateway/{key}"
+    # Its client certificate, for a token's role at Postgres (the Secret the operator writes beside it).
+    client = next(v for v in pod["volumes"] if v["name"] == "gateway-client-tls")
+    assert client["secret"] == {
+        "secretName": builders.gateway_client_secret(service_name),
+        "defaultMode": 0o440,
+    }
+    mount = next(m for m in main["volumeMounts"] if m["name"] == "gateway-client-tls")
+    assert mount == {"name": "gateway-client-tls", "mountPath": "/etc/sdb-gateway-client", "readOnly": True}
+    assert _arg(main, "--gateway-client-certificate") == "/etc/sdb-gateway-client/tls.crt"
+    assert _arg(main, "--gateway-client-key") == "/etc/sdb-gateway-client/tls.key"
     gateway = next(
         p for p in one(objects, "Service", service_name)["spec"]["ports"] if p["name"] == "gateway"
     )
@@ -229,6 +243,7 @@ def test_the_gateway_serves_https_from_the_certificate_the_operator_issues() -> 
     off = render(values={"activator": {"gateway": {"enabled": False}}, "networkPolicy": {"enabled": True}})
     main = container(deployment(off, "activator"))
     assert "--gateway-port" not in main["args"]
+    assert "--gateway-client-certificate" not in main["args"]
     assert "--gateway-endpoint" not in container(deployment(off, "operator"))["args"]
     assert [v["name"] for v in deployment(off, "activator")["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
     assert [p["name"] for p in one(off, "Service", service_name)["spec"]["ports"]] == ["metrics"]
@@ -627,6 +642,7 @@ def test_the_cli_accepts_the_charts_arguments(objects: Rendered) -> None:
                 False,
             )
             assert str(parsed.gateway_ca) == "/etc/sdb-gateway/ca.crt"
+            assert str(parsed.gateway_client_key) == "/etc/sdb-gateway-client/tls.key"
 
 
 def test_activator_listens_where_the_operator_assigns_ports() -> None:
