@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kubeapi import KubeApiDouble
 from support.cluster import SYSTEM, create, eventually, operator, sdb
 
@@ -225,6 +226,30 @@ async def test_the_gateway_gets_a_certificate_for_the_activator_service(kube: Ku
     assert renewed.serial_number != leaf.serial_number
 
 
+async def test_the_gateway_gets_a_client_certificate_for_token_logins(kube: KubeApiDouble) -> None:
+    """`<service>-client-tls`: a client certificate (client auth only) whose common name is what the
+    pods' pg_ident maps to the roles bound to identities; kept, not rewritten, until it nears its end."""
+    certificates = Certificates(operator_kube(kube), system_namespace=SYSTEM)
+    await certificates.open()
+    assert certificates.authority is not None
+    await certificates.ensure_gateway("sdb-activator")
+    secret = kube.get("secrets", builders.gateway_client_secret("sdb-activator"), SYSTEM)
+    assert secret is not None
+    assert secret["type"] == "kubernetes.io/tls"
+    assert decoded(secret, builders.CA_KEY) == certificates.authority.certificate
+    leaf = x509.load_pem_x509_certificate(decoded(secret, "tls.crt").encode())
+    leaf.verify_directly_issued_by(
+        x509.load_pem_x509_certificate(certificates.authority.certificate.encode())
+    )
+    common_name = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+    assert common_name == builders.GATEWAY_CLIENT_NAME
+    usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    writes = len(kube.requests_matching(writes_only=True))
+    await certificates.ensure_gateway("sdb-activator")
+    assert len(kube.requests_matching(writes_only=True)) == writes
+
+
 async def test_with_cert_manager_the_gateway_gets_a_certificate_resource(kube: KubeApiDouble) -> None:
     kube.install_crd(CERT_MANAGER_CRD)
     issuer = builders.IssuerRef.parse("ClusterIssuer/internal")
@@ -239,6 +264,12 @@ async def test_with_cert_manager_the_gateway_gets_a_certificate_resource(kube: K
     )
     assert requested["spec"]["issuerRef"]["name"] == "internal"
     assert kube.get("secrets", "sdb-activator-tls", SYSTEM) is None  # cert-manager's to write
+    client = kube.get("certificates", "sdb-activator-client", SYSTEM)
+    assert client is not None
+    assert client["spec"]["secretName"] == builders.gateway_client_secret("sdb-activator")
+    assert client["spec"]["commonName"] == builders.GATEWAY_CLIENT_NAME
+    assert "dnsNames" not in client["spec"]
+    assert client["spec"]["usages"][0] == "client auth"
 
 
 async def test_the_leading_operator_issues_the_gateway_certificate(kube: KubeApiDouble, pods: Any) -> None:
