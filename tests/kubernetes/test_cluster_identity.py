@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
+import struct
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest
 from kubeapi import KubeApiDouble
 from kubernetes import client
 from support.cluster import (
     SYSTEM,
+    Running,
     activator_slice,
     client_pod,
     create,
@@ -29,11 +32,13 @@ from support.cluster import (
     operator,
     phase,
     post_sql,
+    reading,
     service_account_token,
 )
 from support.postgres import Server, Tls, running_server
 
 from controller import pki
+from controller.activator import protocol
 from controller.activator.proxy import Upstream
 from controller.api import types
 from controller.app.activator import ClusterBackend, GatewayBackend, identity_logins
@@ -105,6 +110,7 @@ class Door:
     backend: ClusterBackend
     peer: str
     """The address of a client pod in the database's namespace."""
+    operator: Running
 
     async def sql(self, query: str, *, token: str, role: str = ROLE) -> tuple[int, Any]:
         """`POST /sql` over HTTPS with a bearer token, as the driver sends `authToken`."""
@@ -120,11 +126,49 @@ class Door:
             tls=context,
         )
 
+    async def websocket(self, query: str, *, token: str, role: str = ROLE) -> list[tuple[bytes, bytes]]:
+        """A session over `wss://` as the driver's Pool opens one (its password pipelined after the
+        startup), one simple query, then Terminate: every message the gateway sent back."""
+        context = ssl.create_default_context(cadata=AUTHORITY.certificate)
+        context.check_hostname = False
+        password = token.encode() + b"\0"
+        frame = (
+            protocol.startup_message({"user": role, "database": DATABASE})
+            + b"p"
+            + struct.pack("!i", 4 + len(password))
+            + password
+            + b"Q"
+            + struct.pack("!i", 4 + len(query) + 1)
+            + query.encode()
+            + b"\0"
+            + b"X\0\0\0\4"
+        )
+        connector = aiohttp.TCPConnector(local_addr=(self.peer, 0), ssl=context)
+        received = b""
+        async with (
+            aiohttp.ClientSession(connector=connector) as http,
+            http.ws_connect(f"wss://127.0.0.1:{self.gateway.port}/v2?address=orders.shop.svc:5432") as ws,
+        ):
+            await ws.send_bytes(frame)
+            async for message in ws:
+                if message.type is aiohttp.WSMsgType.BINARY:
+                    received += message.data
+        messages = []
+        while received:
+            kind, (length,) = received[:1], struct.unpack("!i", received[1:5])
+            messages.append((kind, received[5 : 1 + length]))
+            received = received[1 + length :]
+        return messages
+
+
+def error_fields(body: bytes) -> dict[str, str]:
+    return {f[:1].decode(): f[1:].decode() for f in body.split(b"\0") if f}
+
 
 @pytest.fixture
 async def door(kube: KubeApiDouble, pod: Server, tmp_path: Path) -> AsyncIterator[Door]:
     prepare(kube)
-    async with operator(kube, pod):
+    async with operator(kube, pod) as running:
         await eventually(
             lambda: kube.get("secrets", builders.gateway_client_secret(SERVICE), SYSTEM) is not None,
             what="the gateway's client certificate",
@@ -148,7 +192,7 @@ async def door(kube: KubeApiDouble, pod: Server, tmp_path: Path) -> AsyncIterato
         stop = asyncio.Event()
         watching = asyncio.create_task(backend.run(stop))
         try:
-            yield Door(gateway, backend, await client_pod(kube, "shop"))
+            yield Door(gateway, backend, await client_pod(kube, "shop"), running)
         finally:
             await gateway.close()
             stop.set()
@@ -178,7 +222,7 @@ WHO = "SELECT current_user, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pi
 
 
 async def test_a_service_account_token_reaches_postgres_as_its_role_by_the_gateways_certificate(
-    kube: KubeApiDouble, pod: Server, door: Door
+    kube: KubeApiDouble, pod: Server, door: Door, capsys: pytest.CaptureFixture[str]
 ) -> None:
     create(kube, autoPause={"enabled": False}, **BOUND)
     await eventually(lambda: phase(kube) == "Active", what="Active")
@@ -189,19 +233,50 @@ async def test_a_service_account_token_reaches_postgres_as_its_role_by_the_gatew
     )
     await eventually(lambda: door.backend.identities.endpoint.listening(KEY), what="the identity endpoint")  # type: ignore[union-attr]
 
-    status, body = await door.sql(WHO, token=service_account_token(kube, "api", AUDIENCE))
+    used: list[str] = []
+
+    def token(account: str, audience: str = AUDIENCE) -> str:
+        used.append(service_account_token(kube, account, audience))
+        return used[-1]
+
+    status, body = await door.sql(WHO, token=token("api"))
     assert (status, body.get("rows")) == (200, [[ROLE, f"/CN={builders.GATEWAY_CLIENT_NAME}"]]), body
 
     # Refused, each with Postgres's code and why; nothing reaches Postgres.
-    for token, code, reason in (
-        (service_account_token(kube, "web", AUDIENCE), "28000", Reason.NOT_BOUND),
-        (service_account_token(kube, "api", "dbscale.io/shop/other"), "28P01", Reason.WRONG_AUDIENCE),
-        (service_account_token(kube, "api", AUDIENCE)[:-4] + "AAAA", "28P01", Reason.BAD_SIGNATURE),
+    forged = token("api")[:-4] + "AAAA"
+    for given, code, reason in (
+        (token("web"), "28000", Reason.NOT_BOUND),
+        (token("api", "dbscale.io/shop/other"), "28P01", Reason.WRONG_AUDIENCE),
+        (forged, "28P01", Reason.BAD_SIGNATURE),
     ):
-        status, body = await door.sql(WHO, token=token)
+        status, body = await door.sql(WHO, token=given)
         assert (status, body["code"], body["message"]) == (400, code, refusal_message(reason, ROLE))
-    status, body = await door.sql(WHO, token=service_account_token(kube, "api", AUDIENCE), role="postgres")
+    status, body = await door.sql(WHO, token=token("api"), role="postgres")
     assert (body["code"], body["message"]) == ("28000", refusal_message(Reason.NOT_BOUND_TO_ROLE, "postgres"))
+
+    # Over WebSocket the token is the password (the driver's Pool has no authToken).
+    replies = await door.websocket("SELECT current_user", token=token("api"))
+    assert (b"R", struct.pack("!i", 0)) in replies  # AuthenticationOk, from Postgres
+    rows = [body for kind, body in replies if kind == b"D"]
+    assert rows == [struct.pack("!hi", 1, len(ROLE)) + ROLE.encode()]
+    replies = await door.websocket("SELECT 1", token=token("web"))
+    error = error_fields(next(body for kind, body in replies if kind == b"E"))
+    assert (error["C"], error["M"]) == ("28000", refusal_message(Reason.NOT_BOUND, ROLE))
+
+    # Each refusal is logged with who and why (rate-limited: the first of each kind); no token is in
+    # the gateway's log nor in Postgres's.
+    logged = capsys.readouterr().out
+    for who, why in (
+        ("system:serviceaccount:shop:web", "not_bound"),
+        ("", "wrong_audience"),
+        ("", "bad_signature"),
+    ):
+        assert any(who in line and why in line for line in logged.splitlines()), why
+    postgres_log = pod.cluster.log.read_text()
+    for given in used:
+        signature = given.rsplit(".", 1)[1]
+        assert signature not in logged
+        assert signature not in postgres_log
 
     # The bound role has no other way in: without the certificate, Postgres refuses it.
     with pytest.raises(psycopg.OperationalError, match="certificate"):
@@ -229,3 +304,17 @@ async def test_an_identity_removed_from_the_spec_no_longer_logs_in(
     )
     status, body = await door.sql(WHO, token=service_account_token(kube, "api", AUDIENCE))
     assert (status, body["code"]) == (400, "28000")
+
+
+async def test_a_token_wakes_a_paused_database_once(kube: KubeApiDouble, pod: Server, door: Door) -> None:
+    create(kube, autoPause={"idleAfter": "2s"}, **BOUND)
+    await eventually(lambda: ROLE in members(pod), what="the bound role to be a member of the identity role")
+    door.operator.readings[KEY] = reading(last_activity=datetime.now(UTC) - timedelta(minutes=1))
+    await eventually(lambda: phase(kube) == "Paused", what="Paused")
+    del door.operator.readings[KEY]
+    await eventually(lambda: not door.backend.awake(KEY), what="the activator to see it rest")
+
+    status, body = await door.sql(WHO, token=service_account_token(kube, "api", AUDIENCE))
+    assert (status, body.get("rows")) == (200, [[ROLE, f"/CN={builders.GATEWAY_CLIENT_NAME}"]]), body
+    assert len(kube.requests_matching(verb="create", resource="wakerequests")) == 1
+    assert phase(kube) == "Active"
