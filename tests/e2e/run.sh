@@ -2,7 +2,8 @@
 # The kind suite (`make e2e`): the operator, built into an image and installed with its Helm chart on
 # a fresh kind cluster, takes one database through its whole life:
 #
-#   Active (answering psql over TLS and POST /sql through the gateway) -> pauses when idle -> wakes
+#   Active (answering psql over TLS and POST /sql through the gateway, with a password and with a
+#   ServiceAccount's token as the role bound to it) -> pauses when idle -> wakes
 #   when a client connects (the connection is held, not refused) -> pauses again -> a client of the
 #   pooled endpoint (<name>-pooler, PgBouncer) wakes it, and pgbench's prepared statements run
 #   through it in transaction mode -> pauses, and wakes on POST /sql -> pauses again -> parks ->
@@ -89,13 +90,26 @@ pooled() {
 # Service name. Prints the response body; fails on anything but HTTP $2 (default 200).
 GATEWAY="$RELEASE-activator.$SYSTEM.svc"
 http_sql() {
-    local want=${2:-200} out status
+    post_sql "postgresql://app:$PASSWORD@$DB.$NS.svc/app" "" "$@"
+}
+
+# POST /sql as a role bound to an identity: no password, the token ($1) as the driver's authToken
+# (an Authorization: Bearer header).
+token_sql() {
+    local token=$1
+    shift
+    post_sql "postgresql://e2e_reader@$DB.$NS.svc/tokens" "Authorization: Bearer $token" "$@"
+}
+
+# post_sql CONNECTION-STRING HEADER QUERY [WANTED-STATUS]
+post_sql() {
+    local want=${4:-200} out status
     out=$(kubectl exec -n "$NS" curl -- curl -sS --max-time 150 --cacert /tmp/ca.crt -w '\n%{http_code}' \
-        -H "Neon-Connection-String: postgresql://app:$PASSWORD@$DB.$NS.svc/app" \
+        -H "Neon-Connection-String: $1" ${2:+-H "$2"} \
         -H 'Neon-Raw-Text-Output: true' -H 'Neon-Array-Mode: true' \
-        --data "{\"query\": \"$1\", \"params\": []}" "https://$GATEWAY/sql")
+        --data "{\"query\": \"$3\", \"params\": []}" "https://$GATEWAY/sql")
     status=${out##*$'\n'}
-    [ "$status" = "$want" ] || fail "POST /sql '$1' answered HTTP $status, wanted $want: ${out%$'\n'*}"
+    [ "$status" = "$want" ] || fail "POST /sql '$3' answered HTTP $status, wanted $want: ${out%$'\n'*}"
     printf '%s\n' "${out%$'\n'*}"
 }
 
@@ -134,7 +148,12 @@ spec:
   autoPause: {enabled: true, idleAfter: 20s}
   autoPark: {enabled: true, idleAfter: 30s}
   pooling: {enabled: true, mode: transaction}
+  roles: [{name: e2e_reader, login: true}]
+  databases: [{name: tokens, owner: e2e_reader}]
+  access:
+    identities: [{serviceAccount: {namespace: $NS, name: e2e-client}, role: e2e_reader}]
 EOF
+kubectl create serviceaccount -n "$NS" e2e-client
 # A client that stays around without a session; exec-ing psql in it is each test's connection.
 kubectl run psql -n "$NS" --image=postgres:16 --restart=Never --command -- sleep infinity
 kubectl run curl -n "$NS" --image=curlimages/curl:8.11.1 --restart=Never --command -- sleep infinity
@@ -154,6 +173,15 @@ say "Active, and it answers queries"
 http_sql 'select 1' | grep -qF '"rows":[["1"]]' || fail "POST /sql select 1 on the active database"
 http_sql 'select 1/0' 400 | grep -qF '"code":"22012"' || fail "POST /sql: an SQL error without its SQLSTATE"
 say "SQL over HTTP through the gateway answers, errors with their SQLSTATE"
+# A ServiceAccount's token for this database's audience logs in as the role it is bound to, checked
+# by a TokenReview, and reaches Postgres with the gateway's client certificate; one for the API
+# server's own audience is refused, saying why.
+TOKEN=$(kubectl create token -n "$NS" e2e-client --audience "dbscale.io/$NS/$DB" --duration 10m)
+token_sql "$TOKEN" 'select current_user' | grep -qF '"rows":[["e2e_reader"]]' ||
+    fail "POST /sql with a ServiceAccount token did not log in as its role"
+token_sql "$(kubectl create token -n "$NS" e2e-client --duration 10m)" 'select 1' 400 |
+    grep -qF 'the token is for another audience' || fail "a token for another audience was not refused"
+say "a ServiceAccount token logs in as its bound role through the gateway"
 
 say "waiting for the pause"
 phase Paused
