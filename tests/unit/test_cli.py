@@ -174,3 +174,21 @@ def test_a_file_larger_than_the_api_servers_limit_is_refused_unread(cli: Operato
     code, _, err = cli.sdb("apply", "-f", str(path), check=False)
     assert code == 1
     assert "is larger than 3 MiB" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (("--gateway-client-certificate", "/c.crt"), "--gateway-client-certificate and --gateway-client-key"),
+        (("--oidc-issuer", "https://issuer.test"), "--oidc-issuer and --oidc-jwks go together"),
+    ],
+)
+def test_the_activators_token_flags_come_in_pairs(
+    capsys: pytest.CaptureFixture[str], flags: tuple[str, ...], expected: str
+) -> None:
+    from controller.app import cli as sdb_cli
+
+    assert sdb_cli.main(["activator", *flags]) == 1
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err
