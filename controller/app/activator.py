@@ -321,12 +321,17 @@ class GatewayBackend:
         return db.spec.access.identities if db is not None else None
 
 
+@dataclass
 class Identities:
     """The identity endpoint of every database with identities, on loopback, for the gateway."""
 
-    def __init__(self, endpoint: IdentityEndpoint, hop: ssl.SSLContext) -> None:
-        self.endpoint = endpoint
-        self.hop = hop
+    endpoint: IdentityEndpoint
+    hop: ssl.SSLContext
+    """The endpoint's side of the hop from the gateway."""
+    checked: PostgresTls
+    """The gateway's side: how it checks the endpoint's certificate."""
+    client_tls: ssl.SSLContext
+    """The endpoint's TLS to Postgres, with the gateway's client certificate (reloaded when renewed)."""
 
     async def follow(self, key: str, identities: Sequence[types.IdentitySpec]) -> None:
         """Listen for a database that has identities, and stop for one that has none (or is gone)."""
@@ -372,9 +377,9 @@ def identity_logins(
     issuers: Sequence[tokens.Issuer] = (),
     observer: OperatorMetrics | None = None,
     wake_timeout: float = 30.0,
-) -> tuple[Identities, PostgresTls]:
-    """The gateway's identity endpoint, following the databases' identities, and how the gateway
-    checks it. `ca`: the operator's CA; `certificate` and `key`: the gateway's client certificate."""
+) -> Identities:
+    """The gateway's identity endpoint, following the databases' identities. `ca`: the operator's CA;
+    `certificate` and `key`: the gateway's client certificate."""
     endpoint = IdentityEndpoint(
         GatewayBackend(backend),
         Authenticator(issuers=issuers, reviewer=token_reviewer(kube), observer=observer),
@@ -382,8 +387,8 @@ def identity_logins(
     )
     endpoint.client_tls = client_tls(ca, certificate, key)
     hop, checked = loopback_tls(Path(tempfile.mkdtemp(prefix="sdb-activator-")), now=datetime.now(UTC))
-    backend.identities = Identities(endpoint, hop)
-    return backend.identities, checked
+    backend.identities = Identities(endpoint, hop, checked, endpoint.client_tls)
+    return backend.identities
 
 
 def postgres_tls(args: argparse.Namespace) -> PostgresTls:
@@ -430,7 +435,7 @@ def run(args: argparse.Namespace, port_range: tuple[int, int], issuers: Sequence
         gateway: Gateway | None = None
         reloading: list[asyncio.Task[None]] = []
         if listening is not None:
-            logins: tuple[Identities, PostgresTls] | None = None
+            logins: Identities | None = None
             if args.gateway_client_certificate is not None and args.gateway_ca is not None:
                 logins = identity_logins(
                     kube,
@@ -445,7 +450,7 @@ def run(args: argparse.Namespace, port_range: tuple[int, int], issuers: Sequence
                 reloading.append(
                     asyncio.create_task(
                         server.reload_periodically(
-                            logins[0].endpoint.client_tls,  # type: ignore[arg-type]
+                            logins.client_tls,
                             args.gateway_client_certificate,
                             args.gateway_client_key,
                         )
@@ -456,8 +461,8 @@ def run(args: argparse.Namespace, port_range: tuple[int, int], issuers: Sequence
                 limits=Limits(wake_timeout=args.wake_timeout),
                 observer=exposition,
                 postgres_tls=postgres_tls(args),
-                identity=logins[0].endpoint if logins else None,
-                identity_tls=logins[1] if logins else None,
+                identity=logins.endpoint if logins else None,
+                identity_tls=logins.checked if logins else None,
             )
             context = gateway_tls(args)
             await gateway.start(listening, ssl_context=context)

@@ -177,14 +177,14 @@ async def door(kube: KubeApiDouble, pod: Server, tmp_path: Path) -> AsyncIterato
         serving = secret_files(kube, builders.gateway_secret(SERVICE), tmp_path / "gateway")
         kube_activator = kc.Kube(kube.api_client(), permissions.ACTIVATOR)
         backend = ClusterBackend(kube_activator, address=lambda db: Upstream("127.0.0.1", pod.port))
-        logins, hop = identity_logins(
+        logins = identity_logins(
             kube_activator, backend, ca=client["ca.crt"], certificate=client["tls.crt"], key=client["tls.key"]
         )
         gateway = Gateway(
             GatewayBackend(backend),
             postgres_tls=PostgresTls(ca=serving["ca.crt"]),
             identity=logins.endpoint,
-            identity_tls=hop,
+            identity_tls=logins.checked,
         )
         await gateway.start(
             listen("127.0.0.1", 0, tls=True), ssl_context=tls_context(serving["tls.crt"], serving["tls.key"])
