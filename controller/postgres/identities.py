@@ -20,10 +20,13 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import psycopg
 import psycopg.sql
+import structlog
 
 from controller.postgres.sessions import Address, OperatorSessions
 
+log = structlog.get_logger("identities")
 MAP = "identities"
 IDENTITY_ROLE = "sdb_identity"
 
@@ -144,7 +147,19 @@ async def apply(
             for statement in steps.revoke:
                 conn.execute(statement)
             if steps.ident is not None:
-                _write_ident(conn, path, steps.ident)
+                try:
+                    _write_ident(conn, path, steps.ident)
+                except psycopg.Error as error:
+                    # A server started before its ident_file was in the data directory reads one the
+                    # operator cannot write until it restarts. Until then no role is granted: a
+                    # token login is refused by Postgres, and the rest of the database is served.
+                    log.warning(
+                        "cannot write pg_ident.conf: token logins are refused until the server restarts",
+                        database=key,
+                        path=path,
+                        error=str(error).strip(),
+                    )
+                    return len(steps.revoke)
             for statement in steps.grant:
                 conn.execute(statement)
         return len(steps)
