@@ -35,6 +35,7 @@ from support.cluster import (
     reading,
     service_account_token,
 )
+from support.identity import ISSUER, SigningKey, jwks
 from support.postgres import Server, Tls, running_server
 
 from controller import pki
@@ -45,7 +46,7 @@ from controller.app.activator import ClusterBackend, GatewayBackend, identity_lo
 from controller.gateway import request
 from controller.gateway.reach import PostgresTls
 from controller.gateway.server import Gateway, listen, tls_context
-from controller.identity.tokens import Reason, default_audience, refusal_message
+from controller.identity.tokens import Issuer, Reason, default_audience, refusal_message
 from controller.postgres import identities
 from controller.runtime.kubernetes import builders, permissions
 from controller.runtime.kubernetes import client as kc
@@ -60,6 +61,7 @@ AUTHORITY = pki.new_authority("serverless-db sdb-system", now=datetime.now(UTC))
 """The operator's CA, made before the operator starts (it takes the Secret it finds), so the server
 standing in for the pod can have a certificate from it."""
 SERVICE = "activator"
+SIGNER = SigningKey()
 
 
 @pytest.fixture
@@ -178,7 +180,12 @@ async def door(kube: KubeApiDouble, pod: Server, tmp_path: Path) -> AsyncIterato
         kube_activator = kc.Kube(kube.api_client(), permissions.ACTIVATOR)
         backend = ClusterBackend(kube_activator, address=lambda db: Upstream("127.0.0.1", pod.port))
         logins = identity_logins(
-            kube_activator, backend, ca=client["ca.crt"], certificate=client["tls.crt"], key=client["tls.key"]
+            kube_activator,
+            backend,
+            ca=client["ca.crt"],
+            certificate=client["tls.crt"],
+            key=client["tls.key"],
+            issuers=[Issuer(ISSUER, jwks(SIGNER))],
         )
         gateway = Gateway(
             GatewayBackend(backend),
@@ -216,7 +223,12 @@ def members(pod: Server) -> set[str]:
 BOUND: dict[str, Any] = {
     "roles": [{"name": ROLE, "login": True}],
     "databases": [{"name": DATABASE, "owner": ROLE}],
-    "access": {"identities": [{"serviceAccount": {"namespace": "shop", "name": "api"}, "role": ROLE}]},
+    "access": {
+        "identities": [
+            {"serviceAccount": {"namespace": "shop", "name": "api"}, "role": ROLE},
+            {"issuer": ISSUER, "subject": "reporting", "role": ROLE},
+        ]
+    },
 }
 WHO = "SELECT current_user, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 
@@ -277,6 +289,12 @@ async def test_a_service_account_token_reaches_postgres_as_its_role_by_the_gatew
         signature = given.rsplit(".", 1)[1]
         assert signature not in logged
         assert signature not in postgres_log
+
+    # An OIDC subject of the issuer the activator trusts, checked against its JWKS.
+    status, body = await door.sql(WHO, token=SIGNER.mint("reporting", AUDIENCE))
+    assert (status, body.get("rows")) == (200, [[ROLE, f"/CN={builders.GATEWAY_CLIENT_NAME}"]]), body
+    status, body = await door.sql(WHO, token=SIGNER.mint("reporting", AUDIENCE, lifetime=-120))
+    assert (body["code"], body["message"]) == ("28P01", refusal_message(Reason.EXPIRED, ROLE))
 
     # The bound role has no other way in: without the certificate, Postgres refuses it.
     with pytest.raises(psycopg.OperationalError, match="certificate"):
