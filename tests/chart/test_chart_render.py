@@ -239,6 +239,23 @@ def test_the_gateway_serves_https_from_the_certificate_the_operator_issues() -> 
     assert _arg(container(deployment(moved, "operator")), "--gateway-endpoint") == (
         f"https://{service_name}.{NAMESPACE}.svc:8443/sql"
     )
+    # An OIDC issuer: its URL and the keys mounted from the user's ConfigMap (none by default).
+    assert "--oidc-issuer" not in main["args"]
+    features = container(deployment(all_features_objects(), "activator"))
+    assert _arg(features, "--oidc-issuer") == "https://issuer.example.com"
+    assert _arg(features, "--oidc-jwks") == "/etc/sdb-oidc/jwks.json"
+    jwks = next(
+        v
+        for v in deployment(all_features_objects(), "activator")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "oidc-jwks"
+    )
+    assert jwks["configMap"] == {
+        "name": "sdb-oidc-jwks",
+        "items": [{"key": "jwks.json", "path": "jwks.json"}],
+    }
+    refused = template(values={"activator": {"gateway": {"oidc": {"issuer": "https://x"}}}}, check=False)
+    assert refused.returncode != 0
+    assert "jwksConfigMap is required" in refused.stderr
     # Off: no port, no mount, no flag (and so no Secret the pod waits for).
     off = render(values={"activator": {"gateway": {"enabled": False}}, "networkPolicy": {"enabled": True}})
     main = container(deployment(off, "activator"))
