@@ -399,7 +399,6 @@ def _issuers(args: argparse.Namespace) -> list[Any]:
 
 
 def _cmd_activator(args: argparse.Namespace) -> int:
-    _configure_logs(args)
     from controller.app import activator, process
     from controller.gateway import server
 
@@ -410,8 +409,10 @@ def _cmd_activator(args: argparse.Namespace) -> int:
         raise CliError(f"--port-range must be LOW-HIGH (got {args.port_range!r})") from error
     if (args.gateway_client_certificate is None) != (args.gateway_client_key is None):
         raise CliError("--gateway-client-certificate and --gateway-client-key go together")
+    issuers = _issuers(args)
+    _configure_logs(args)  # once the flags are known good: a bad one is a CLI error, not a log line
     try:
-        return activator.run(args, port_range, _issuers(args))
+        return activator.run(args, port_range, issuers)
     except (process.PortInUseError, server.PlaintextError) as error:
         raise CliError(str(error)) from error
 
