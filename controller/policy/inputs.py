@@ -187,16 +187,11 @@ class Tuning:
     max_backoff: timedelta = timedelta(minutes=5)
     activity_resolution: timedelta = timedelta(seconds=30)
     """How stale status.lastActivityTime may be while clients are active (at most idleAfter / 10)."""
-    usage_flush: timedelta = timedelta(seconds=30)
-    """How stale status.usage may be while compute runs and nothing else in status changes. A kill
-    loses none of it: the next operator accounts the time since at the size status records, which
-    only a write of status (carrying usage) changes. Not every tick: that would be a status write per
-    running database per tick (500 a second for 1,000 of them), where this is one per 30 s, the same
-    as a busy database's lastActivityTime already costs."""
     usage_gap_limit: timedelta = timedelta(minutes=15)
-    """How much of an operator's absence is billed at the size it left recorded: a restart or a
-    leader's failover takes less; beyond it the compute may have stopped unseen, and the rest is set
-    apart as unmetered instead of billed."""
+    """How much of an interval since status.usage was written is billed at the size status records
+    when the server it names is not the one running now (a restart or a leader's failover takes
+    less): beyond it the compute may have stopped unseen, and the rest is set apart as unmetered
+    instead of billed. The server that still runs ran throughout, and all of it is billed."""
     catalog_resync: timedelta = timedelta(seconds=30)
     """How often a running database's declared roles and databases are applied again, which reverts
     drift and picks up a changed password; a wake applies them first when they are older."""

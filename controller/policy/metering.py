@@ -7,10 +7,16 @@ every status write accounts usage up to its own moment first. So whatever lies b
 `accountedUntil` and now was spent at the phase and capacity status shows, whether an operator
 watched or not.
 
-What an operator that is down cannot know is whether the compute kept running: nothing but the
-operator starts, grows or pauses it, but a crash can stop it. The first `gap_limit` of an interval
-is billed at the recorded capacity (a restart or a leader's failover is shorter); the rest is
-counted apart, as unmetered, so it is neither billed unseen nor lost.
+So usage need not be written on a timer: a running database's status can go unwritten for hours
+while its load is steady, and `accountedUntil` with it. The live figure is `accrue` from the status
+to now (the operator's metric, `sdb get` and `sdb describe` show that).
+
+What the status alone cannot tell is whether the compute kept running all that time: nothing but the
+operator starts, grows or pauses it, but a crash can stop it. When the server status records is the
+one running now (its incarnation, a pod's uid or the postmaster's pid and start time, is unchanged),
+it ran throughout and the whole interval is billed. Otherwise the first `gap_limit` of it is billed
+at the recorded capacity (a restart or a leader's failover is shorter); the rest is counted apart,
+as unmetered, so it is neither billed unseen nor lost.
 
 The billing period is the calendar month in UTC; an interval that spans months is split at each
 month's first instant. A clock that goes back accrues nothing until it passes `accountedUntil`
@@ -57,16 +63,18 @@ def accrue(
     capacity: float | None,
     now: datetime,
     gap_limit: timedelta,
+    ran_throughout: bool = False,
 ) -> types.UsageStatus:
     """Usage up to `now`, the database having been in `phase` at `capacity` (None: no compute)
-    since `usage.accounted_until`."""
+    since `usage.accounted_until`; `ran_throughout`: the compute is known to have run all that time
+    (the same server runs now), so no part of it is set apart as unmetered."""
     if usage is None:
         return begin(now)
     since = usage.accounted_until
     if now <= since:
         return usage
     size = capacity or 0.0
-    metered_until = min(now, since + gap_limit) if size > 0 else now
+    metered_until = min(now, since + gap_limit) if size > 0 and not ran_throughout else now
     period, previous, total = usage.period, usage.previous_period, usage.total
     cursor = since
     while cursor < now:
@@ -101,32 +109,50 @@ def _hours(hours: float, cu_seconds: float) -> float:
     return round(hours + cu_seconds / 3600, HOURS_PRECISION) if cu_seconds else hours
 
 
-def accrue_status(status: types.DatabaseStatus, now: datetime, tuning: Tuning) -> types.UsageStatus:
-    """`accrue` over the phase and capacity `status` records: what held since it was written."""
+def accrue_status(
+    status: types.DatabaseStatus, now: datetime, tuning: Tuning, *, running: str = ""
+) -> types.UsageStatus:
+    """`accrue` over the phase and capacity `status` records: what held since it was written.
+    `running`: the incarnation of the server observed running now ("" when none is, or none was
+    looked at); when it is the one status records, it ran throughout."""
     return accrue(
         status.usage,
         phase=status.phase,
         capacity=status.capacity.current,
         now=now,
         gap_limit=tuning.usage_gap_limit,
+        ran_throughout=running != "" and running == status.compute.incarnation,
     )
 
 
-def to_write(stored: types.DatabaseStatus, new: types.DatabaseStatus, tuning: Tuning) -> types.DatabaseStatus:
+def live(status: types.DatabaseStatus, now: datetime) -> types.UsageStatus | None:
+    """The usage `status` shows, carried to `now` at the phase and capacity it records: the figure to
+    read between writes, as a running operator keeps the invariant. (What it bills after an absence
+    may set part of the gap apart, if the server did not run throughout.)"""
+    if status.usage is None:
+        return None
+    return accrue(
+        status.usage,
+        phase=status.phase,
+        capacity=status.capacity.current,
+        now=now,
+        gap_limit=timedelta(0),
+        ran_throughout=True,
+    )
+
+
+def to_write(stored: types.DatabaseStatus, new: types.DatabaseStatus) -> types.DatabaseStatus:
     """The status a pass writes: `new`, or `new` with the stored usage when only usage changed and
     need not be written yet.
 
-    Usage rides along with every write that happens anyway. On its own it is written when a new
-    billing period began, or when compute ran (something billable) and the stored usage is
-    `tuning.usage_flush` old. A resting database's usage waits for its next write: it accrues no
-    compute meanwhile, and its phase cannot change without a write.
+    Usage rides along with every write that happens anyway, and on its own is written only when a
+    new billing period began. Not on a timer: the stored usage plus the phase and capacity status
+    records give the usage at any moment since (`live`), and a restarted operator goes on from it
+    exactly (`accrue_status`). So a running database with a steady load writes nothing.
     """
     before, after = stored.usage, new.usage
     if before is None or after is None or replace(new, usage=before) != stored:
         return new
     if after.period.start != before.period.start:
-        return new
-    running = (stored.capacity.current or 0.0) > 0
-    if running and after.accounted_until - before.accounted_until >= tuning.usage_flush:
         return new
     return replace(new, usage=before)

@@ -292,7 +292,7 @@ class Reconciler:
             if not step.more:
                 break
         assert outcome is not None
-        await self.store.write_status(stored, metering.to_write(stored.status, db.status, self.tuning))
+        await self.store.write_status(stored, metering.to_write(stored.status, db.status))
         for note in notes:
             await self.store.record_event(stored, note.type, note.reason, note.message)
             log.info(note.message, database=db.key, reason=note.reason, type=note.type.value)
@@ -455,6 +455,12 @@ class Reconciler:
         self._costs[db.key] = _Cost(status.phase, db.spec.capacity.max)
         m.databases.set(len(self._costs))
 
+    def _accounted(self, db: types.ServerlessDatabase) -> types.DatabaseStatus:
+        """The status whose usage is the latest accounted: a running database's last pass accounted
+        up to its tick (with nothing else changed, that usage was not written)."""
+        watched = self._running.get(db.key)
+        return watched.status if watched is not None else db.status
+
     async def mark_stopped(self) -> None:
         """The operator is stopping its servers: say so in each running database's Ready condition."""
         for db in await self.store.list():
@@ -479,7 +485,7 @@ class Reconciler:
                 conditions=conditions,
                 connections=0,
                 capacity=replace(db.status.capacity, current=None),
-                usage=metering.accrue_status(db.status, now, self.tuning),  # billed up to the stop
+                usage=metering.accrue_status(self._accounted(db), now, self.tuning),  # billed up to the stop
             )
             with contextlib.suppress(OSError):
                 await self.store.write_status(db, status)

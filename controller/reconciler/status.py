@@ -102,7 +102,8 @@ def next_status(
         observed_generation=db.metadata.generation,
         wake_request=plan.wake_request,
         failures=old.failures + 1 if failure else old.failures if failed_earlier else 0,
-        usage=metering.accrue_status(old, now, tuning),  # up to now at the phase and size that held
+        # Up to now at the phase and size that held, all of it if the server status names ran throughout.
+        usage=metering.accrue_status(old, now, tuning, running=compute.incarnation),
         auto_pause=plan.auto_pause,
     )
     roles, databases = _declared(db, outcome, status.compute)

@@ -1,7 +1,7 @@
 """Usage accounting: intervals, pauses, resizes, month boundaries, operator gaps and clocks that go back.
 
 `accrue` is pure, so each case is a value in and a value out, with the arithmetic in a comment. The
-reconciler's part (usage in each status write, the flush) is tested over the fakes at the end.
+reconciler's part (usage in each status write, on changes only) is tested over the fakes at the end.
 """
 
 from __future__ import annotations
@@ -162,6 +162,29 @@ def test_beyond_the_gap_limit_compute_is_set_apart_as_unmetered() -> None:
     assert usage.total.phase_seconds == {Phase.ACTIVE: 3 * 3600.0}
 
 
+def test_the_server_status_names_still_running_ran_throughout_and_is_billed_whole() -> None:
+    """Status goes unwritten while nothing changes: hours later, the same pod (or postmaster) running
+    says the compute ran all along, so nothing is set apart."""
+    stored = running(accrue(None, START, 2.0), current=2.0)
+    stored = replace(stored, compute=types.ComputeStatus(incarnation="pod-uid-1"))
+    same = metering.accrue_status(stored, at(hours=3), TUNING, running="pod-uid-1")
+    assert same.total.compute_unit_hours == 6.0  # 2 CU * 3 h
+    assert same.total.unmetered_compute_unit_hours == 0.0
+    for other in ("pod-uid-2", ""):  # another server runs now, or none does: it may have stopped unseen
+        unsure = metering.accrue_status(stored, at(hours=3), TUNING, running=other)
+        assert unsure.total.compute_unit_hours == 0.5  # 2 CU * the first 15 min
+        assert unsure.total.unmetered_compute_unit_hours == 5.5
+
+
+def test_the_live_figure_carries_status_to_now_at_the_size_it_records() -> None:
+    stored = running(accrue(None, START, 1.5), current=1.5)
+    shown = metering.live(stored, at(hours=2))
+    assert shown is not None
+    assert shown.accounted_until == at(hours=2)
+    assert shown.period.compute_unit_hours == 3.0  # 1.5 CU * 2 h, from status alone
+    assert metering.live(types.DatabaseStatus(), at(hours=2)) is None
+
+
 def test_a_gap_across_a_month_boundary_bills_only_its_first_minutes_on_each_side_as_they_fall() -> None:
     usage = accrue(None, datetime(2026, 11, 30, 23, 50, tzinfo=UTC), 6.0)
     usage = accrue(usage, datetime(2026, 12, 1, 2, 0, tzinfo=UTC), 6.0, gap_limit=GAP)
@@ -249,12 +272,16 @@ def running(usage: types.UsageStatus, current: float | None = 1.0) -> types.Data
     )
 
 
-def test_usage_alone_is_written_once_it_is_a_flush_old_while_compute_runs() -> None:
+def test_usage_alone_is_not_written_while_compute_runs_however_long() -> None:
     stored = running(accrue(None, START, 1.0))
-    soon = replace(stored, usage=accrue(stored.usage, at(seconds=29), 1.0))
-    later = replace(stored, usage=accrue(stored.usage, at(seconds=30), 1.0))
-    assert metering.to_write(stored, soon, TUNING) == stored  # nothing to write yet
-    assert metering.to_write(stored, later, TUNING) == later
+    days = replace(stored, usage=accrue(stored.usage, at(days=3), 1.0))
+    assert metering.to_write(stored, days) == stored  # status plus the time since gives it
+
+
+def test_a_running_database_writes_usage_alone_for_a_new_period() -> None:
+    stored = running(accrue(None, START, 1.0))
+    month = replace(stored, usage=accrue(stored.usage, at(days=5), 1.0))  # into December
+    assert metering.to_write(stored, month) == month
 
 
 def test_usage_rides_along_with_any_other_change() -> None:
@@ -264,15 +291,15 @@ def test_usage_rides_along_with_any_other_change() -> None:
         capacity=types.CapacityStatus(current=2.0, desired=2.0),
         usage=accrue(stored.usage, at(seconds=1), 1.0),
     )
-    assert metering.to_write(stored, resized, TUNING) == resized
+    assert metering.to_write(stored, resized) == resized
 
 
 def test_a_resting_database_writes_usage_only_for_a_new_period() -> None:
     paused = types.DatabaseStatus(phase=Phase.PAUSED, usage=accrue(None, START, None, Phase.PAUSED))
     days = replace(paused, usage=accrue(paused.usage, at(days=3), None, Phase.PAUSED))
-    assert metering.to_write(paused, days, TUNING) == paused
+    assert metering.to_write(paused, days) == paused
     month = replace(paused, usage=accrue(paused.usage, at(days=5), None, Phase.PAUSED))  # into December
-    assert metering.to_write(paused, month, TUNING) == month
+    assert metering.to_write(paused, month) == month
 
 
 def test_a_spec_found_invalid_bills_what_ran_before_in_the_phase_it_ran_in() -> None:
@@ -304,7 +331,7 @@ def database() -> types.ServerlessDatabase:
     )
 
 
-async def test_the_reconciler_accounts_each_pass_writes_at_the_flush_and_serves_the_status_total() -> None:
+async def test_the_reconciler_accounts_each_pass_writes_on_changes_only_and_serves_the_live_total() -> None:
     store, runtime, clock = MemoryStore(), FakeRuntime(), Clock()
     metrics = FakeMetrics(clock)
     exposition = OperatorMetrics()
@@ -322,11 +349,11 @@ async def test_the_reconciler_accounts_each_pass_writes_at_the_flush_and_serves_
         await reconciler.reconcile(key)
     usage = store.objects[key].status.usage
     assert usage is not None
-    # Written at 1 s (the first session: connections and lastActivityTime change) and at 31 s
-    # (lastActivityTime's resolution and the flush, both 30 s on), not at each of the 60 passes.
-    assert store.status_writes[key] - writes == 2
-    assert usage.accounted_until == at(seconds=31)
-    assert usage.total.compute_unit_hours == pytest.approx(0.5 * 31 / 3600, abs=1e-9)
+    # Written at 1 s (the first session: connections and lastActivityTime change), then never: the
+    # session stays open, so nothing a user reads changes, and usage waits for the next change.
+    assert store.status_writes[key] - writes == 1
+    assert usage.accounted_until == at(seconds=1)
+    assert usage.total.compute_unit_hours == pytest.approx(0.5 * 1 / 3600, abs=1e-9)
     served = exposition.registry.get_sample_value(
         "sdb_compute_unit_seconds_total", {"namespace": "shop", "database": "orders"}
     )
