@@ -22,6 +22,7 @@ import yaml
 from controller.api import codec, manifests, types, units
 from controller.api.validation import InvalidSpecError
 from controller.app import logs
+from controller.policy import metering
 from controller.policy.inputs import DEFAULT_TUNING
 from controller.runtime.local.store import FileStore
 
@@ -524,13 +525,14 @@ def _row(db: types.ServerlessDatabase, *, wide: bool, namespace: bool) -> list[s
     ]
     if wide:
         ready = status.condition(types.ConditionType.READY)
+        usage = metering.live(status, units.now_utc())  # status is written on changes, not on a timer
         row += [
             _cu(status.capacity.desired),
             ready.status.value if ready else "Unknown",
             status.endpoint or "<none>",
             _age(status.last_activity_time) + " ago" if status.last_activity_time else "<none>",
-            f"{status.usage.period.compute_unit_hours:.3f}" if status.usage else "<none>",
-            status.usage.period.start.strftime("%Y-%m") if status.usage else "<none>",
+            f"{usage.period.compute_unit_hours:.3f}" if usage else "<none>",
+            usage.period.start.strftime("%Y-%m") if usage else "<none>",
         ]
     return [db.metadata.namespace, *row] if namespace else row
 
@@ -555,7 +557,9 @@ def _table(rows: list[list[str]]) -> None:
         print("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def _usage(usage: types.UsageStatus | None) -> str:
+def _usage(status: types.DatabaseStatus) -> str:
+    """The usage as of now: status's, carried from its accountedUntil at the capacity it records."""
+    usage = metering.live(status, units.now_utc())
     if usage is None:
         return "<none>"
     month = f"{usage.period.compute_unit_hours:.3f} CU-hours in {usage.period.start:%Y-%m}"
@@ -583,7 +587,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     print(f"  Connections:      {status.connections}")
     print(f"  Endpoint:         {status.endpoint or '<none>'}")
     print(f"  Last Activity:    {_when(status.last_activity_time)}")
-    print(f"  Usage:            {_usage(status.usage)}")
+    print(f"  Usage:            {_usage(status)}")
     print("Conditions:")
     _table(
         [["  TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"]]
