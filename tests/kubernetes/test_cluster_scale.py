@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from kubeapi import KubeApiDouble
-from support.cluster import activator_slice, create, eventually, operator, phase
+from support.cluster import activator_slice, create, eventually, operator, phase, reading, sdb
+from support.fakes import FakeMetrics
 from support.postgres import Server
 
-from controller.api import types
+from controller.api import codec, types
 from controller.runtime.kubernetes import client as kc
 from controller.runtime.kubernetes import permissions, projection
 from controller.runtime.kubernetes.informer import Informer
@@ -39,6 +42,46 @@ async def test_resting_databases_get_no_pass_and_no_api_call_over_many_ticks(
         assert reconciler.reconciles == passes
         calls = [r for r in kube.requests if r.resource != "leases.coordination.k8s.io" and r.verb != "watch"]
         assert calls == [], [(r.verb, r.resource, r.name) for r in calls]
+
+
+class Hurried:
+    """The operator's clock, run `speed` times faster than the wall's from the moment it is made: a
+    tick of the test's 200 ms spans 10 s of the operator's time, so minutes of a steady load pass in
+    seconds. (looptime cannot hurry this operator: its client's calls and watches run in threads.)"""
+
+    def __init__(self, speed: float = 50.0) -> None:
+        self.speed = speed
+        self.started, self.real = datetime.now(UTC), time.monotonic()
+
+    def __call__(self) -> datetime:
+        return self.started + timedelta(seconds=(time.monotonic() - self.real) * self.speed)
+
+
+async def test_a_running_database_with_a_steady_load_makes_no_api_write_over_many_ticks(
+    kube: KubeApiDouble, pods: Server
+) -> None:
+    """Nothing a user reads changes, so nothing is written: not its usage (status plus the time since
+    gives it), not its learned load, not its last activity (its session stays open)."""
+    kube.create(activator_slice())
+    clock = Hurried()
+    async with operator(kube, pods, metrics=FakeMetrics(clock)) as running:
+        reconciler = running.operator.reconciler
+        reconciler.clock = clock
+        create(kube, autoPause={"enabled": False})
+        await eventually(lambda: phase(kube) == "Active", what="Active")
+        running.readings["shop/orders"] = reading(cpu=0.2, sessions=1)
+        await eventually(lambda: sdb(kube)["status"].get("connections") == 1, what="the session in status")
+        await asyncio.sleep(1.0)  # what the first reading taught (its load, its activity) is written
+        kube.clear_requests()
+        passes, since = reconciler.reconciles, clock()
+        await asyncio.sleep(40 * running.operator.options.tuning.tick.total_seconds())
+        assert clock() - since > timedelta(minutes=5)  # many usage flushes' worth, had there been any
+        assert reconciler.reconciles - passes >= 20  # it was looked at, tick after tick
+        writes = [r for r in kube.requests if r.is_write and r.resource != "leases.coordination.k8s.io"]
+        assert writes == [], [(r.verb, r.resource, r.name) for r in writes]
+    usage = codec.decode(sdb(kube)).status.usage
+    assert usage is not None
+    assert usage.accounted_until < since  # what a reader carries to now (metering.live)
 
 
 async def test_a_restart_looks_at_each_database_once_at_resync_priority(
