@@ -44,6 +44,8 @@ class OperatorMetrics:
         self.capacity_max = series.Gauge(
             "sdb_capacity_max_cu", "The database's ceiling (spec.capacity.max).", DB_LABELS, registry=r
         )
+        self._phases: dict[tuple[str, str], types.Phase] = {}
+        """The phase each database's series says, so a pass that changes none touches none."""
         self.phase = series.Gauge(
             "sdb_phase",
             "1 for the database's current phase (there is no series for the others).",
@@ -233,11 +235,13 @@ class OperatorMetrics:
     def observe_phase(self, namespace: str, name: str, phase: types.Phase) -> None:
         """One series per database, its phase's: a series per phase at 0 would cost each database
         eight times the memory for nothing a query needs."""
+        if self._phases.get((namespace, name)) is phase:
+            return  # every pass of a running database tells its phase; only a change moves a series
         for each in types.Phase:
             if each is not phase:
-                with contextlib.suppress(KeyError):
-                    self.phase.remove(namespace, name, each.value)
+                self.phase.remove(namespace, name, each.value)
         self.phase.labels(namespace, name, phase.value).set(1)
+        self._phases[namespace, name] = phase
 
     def observe_pooler(self, namespace: str, name: str, stats: Stats) -> None:
         """One reading of a database's pooler: its gauges as read, its counters by what its totals
@@ -319,8 +323,8 @@ class OperatorMetrics:
                 with contextlib.suppress(KeyError):
                     metric.remove(namespace, name, door)
         for phase in types.Phase:
-            with contextlib.suppress(KeyError):
-                self.phase.remove(namespace, name, phase.value)
+            self.phase.remove(namespace, name, phase.value)
+        self._phases.pop((namespace, name), None)
         for outcome in (ACCEPTED, *(reason.name.lower() for reason in Reason)):
             self.token_checks.remove(namespace, name, outcome)
         for direction in ("up", "down"):

@@ -9,7 +9,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import Counter as ClientCounter
 from prometheus_client import Gauge as ClientGauge
 
+from controller.api import types
 from controller.metrics import series
+from controller.metrics.exposition import OperatorMetrics
 
 LABELS = ("namespace", "database")
 
@@ -54,3 +56,23 @@ def test_a_counter_only_rises_and_labels_must_match() -> None:
         counter.labels("shop", "a").set(1)
     with pytest.raises(ValueError, match="takes labels"):
         counter.labels("shop")
+
+
+def test_a_database_has_one_phase_series_its_current_one_and_none_once_forgotten() -> None:
+    metrics = OperatorMetrics()
+
+    def phases() -> dict[str, float]:
+        return {
+            sample.labels["phase"]: sample.value
+            for family in metrics.phase.collect()
+            for sample in family.samples
+            if sample.labels["database"] == "orders"
+        }
+
+    for phase in (types.Phase.ACTIVE, types.Phase.ACTIVE, types.Phase.PAUSED, types.Phase.PAUSED):
+        metrics.observe_phase("shop", "orders", phase)
+    assert phases() == {"Paused": 1.0}
+    metrics.forget("shop", "orders")
+    assert phases() == {}
+    metrics.observe_phase("shop", "orders", types.Phase.PAUSED)  # created again under the same name
+    assert phases() == {"Paused": 1.0}
