@@ -151,8 +151,6 @@ def to_write(stored: types.DatabaseStatus, new: types.DatabaseStatus) -> types.D
     exactly (`accrue_status`). So a running database with a steady load writes nothing.
     """
     before, after = stored.usage, new.usage
-    if before is None or after is None or replace(new, usage=before) != stored:
+    if before is None or after is None or after.period.start != before.period.start:
         return new
-    if after.period.start != before.period.start:
-        return new
-    return replace(new, usage=before)
+    return stored if replace(new, usage=before) == stored else new
