@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
 from support.operator import Operator
 
-from controller.api import types
+from controller.api import types, units
+from controller.policy import metering
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,6 +97,20 @@ def test_apply_get_and_generation(cli: Operator, tmp_path: Path) -> None:
     _, described, _ = cli.sdb("describe", "orders", "-n", "shop")
     assert "Generation:   2 (observed 0)" in described
     assert "cron: 0 8 * * 1-5" in described
+
+
+def test_describe_shows_usage_carried_to_now(cli: Operator, tmp_path: Path) -> None:
+    """Status is written on changes, not on a timer: two hours at 1.5 CU since accountedUntil count."""
+    cli.sdb("apply", "-f", str(manifest(tmp_path, "{}")))
+    status = types.DatabaseStatus(
+        phase=types.Phase.ACTIVE,
+        capacity=types.CapacityStatus(current=1.5, desired=1.5),
+        usage=metering.begin(units.now_utc() - timedelta(hours=2)),  # accounted until two hours ago
+    )
+    asyncio.run(cli.store.write_status(cli.get("orders"), status))
+    _, described, _ = cli.sdb("describe", "orders")
+    shown = next(line for line in described.splitlines() if "Usage:" in line)
+    assert ", 3.000 since " in shown  # the total: 1.5 CU for the two hours since
 
 
 def test_pause_resume_park_set_the_state(cli: Operator, tmp_path: Path) -> None:
