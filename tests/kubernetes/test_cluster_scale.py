@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -44,18 +43,19 @@ async def test_resting_databases_get_no_pass_and_no_api_call_over_many_ticks(
         assert calls == [], [(r.verb, r.resource, r.name) for r in calls]
 
 
-class Hurried:
-    """The operator's clock, run `speed` times faster than the wall's from the moment it is made: a
-    tick of the test's 200 ms spans 5 s of the operator's time, so minutes of a steady load pass in
-    seconds, and a reading goes stale (30 s) only if its pass comes 1.2 s late. (looptime cannot
-    hurry this operator: its client's calls and watches run in threads.)"""
+class SteppedClock:
+    """The operator's clock, moved only by the test: minutes of a steady load pass in a few ticks, and
+    a reading (stamped when handed out) is never older than one step when its pass decides. (looptime
+    cannot drive this operator: its client's calls and watches run in threads.)"""
 
-    def __init__(self, speed: float = 25.0) -> None:
-        self.speed = speed
-        self.started, self.real = datetime.now(UTC), time.monotonic()
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
 
     def __call__(self) -> datetime:
-        return self.started + timedelta(seconds=(time.monotonic() - self.real) * self.speed)
+        return self.now
+
+    def advance(self, by: timedelta) -> None:
+        self.now += by
 
 
 async def test_a_running_database_with_a_steady_load_makes_no_api_write_over_many_ticks(
@@ -64,20 +64,32 @@ async def test_a_running_database_with_a_steady_load_makes_no_api_write_over_man
     """Nothing a user reads changes, so nothing is written: not its usage (status plus the time since
     gives it), not its learned load, not its last activity (its session stays open)."""
     kube.create(activator_slice())
-    clock = Hurried()
+    clock = SteppedClock()
+    step = timedelta(seconds=10)
     async with operator(kube, pods, metrics=FakeMetrics(clock)) as running:
         reconciler = running.operator.reconciler
         reconciler.clock = clock
+
+        async def a_pass_later() -> None:
+            """Move the clock a step, and wait for a pass that began after it."""
+            clock.advance(step)
+            done = reconciler.reconciles
+            await eventually(lambda: reconciler.reconciles >= done + 2, what="a pass after the step")
+
         create(kube, autoPause={"enabled": False})
         await eventually(lambda: phase(kube) == "Active", what="Active")
         running.readings["shop/orders"] = reading(cpu=0.2, sessions=1)
         await eventually(lambda: sdb(kube)["status"].get("connections") == 1, what="the session in status")
-        await asyncio.sleep(1.0)  # what the first reading taught (its load, its activity) is written
+        for _ in range(6):  # what the first readings taught (its load, its activity) is written
+            kube.clear_requests()
+            await a_pass_later()
+            if not [r for r in kube.requests if r.is_write and r.resource != "leases.coordination.k8s.io"]:
+                break
         kube.clear_requests()
-        passes, since = reconciler.reconciles, clock()
-        await asyncio.sleep(40 * running.operator.options.tuning.tick.total_seconds())
+        since = clock()
+        for _ in range(20):
+            await a_pass_later()
         assert clock() - since > timedelta(minutes=3)  # six 30 s usage flushes' worth, had there been any
-        assert reconciler.reconciles - passes >= 20  # it was looked at, tick after tick
         writes = [r for r in kube.requests if r.is_write and r.resource != "leases.coordination.k8s.io"]
         assert writes == [], [(r.verb, r.resource, r.name) for r in writes]
     usage = codec.decode(sdb(kube)).status.usage
