@@ -14,7 +14,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,12 +62,12 @@ class Pool:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
 
-    @contextlib.asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[None]:
-        """A turn for one request on this database: at most `max_per_database` at once."""
-        slots = self._slots.setdefault(key, asyncio.Semaphore(self.max_per_database))
-        async with slots:
-            yield
+    def slot(self, key: str) -> asyncio.Semaphore:
+        """A turn for one request on this database (`async with`): at most `max_per_database` at once."""
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = asyncio.Semaphore(self.max_per_database)
+        return slots
 
     async def take(self, role: Role) -> Session | None:
         """The most recently used kept session of this role, if one is still good; or one being reset

@@ -12,6 +12,7 @@ Nothing here echoes the connection string back: it carries a password.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -33,6 +34,9 @@ ISOLATION_LEVELS = {
     "RepeatableRead": "REPEATABLE READ",
     "Serializable": "SERIALIZABLE",
 }
+CONNECTION_STRINGS_REMEMBERED = 1024
+"""Connection strings whose reading is remembered (each is a few hundred bytes held in memory, as
+the sessions kept for them hold their passwords too)."""
 MAX_QUERIES = 1000
 """Statements in one batch: each is a round trip inside one transaction, so a bound keeps it short."""
 
@@ -148,6 +152,13 @@ def credentials(value: str | None) -> Credentials:
     """The `Neon-Connection-String` header, read; a refusal never repeats it (it holds a password)."""
     if not value:
         raise RequestError(f"the {CONNECTION_STRING} header is missing")
+    return _read_connection_string(value)
+
+
+@functools.lru_cache(maxsize=CONNECTION_STRINGS_REMEMBERED)
+def _read_connection_string(value: str) -> Credentials:
+    """Remembered: a client sends the same header with every request, and reading a URL costs more
+    than the rest of a request's checks. Only the ones read well are kept (a refusal raises)."""
     try:
         url = urlsplit(value)
         host = url.hostname

@@ -82,16 +82,13 @@ class Sql:
 
     async def _body(self, request: web.Request) -> bytes:
         limit = self.limits.max_request_bytes
-        too_large = req.RequestError(
-            f"request is too large (max is {limit} bytes)", status=413, reason="request_too_large"
-        )
         if request.content_length is not None and request.content_length > limit:
-            raise too_large
+            raise _too_large(limit)
         body = bytearray()
         while chunk := await request.content.readany():
             body += chunk
             if len(body) > limit:
-                raise too_large
+                raise _too_large(limit)
         return bytes(body)
 
     async def _serve(
@@ -174,6 +171,12 @@ def peer(request: web.Request) -> tuple[str, int]:
     """The client's address (a Unix socket or a closed transport has none worth checking)."""
     address = request.transport.get_extra_info("peername") if request.transport else None
     return (str(address[0]), int(address[1])) if isinstance(address, tuple) else ("", 0)
+
+
+def _too_large(limit: int) -> req.RequestError:
+    return req.RequestError(
+        f"request is too large (max is {limit} bytes)", status=413, reason="request_too_large"
+    )
 
 
 def _json(payload: bytes, status: int) -> web.Response:
