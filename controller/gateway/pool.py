@@ -11,7 +11,6 @@ the very password or token it was opened with; only a digest of it is kept in th
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hashlib
 from collections.abc import Coroutine
@@ -57,8 +56,6 @@ class Pool:
         self.max_per_database = max_per_database
         self._kept: dict[Role, list[_Kept]] = {}
         self._slots: dict[str, asyncio.Semaphore] = {}
-        self._resetting: collections.Counter[Role] = collections.Counter()
-        self._waiting: dict[Role, collections.deque[asyncio.Future[Session | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
 
@@ -70,53 +67,27 @@ class Pool:
         return slots
 
     async def take(self, role: Role) -> Session | None:
-        """The most recently used kept session of this role, if one is still good; or one being reset
-        after the previous request, when there is one for this caller (so a client that sends
-        requests one after the other goes on with one session)."""
-        kept = self._kept.get(role)
-        while kept:
+        """The most recently used kept session of this role, once its reset is known to have
+        succeeded, or None. The reset went out behind the session's last request, so its answer has
+        usually arrived by the time a request takes it: a client that sends requests one after the
+        other goes on with one session, and no reset costs a wake-up of its own."""
+        while kept := self._kept.get(role):
             session = kept.pop().session
+            try:
+                await session.reset()
+            except asyncio.CancelledError:
+                self._spawn(session.close())  # its answer half read: of no use to anyone
+                raise
             if session.idle:
                 return session
             self._spawn(session.close())
-        waiting = self._waiting.setdefault(role, collections.deque())
-        if self._resetting[role] <= len(waiting):
-            return None
-        handed: asyncio.Future[Session | None] = asyncio.get_running_loop().create_future()
-        waiting.append(handed)
-        try:
-            return await handed
-        except asyncio.CancelledError:
-            if handed.done() and not handed.cancelled() and (late := handed.result()) is not None:
-                self.give(role, late)  # handed over as the caller left: for the next one
-            raise
-        finally:
-            with contextlib.suppress(ValueError):
-                waiting.remove(handed)
+        return None
 
     def give(self, role: Role, session: Session) -> None:
-        """Back from a request: reset and kept, or closed if the request left it unusable (a reset
-        fails on a transaction left open, so such a session is closed after it)."""
+        """Back from a request: kept (its reset is checked when it is taken again), or closed if the
+        request left it unusable (lost, interrupted, or a transaction left open)."""
         if session.broken:
             self._spawn(session.close())
-            return
-        self._resetting[role] += 1
-        self._spawn(self._keep(role, session))
-
-    async def _keep(self, role: Role, session: Session) -> None:
-        try:
-            await session.reset()
-        finally:
-            self._resetting[role] -= 1
-        waiting = self._waiting.get(role)
-        handed = next((w for w in waiting or () if not w.done()), None)
-        if not session.idle:
-            await session.close()
-            if handed is not None:
-                handed.set_result(None)  # it opens a session of its own
-            return
-        if handed is not None:
-            handed.set_result(session)
             return
         self._kept.setdefault(role, []).append(_Kept(session, asyncio.get_running_loop().time()))
         if self._reaper is None or self._reaper.done():

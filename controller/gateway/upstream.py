@@ -30,6 +30,7 @@ UNABLE_TO_CONNECT = "08001"
 """sqlclient_unable_to_establish_sqlconnection: libpq gives no SQLSTATE for a failed connect."""
 QUERY_CANCELED = "57014"
 RESET = b"DISCARD ALL"
+_OPENS_A_TRANSACTION = ("BEGIN", "START TRANSACTION")
 ROW_OVERHEAD = 2
 VALUE_OVERHEAD = 4
 """JSON's brackets, quotes and commas around each row and value: the running size is an upper bound."""
@@ -93,7 +94,8 @@ class Session:
         self.broken = False
         """Interrupted mid-query or lost: never reused."""
         self.resetting = False
-        """A `DISCARD ALL` went out behind the last statement, in the same write; its answer is unread."""
+        """A `DISCARD ALL` went out behind the last statement, in the same write; its answer is unread
+        until the session is next taken (`reset`)."""
 
     @classmethod
     async def open(cls, upstream: Upstream, credentials: request.Credentials, tls: PostgresTls) -> Session:
@@ -190,6 +192,9 @@ class Session:
             # EMPTY_QUERY: an empty statement has no fields, rows or tag.
         if last:
             await self._synced()
+            if status in _OPENS_A_TRANSACTION:
+                # The reset behind it fails in the transaction it left open: closed now, never kept.
+                self.broken = True
         if failure is not None:
             raise failure
         return results.Result(fields, rows, status)
@@ -220,10 +225,11 @@ class Session:
         await self.close()
 
     async def reset(self) -> None:
-        """Forget the last request's session state (settings, temporary tables, prepared statements,
-        advisory locks, LISTENs) before the next request gets the session: read the answer of the
-        `DISCARD ALL` pipelined behind its last statement, or run one when none was (a batch rolled
-        back). A reset that fails leaves the session broken, so it is closed, never reused."""
+        """Make sure the last request's session state (settings, temporary tables, prepared
+        statements, advisory locks, LISTENs) is gone before the next request gets the session: read
+        the answer of the `DISCARD ALL` pipelined behind its last statement (Postgres ran it right
+        after that statement, so nothing was held meanwhile), or run one when none was. A reset that
+        fails leaves the session broken, so it is closed, never reused."""
         try:
             async with asyncio.timeout(CANCEL_TIMEOUT):
                 if not self.resetting:

@@ -122,6 +122,14 @@ class Running:
         ) as response:
             return response.status, await response.json(content_type=None)
 
+    def in_transaction(self) -> list[tuple[Any, ...]]:
+        """Other sessions inside a transaction block, whatever they ran last."""
+        with self.server.connect() as conn:
+            return conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+            ).fetchall()
+
     def activity(self, like: str) -> list[tuple[Any, ...]]:
         """Other sessions running a query like this one, as Postgres sees them."""
         with self.server.connect() as conn:
@@ -285,9 +293,11 @@ async def test_no_session_state_reaches_the_next_request_on_the_same_session(kee
     # A statement that must run outside a transaction block still runs alone, pipelined reset or not.
     status, _ = await running.sql({"query": "VACUUM pg_class"})
     assert status == 200
-    # A transaction left open cannot be reset: that session is closed and the next one is new.
+    # A transaction left open cannot be reset: that session is closed at once (not kept holding
+    # its transaction until a request takes it), and the next one is new.
     status, _ = await running.sql({"query": "BEGIN"})
     assert status == 200
+    await eventually(lambda: not running.in_transaction(), what="the session left in a transaction to close")
     _, after = await running.sql({"query": state})
     assert after["rows"][0][0] != pid
     assert after["rows"][0][1:] == clean["rows"][0][1:]
