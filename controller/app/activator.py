@@ -131,6 +131,8 @@ class ClusterBackend:
         self._pending: set[asyncio.Task[None]] = set()
         self.identities: Identities | None = None
         """Where a database with identities is listened for, for the gateway's token logins."""
+        self._decoded: dict[str, tuple[dict[str, Any], types.ServerlessDatabase | None]] = {}
+        """Per database, the informer's object last decoded and what it decoded to."""
 
     async def admits(self, key: str, peer: tuple[str, int]) -> bool:
         """Whether a client may reach this database: its pod is in a namespace the spec allows (the
@@ -162,13 +164,21 @@ class ClusterBackend:
         return peer
 
     def _db(self, key: str) -> types.ServerlessDatabase | None:
+        """The database as the watch last saw it, decoded once per version: a `/sql` request asks
+        for it several times (exists, admits, awake, upstream)."""
         raw = self.databases.get(*types.split_key(key))
         if raw is None:
+            self._decoded.pop(key, None)
             return None
+        known = self._decoded.get(key)
+        if known is not None and known[0] is raw:  # the informer stores a new object for each change
+            return known[1]
         try:
-            return codec.decode(raw)
+            db: types.ServerlessDatabase | None = codec.decode(raw)
         except ValueError:
-            return None
+            db = None
+        self._decoded[key] = (raw, db)
+        return db
 
     async def exists(self, key: str) -> bool:
         return self._db(key) is not None
@@ -237,6 +247,8 @@ class ClusterBackend:
             self._spawn(self.identities.follow(key, db.spec.access.identities if db is not None else ()))
         # The port is in status, which only the operator writes: a spec author cannot claim another's.
         port = (obj.get("status") or {}).get("activatorPort")
+        if deleted:
+            self._decoded.pop(key, None)
         if deleted or not isinstance(port, int):
             if key in self._ports:
                 self._spawn(self._unlisten(key))
