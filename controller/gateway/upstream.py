@@ -236,6 +236,7 @@ class Session:
                     await self._run(request.Query(RESET.decode()), Budget(1 << 20), last=False)
                     return
                 self.resetting = False
+                self.connection.pgconn.consume_input()  # usually all here: no wait on the socket
                 result = await self._next()
                 while (extra := await self._next()) is not None:
                     result = extra
