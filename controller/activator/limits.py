@@ -21,8 +21,11 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Limits:
-    startup_deadline: float = 10.0
-    """Seconds from accept to a complete, valid StartupMessage (Postgres gives authentication_timeout)."""
+    startup_deadline: float = 60.0
+    """Seconds from accept to a complete, valid StartupMessage: Postgres's own authentication_timeout,
+    since the activator answers in the postmaster's place and a client on a loaded machine (a TLS
+    handshake among hundreds of threads took 10 s) gets as long here as there. A flood of slow
+    connections is bounded by the `negotiating` cap, not by this."""
     negotiating: int = 4096
     held: int = 4096
     held_per_database: int = 1000

@@ -12,6 +12,9 @@ takes longer than the wake timeout, each held client gets a Postgres ErrorRespon
 What a client can make the activator keep is bounded (`limits`): a startup has a deadline and
 reads no further than its packet; a held connection is not read from until its relay starts; the
 connections negotiating and those held have caps sized to the descriptors the process may open.
+A connection the activator gives up on (out of time, evicted at a cap, a database it cannot reach,
+a shutdown) is answered all the same: before its startup is decided, any packet a client sends
+first may be answered with an ErrorResponse, and libpq reports it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ Admit = Callable[[str, tuple[str, int]], Awaitable[bool]]
 """May this peer (host, port) connect to database `key`? Asked after a valid startup, before a wake."""
 
 NOT_ADMITTED = "not allowed to connect from this address"
+UNREACHABLE = "the database is awake but cannot be reached"
+SHUTTING_DOWN = "the database system is shutting down"
+EVICTED = "sorry, too many clients already: too many connections are starting up here"
 
 
 @dataclass(frozen=True)
@@ -141,9 +147,9 @@ class _Client(asyncio.BufferedProtocol):
             self.transport.write(protocol.error_response(code, message))
         self.transport.close()
 
-    def end(self) -> None:
-        """Close at once, without an answer: evicted or out of time, it has had its chance."""
-        self.transport.abort()
+    def give_up(self, code: str, message: str) -> None:
+        """Answered, then closed, however far its startup got: it is no longer waited for."""
+        self.refuse(code, message)
         self._settle(None)
 
 
@@ -202,7 +208,7 @@ class Activator:
         for server in servers:
             server.close()
         for client in list(self._clients):
-            client.end()
+            client.give_up(protocol.CANNOT_CONNECT_NOW, SHUTTING_DOWN)
         for spliced in list(self._relays):
             spliced.abort()
         for task in list(self._tasks):
@@ -236,7 +242,7 @@ class Activator:
         self._clients.add(client)
         evicted = self._occupancy.arrive(client)
         if evicted is not None:
-            evicted.end()
+            evicted.give_up(protocol.TOO_MANY_CONNECTIONS, EVICTED)
             self._refused(evicted, "evicted: too many connections negotiating their startup")
         task = asyncio.ensure_future(self._serve(client))
         self._tasks.add(task)
@@ -256,13 +262,13 @@ class Activator:
                     client.negotiate()
                     decision = await asyncio.shield(client.decided)
         except TimeoutError:
-            client.end()
+            client.give_up(protocol.CANNOT_CONNECT_NOW, self._out_of_time())
             self._refused(client, "startup not complete within the deadline")
             return
         finally:
             self._occupancy.leave(client)
         if upstream is not None:
-            await self._relay(client, upstream, b"", parsed=False)
+            await self._relay(client, upstream, b"")
         elif isinstance(decision, negotiation.Wake):
             await self._hold(client, decision)
         elif isinstance(decision, negotiation.Refuse):
@@ -284,7 +290,7 @@ class Activator:
                 return
             upstream = await self._wake(client)
             if upstream is not None:
-                await self._relay(client, upstream, wake.packet, parsed=True, tls=wake.encrypted)
+                await self._relay(client, upstream, wake.packet, tls=wake.encrypted)
         finally:
             self._occupancy.release(client.key)
 
@@ -315,22 +321,23 @@ class Activator:
         self._refused(client, "wake failed", message=reason)
         return None
 
-    async def _relay(
-        self, client: _Client, upstream: Upstream, first: bytes, *, parsed: bool, tls: bool = False
-    ) -> None:
-        """Splice the client to Postgres; `parsed`: its startup was read, so it can be told why not."""
+    async def _relay(self, client: _Client, upstream: Upstream, first: bytes, *, tls: bool = False) -> None:
+        """Splice the client to Postgres, or tell it why not."""
         try:
             spliced = await relay.Relay.open(client.transport, upstream.host, upstream.port, first, tls=tls)
         except OSError as error:
             log.debug("upstream unreachable", database=client.key, error=str(error))
-            if parsed:
-                client.refuse(protocol.CANNOT_CONNECT_NOW, "the database is awake but cannot be reached")
-            else:
-                client.end()  # no answer fits a conversation this side never read
+            # Unparsed, nothing was answered yet: an ErrorResponse answers any first packet.
+            client.refuse(protocol.CANNOT_CONNECT_NOW, UNREACHABLE)
             return
         self._clients.discard(client)  # the relay owns the connection now
         self._relays.add(spliced)
         spliced.closed.add_done_callback(lambda _: self._relays.discard(spliced))
+
+    def _out_of_time(self) -> str:
+        return (
+            f"the connection's startup did not complete within {self.limits.startup_deadline:g}s; try again"
+        )
 
     def _refused(self, client: _Client, reason: str, **fields: str) -> None:
         self.refusals.refused(reason, database=client.key, peer=client.peer[0], **fields)

@@ -24,7 +24,7 @@ from support.postgres import Server, running_server
 
 from controller.activator import limits, protocol, relay
 from controller.activator.limits import Limits
-from controller.activator.proxy import Activator, Upstream, WakeError
+from controller.activator.proxy import EVICTED, UNREACHABLE, Activator, Upstream, WakeError
 from controller.api.types import (
     WAKE_ANNOTATION,
     DatabaseSpec,
@@ -34,7 +34,7 @@ from controller.api.types import (
     State,
 )
 from controller.app.local import LocalBackend
-from controller.runtime.local.runtime import read_endpoint
+from controller.runtime.local.runtime import free_port, read_endpoint
 
 KEY = "shop/orders"
 STARTUP = protocol.startup_message({"user": "alice", "database": "orders"})
@@ -386,24 +386,66 @@ def test_junk_against_a_paused_database_of_sdb_up_leaves_it_paused(operator: Ope
 
 
 @pytest.mark.looptime
-@pytest.mark.parametrize("deadline", [10.0, 3.0])
-async def test_a_trickling_client_is_cut_off_at_the_startup_deadline(echo: Upstream, deadline: float) -> None:
-    """A client sending a byte every 8 s once stayed 40 s and more; the whole startup gets `deadline`."""
+@pytest.mark.parametrize("deadline", [Limits().startup_deadline, 3.0])
+async def test_a_trickling_client_is_answered_57p03_at_the_startup_deadline(
+    echo: Upstream, deadline: float
+) -> None:
+    """A client sending a byte every 8 s once stayed 40 s and more; the whole startup gets `deadline`,
+    then an answer that says so (never a bare close: to libpq that is "server closed the connection
+    unexpectedly", with no reason)."""
     backend = Backend(echo)
     async with serving(backend, limits=Limits(startup_deadline=deadline)) as (_, port):
         loop = asyncio.get_running_loop()
         started = loop.time()
         reader, writer = await connect(port)
-        closed = asyncio.ensure_future(reader.read())
+        answered = asyncio.ensure_future(error_fields(reader))
         for byte in STARTUP:
-            if closed.done():
+            if answered.done():
                 break
             writer.write(bytes([byte]))
-            await asyncio.wait([closed], timeout=8)
-        assert await closed == b""
+            await asyncio.wait([answered], timeout=8)
+        fields = await answered
         assert loop.time() - started == pytest.approx(deadline, abs=0.5)
         writer.close()
+    assert (fields[b"C"], fields[b"M"]) == (
+        protocol.CANNOT_CONNECT_NOW,
+        f"the connection's startup did not complete within {deadline:g}s; try again",
+    )
     assert backend.wakes == 0
+
+
+@pytest.mark.looptime
+async def test_a_client_slow_to_start_is_woken_and_relayed_within_postgres_authentication_timeout(
+    echo: Upstream,
+) -> None:
+    """Two hundred libpq threads sharing one GIL on a loaded machine took 10 s between the activator's
+    answer to their SSLRequest and their next packet: a client gets as long as Postgres would give it
+    (authentication_timeout, 60 s by default) before the activator gives up on it."""
+    backend = Backend(echo)
+    async with serving(backend) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(protocol.ssl_request())
+        assert await reader.readexactly(1) == protocol.DECLINE_ENCRYPTION
+        await asyncio.sleep(50)
+        writer.write(STARTUP)
+        assert await reader.readexactly(len(STARTUP)) == STARTUP.upper()  # woken, then relayed
+        writer.close()
+    assert backend.wakes == 1
+
+
+async def test_a_client_whose_awake_database_cannot_be_reached_is_answered_57p03(echo: Upstream) -> None:
+    """Relayed raw (the database is already reachable), a client's first packet is unread when the
+    connect fails: an ErrorResponse answers any first packet, so it is told rather than cut off."""
+    backend = Backend(Upstream("127.0.0.1", free_port()))
+    backend.awake = True
+    async with serving(backend) as (_, port):
+        reader, writer = await connect(port)
+        writer.write(STARTUP)
+        answer = await until_closed(reader)  # the unread packet makes the close a reset, after the answer
+        writer.close()
+    assert answer[:1] == b"E"
+    fields = {f[:1]: f[1:].decode() for f in answer[5:].split(b"\0") if f}
+    assert (fields[b"C"], fields[b"M"]) == (protocol.CANNOT_CONNECT_NOW, UNREACHABLE)
 
 
 async def test_a_second_ssl_request_is_refused_as_postgres_refuses_it(echo: Upstream) -> None:
@@ -430,11 +472,14 @@ async def test_at_the_negotiating_cap_a_new_connection_evicts_the_oldest(postgre
     async with serving(backend, limits=Limits(negotiating=3)) as (activator, port):
         silent = [await connect(port) for _ in range(3)]
         newest = await connect(port)
-        assert await silent[0][0].read() == b""  # the oldest made room
+        evicted = (protocol.TOO_MANY_CONNECTIONS, EVICTED)
+        fields = await error_fields(silent[0][0])  # the oldest made room, and is told why
+        assert (fields[b"C"], fields[b"M"]) == evicted
         assert activator.negotiating == 3
         # a real client at the cap gets through: it evicts one more, and is done in milliseconds
         assert await query(port, postgres) == (1,)
-        assert await silent[1][0].read() == b""
+        fields = await error_fields(silent[1][0])
+        assert (fields[b"C"], fields[b"M"]) == evicted
         for _, writer in [*silent, newest]:
             writer.close()
 
