@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from support.identity import identity_members
 from support.postgres import Server, running_server
 
 from controller.postgres import identities
@@ -17,16 +18,6 @@ from controller.runtime.local.runtime import HOST
 pytestmark = pytest.mark.postgres
 NAME = "serverless-db-gateway"
 ROLE = "map_reader"
-
-
-def members(server: Server) -> set[str]:
-    with server.connect() as conn:
-        rows = conn.execute(
-            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
-            "JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = %s",
-            [identities.IDENTITY_ROLE],
-        ).fetchall()
-    return {str(r[0]) for r in rows}
 
 
 def loaded(server: Server) -> set[tuple[str, str, str]]:
@@ -54,11 +45,11 @@ def writable() -> Iterator[Server]:
 def test_the_map_and_the_members_follow_the_bound_roles(writable: Server) -> None:
     assert apply(writable, []) == 0  # initdb's file says nothing: nothing is written
     assert apply(writable, [ROLE, "not_made_yet"]) == 3  # the map, the group, one grant
-    assert members(writable) == {ROLE}
+    assert identity_members(writable) == {ROLE}
     assert loaded(writable) == {(identities.MAP, NAME, ROLE), (identities.MAP, NAME, "not_made_yet")}
     assert apply(writable, [ROLE, "not_made_yet"]) == 0
     assert apply(writable, []) == 2  # one revoke, the map
-    assert members(writable) == set()
+    assert identity_members(writable) == set()
     assert loaded(writable) == set()
 
 
@@ -70,7 +61,7 @@ def test_a_map_it_cannot_write_leaves_the_database_served_and_no_role_granted(
         with server.connect() as conn:
             conn.execute(f"CREATE ROLE {ROLE} LOGIN")
         assert apply(server, [ROLE]) == 0
-        assert members(server) == set()
+        assert identity_members(server) == set()
         assert "cannot write pg_ident.conf" in capsys.readouterr().out
         with server.connect() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)

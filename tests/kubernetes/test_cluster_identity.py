@@ -35,7 +35,7 @@ from support.cluster import (
     reading,
     service_account_token,
 )
-from support.identity import ISSUER, SigningKey, jwks
+from support.identity import ISSUER, SigningKey, identity_members, jwks
 from support.postgres import Server, Tls, running_server
 
 from controller import pki
@@ -210,16 +210,6 @@ def ident_map(pod: Server) -> frozenset[tuple[str, ...]]:
     return identities.mappings((pod.cluster.pgdata / "pg_ident.conf").read_text())
 
 
-def members(pod: Server) -> set[str]:
-    with pod.connect() as conn:
-        rows = conn.execute(
-            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
-            "JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = %s",
-            [identities.IDENTITY_ROLE],
-        ).fetchall()
-    return {str(r[0]) for r in rows}
-
-
 BOUND: dict[str, Any] = {
     "roles": [{"name": ROLE, "login": True}],
     "databases": [{"name": DATABASE, "owner": ROLE}],
@@ -238,7 +228,7 @@ async def test_a_service_account_token_reaches_postgres_as_its_role_by_the_gatew
 ) -> None:
     create(kube, autoPause={"enabled": False}, **BOUND)
     await eventually(lambda: phase(kube) == "Active", what="Active")
-    await eventually(lambda: ROLE in members(pod), what="the bound role to be a member of the identity role")
+    await eventually(lambda: ROLE in identity_members(pod), what="the bound role in the identity group")
     assert ident_map(pod) == {(identities.MAP, builders.GATEWAY_CLIENT_NAME, ROLE)}
     await eventually(
         lambda: door.backend.awake(KEY) and door.gateway is not None, what="the activator to see it"
@@ -305,7 +295,7 @@ async def test_an_identity_removed_from_the_spec_no_longer_logs_in(
     kube: KubeApiDouble, pod: Server, door: Door
 ) -> None:
     create(kube, autoPause={"enabled": False}, **BOUND)
-    await eventually(lambda: ROLE in members(pod), what="the bound role to be a member of the identity role")
+    await eventually(lambda: ROLE in identity_members(pod), what="the bound role in the identity group")
     await eventually(lambda: door.backend.identities.endpoint.listening(KEY), what="the identity endpoint")  # type: ignore[union-attr]
     status, _ = await door.sql(WHO, token=service_account_token(kube, "api", AUDIENCE))
     assert status == 200
@@ -315,7 +305,7 @@ async def test_an_identity_removed_from_the_spec_no_longer_logs_in(
     )
     # The membership goes first, then the map: each alone already keeps the role out.
     await eventually(lambda: not ident_map(pod), what="the map to let the certificate become no role")
-    assert ROLE not in members(pod)
+    assert ROLE not in identity_members(pod)
     await eventually(
         lambda: not door.backend.identities.endpoint.listening(KEY),  # type: ignore[union-attr]
         what="the endpoint to stop",
@@ -326,7 +316,7 @@ async def test_an_identity_removed_from_the_spec_no_longer_logs_in(
 
 async def test_a_token_wakes_a_paused_database_once(kube: KubeApiDouble, pod: Server, door: Door) -> None:
     create(kube, autoPause={"idleAfter": "2s"}, **BOUND)
-    await eventually(lambda: ROLE in members(pod), what="the bound role to be a member of the identity role")
+    await eventually(lambda: ROLE in identity_members(pod), what="the bound role in the identity group")
     door.operator.readings[KEY] = reading(last_activity=datetime.now(UTC) - timedelta(minutes=1))
     await eventually(lambda: phase(kube) == "Paused", what="Paused")
     del door.operator.readings[KEY]

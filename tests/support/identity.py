@@ -1,4 +1,5 @@
-"""Tokens minted by a test RS256 key, and the JWKS that verifies them, as an OIDC issuer publishes it."""
+"""Tokens minted by a test RS256 key, and the JWKS that verifies them, as an OIDC issuer publishes it;
+and which roles a server lets a token become."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from controller.postgres import identities
+from support.postgres import Server
 
 ISSUER = "https://issuer.test"
 
@@ -48,3 +52,14 @@ def jwks(*keys: SigningKey) -> dict[str, Any]:
 def write_jwks(path: Path, *keys: SigningKey) -> Path:
     path.write_text(json.dumps(jwks(*keys)))
     return path
+
+
+def identity_members(server: Server) -> set[str]:
+    """The roles that are members of the group token logins need (`identities.IDENTITY_ROLE`)."""
+    with server.connect() as conn:
+        rows = conn.execute(
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
+            "JOIN pg_roles g ON g.oid = m.roleid WHERE g.rolname = %s",
+            [identities.IDENTITY_ROLE],
+        ).fetchall()
+    return {str(r[0]) for r in rows}
