@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import weakref
 
 from controller.api import types
 
@@ -14,8 +15,29 @@ ACCESS_VERSION = 3
 (2: plaintext as a role membership; 3: each role's SCRAM secret is the one the pooler holds too)."""
 
 
+_digests: dict[int, tuple[weakref.ref[types.DatabaseSpec], str]] = {}
+"""Each live spec object's digest, by identity: a running database's spec is decoded once per version
+and its digest asked for twice a tick. An entry goes with its spec, so the memo holds no more than the
+specs alive anyway."""
+
+
 def digest(spec: types.DatabaseSpec) -> str:
     """The same for two specs exactly when they ask for the same roles and grants."""
+    key = id(spec)
+    kept = _digests.get(key)
+    if kept is not None and kept[0]() is spec:
+        return kept[1]
+    value = _digest(spec)
+
+    def gone(ref: weakref.ref[types.DatabaseSpec]) -> None:
+        if _digests.get(key, (None, ""))[0] is ref:
+            del _digests[key]
+
+    _digests[key] = (weakref.ref(spec, gone), value)
+    return value
+
+
+def _digest(spec: types.DatabaseSpec) -> str:
     wanted = {
         "version": ACCESS_VERSION,
         "superuserAccess": spec.superuser_access,
