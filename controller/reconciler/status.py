@@ -87,15 +87,25 @@ def next_status(
         last_scale_time=now if plan.action is Action.RESIZE and not failure else old.capacity.last_scale_time,
         learned=plan.learned,
     )
-    status = replace(
+    known = plan.known if failure else plan.compute
+    endpoint = compute.endpoint or old.endpoint
+    roles, databases = _declared(db, outcome, known)
+    # Built once, not replaced field by field: a running database's tick builds one, and a replace of
+    # twenty fields costs as much as the rest of this function.
+    conditions = _conditions(db, outcome, now, phase=phase, endpoint=endpoint, capacity=capacity)
+    if failed_earlier:
+        conditions = tuple(
+            old.condition(c.type) or c if c.type is types.ConditionType.READY else c for c in conditions
+        )
+    return replace(
         old,
         phase=phase,
         phase_since=now if phase is not old.phase or old.phase_since is None else old.phase_since,
         capacity=capacity,
-        compute=plan.known if failure else plan.compute,
+        compute=known,
         connections=plan.connections,
         last_activity_time=plan.last_activity_time,
-        endpoint=compute.endpoint or old.endpoint,
+        endpoint=endpoint,
         pooled_endpoint=compute.pooled_endpoint,
         activator_port=compute.activator_port if compute.activator_port is not None else old.activator_port,
         http_endpoint=compute.http_endpoint,
@@ -105,15 +115,10 @@ def next_status(
         # Up to now at the phase and size that held, all of it if the server status names ran throughout.
         usage=metering.accrue_status(old, now, tuning, running=compute.incarnation),
         auto_pause=plan.auto_pause,
+        roles=roles,
+        databases=databases,
+        conditions=conditions,
     )
-    roles, databases = _declared(db, outcome, status.compute)
-    status = replace(status, roles=roles, databases=databases)
-    conditions = _conditions(db, status, outcome, now)
-    if failed_earlier:
-        conditions = tuple(
-            old.condition(c.type) or c if c.type is types.ConditionType.READY else c for c in conditions
-        )
-    return replace(status, conditions=conditions)
 
 
 def _capacity_after(plan: Plan, compute: ComputeState, failure: StepError | None) -> float | None:
@@ -127,15 +132,20 @@ def _capacity_after(plan: Plan, compute: ComputeState, failure: StepError | None
 
 
 def _conditions(
-    db: types.ServerlessDatabase, status: types.DatabaseStatus, outcome: Outcome, now: datetime
+    db: types.ServerlessDatabase,
+    outcome: Outcome,
+    now: datetime,
+    *,
+    phase: Phase,
+    endpoint: str,
+    capacity: types.CapacityStatus,
 ) -> tuple[types.Condition, ...]:
     plan, compute, failure = outcome.plan, outcome.compute, outcome.failure
     generation = db.metadata.generation
-    phase = status.phase
     if failure is not None:
         ready = (F, failure.reason.value, failure.message)
     elif phase is Phase.ACTIVE:
-        ready = (T, Reason.RUNNING.value, f"accepting connections at {status.endpoint}")
+        ready = (T, Reason.RUNNING.value, f"accepting connections at {endpoint}")
     else:
         ready = (F, plan.reason.value, plan.message or phase.value)
     paused = (
@@ -153,29 +163,30 @@ def _conditions(
     )
     wanted: list[tuple[types.ConditionType, tuple[types.ConditionStatus, str, str]]] = [
         (types.ConditionType.READY, ready),
-        (types.ConditionType.SCALING, _scaling(status, compute, plan, failure)),
+        (types.ConditionType.SCALING, _scaling(capacity, compute, plan, failure)),
         (types.ConditionType.PAUSED, paused),
         (types.ConditionType.PARKED, parked),
         (types.ConditionType.DEGRADED, degraded),
     ]
+    held = {c.type: c for c in db.status.conditions}
     out = []
     for kind, (state, reason, message) in wanted:
-        before = db.status.condition(kind)
+        before = held.get(kind)
         since = before.last_transition_time if before is not None and before.status is state else now
         out.append(types.Condition(kind, state, reason, message, since, generation))
     return tuple(out)
 
 
 def _scaling(
-    status: types.DatabaseStatus, compute: ComputeState, plan: Plan, failure: StepError | None
+    capacity: types.CapacityStatus, compute: ComputeState, plan: Plan, failure: StepError | None
 ) -> tuple[types.ConditionStatus, str, str]:
     if failure is not None and plan.action is Action.RESIZE:
-        return F, failure.reason.value, f"kept {status.capacity.current} CU: {failure.message}"
+        return F, failure.reason.value, f"kept {capacity.current} CU: {failure.message}"
     if plan.resize_blocked is not None:
         reason, message = plan.resize_blocked
         return F, reason.value, message
     if compute.resize is ResizeState.IN_PROGRESS:
-        return T, Reason.RESIZING.value, compute.resize_message or f"moving to {status.capacity.desired} CU"
+        return T, Reason.RESIZING.value, compute.resize_message or f"moving to {capacity.desired} CU"
     if plan.action is Action.RESIZE:
         return T, plan.reason.value, plan.message
     if plan.known.limit is not None:  # refused earlier: the size stays below what the node refused
