@@ -9,6 +9,7 @@ databases cost the process tens of MiB less.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -20,6 +21,28 @@ from controller.metrics.status_counter import StatusCounter
 from controller.postgres.pooler import Stats
 
 DB_LABELS = ("namespace", "database")
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What a running database's gauges show after a pass."""
+
+    capacity_current: float
+    capacity_desired: float
+    client_sessions: int
+    cpu_cores: float
+    memory_working_set_bytes: float
+    transactions_per_second: float
+
+
+@dataclass(frozen=True, slots=True)
+class Shown:
+    """What a database's gauges show after a pass; `load` None: at rest (`at_rest`)."""
+
+    capacity_min: float
+    capacity_max: float
+    phase: types.Phase
+    load: Load | None
 
 
 class OperatorMetrics:
@@ -45,6 +68,8 @@ class OperatorMetrics:
             "sdb_capacity_max_cu", "The database's ceiling (spec.capacity.max).", DB_LABELS, registry=r
         )
         self._phases: dict[tuple[str, str], types.Phase] = {}
+        self._shown: dict[tuple[str, str], Shown] = {}
+        """What each database's gauges show, so a pass that changes nothing touches no series."""
         """The phase each database's series says, so a pass that changes none touches none."""
         self.phase = series.Gauge(
             "sdb_phase",
@@ -232,6 +257,26 @@ class OperatorMetrics:
             (namespace, name), usage.total.compute_unit_hours * 3600, created=usage.total.start.timestamp()
         )
 
+    def observe_database(self, namespace: str, name: str, shown: Shown) -> None:
+        """A database's gauges after a pass. A running database's tick mostly finds them as they were:
+        then no series is touched."""
+        if self._shown.get((namespace, name)) == shown:
+            return
+        self.capacity_min.labels(namespace, name).set(shown.capacity_min)
+        self.capacity_max.labels(namespace, name).set(shown.capacity_max)
+        self.observe_phase(namespace, name, shown.phase)
+        load = shown.load
+        if load is None:
+            self.at_rest(namespace, name)
+        else:
+            self.capacity_current.labels(namespace, name).set(load.capacity_current)
+            self.capacity_desired.labels(namespace, name).set(load.capacity_desired)
+            self.client_sessions.labels(namespace, name).set(load.client_sessions)
+            self.cpu_used.labels(namespace, name).set(load.cpu_cores)
+            self.memory_used.labels(namespace, name).set(load.memory_working_set_bytes)
+            self.transactions.labels(namespace, name).set(load.transactions_per_second)
+        self._shown[namespace, name] = shown
+
     def observe_phase(self, namespace: str, name: str, phase: types.Phase) -> None:
         """One series per database, its phase's: a series per phase at 0 would cost each database
         eight times the memory for nothing a query needs."""
@@ -325,6 +370,7 @@ class OperatorMetrics:
         for phase in types.Phase:
             self.phase.remove(namespace, name, phase.value)
         self._phases.pop((namespace, name), None)
+        self._shown.pop((namespace, name), None)
         for outcome in (ACCEPTED, *(reason.name.lower() for reason in Reason)):
             self.token_checks.remove(namespace, name, outcome)
         for direction in ("up", "down"):

@@ -26,7 +26,7 @@ import structlog
 
 from controller.api import types, units
 from controller.api.validation import InvalidSpecError
-from controller.metrics.exposition import OperatorMetrics
+from controller.metrics.exposition import Load, OperatorMetrics, Shown
 from controller.metrics.source import MetricsSource
 from controller.policy import metering
 from controller.policy import plan as policy
@@ -430,19 +430,20 @@ class Reconciler:
         m = self.exposition
         if db.key not in self._costs:
             m.start_counting(namespace, name)
-        m.capacity_min.labels(namespace, name).set(db.spec.capacity.min)
-        m.capacity_max.labels(namespace, name).set(db.spec.capacity.max)
-        m.observe_phase(namespace, name, status.phase)
-        if status.phase in (types.Phase.PAUSED, types.Phase.PARKED):
-            m.at_rest(namespace, name)  # nothing runs: the series of its load go, and their memory
-        else:
-            m.capacity_current.labels(namespace, name).set(status.capacity.current or 0)
-            m.capacity_desired.labels(namespace, name).set(status.capacity.desired or 0)
-            m.client_sessions.labels(namespace, name).set(status.connections)
-            load = self.observations.get(db.key) if status.capacity.current else None
-            m.cpu_used.labels(namespace, name).set((load.cpu_cores if load else None) or 0)
-            m.memory_used.labels(namespace, name).set((load.memory_working_set_bytes if load else None) or 0)
-            m.transactions.labels(namespace, name).set((load.transactions_per_second if load else None) or 0)
+        load: Load | None = None
+        if status.phase not in (types.Phase.PAUSED, types.Phase.PARKED):  # at rest: no load series
+            reading = self.observations.get(db.key) if status.capacity.current else None
+            load = Load(
+                capacity_current=status.capacity.current or 0,
+                capacity_desired=status.capacity.desired or 0,
+                client_sessions=status.connections,
+                cpu_cores=(reading.cpu_cores if reading else None) or 0,
+                memory_working_set_bytes=(reading.memory_working_set_bytes if reading else None) or 0,
+                transactions_per_second=(reading.transactions_per_second if reading else None) or 0,
+            )
+        m.observe_database(
+            namespace, name, Shown(db.spec.capacity.min, db.spec.capacity.max, status.phase, load)
+        )
         if outcome.compute.compute is Compute.RUNNING and status.phase is types.Phase.ACTIVE:
             self._running[db.key] = db
         else:
