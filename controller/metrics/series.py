@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -59,6 +59,18 @@ class Family(abc.ABC):
         with self._lock:
             self._make(key)
             self._values[key] += amount
+
+    def inc_each(self, amounts: Iterable[tuple[tuple[str, ...], float]]) -> None:
+        """`labels(*key).inc(amount)` for each, under one hold of the lock: a tick counts for the
+        whole fleet at once."""
+        with self._lock:
+            for key, amount in amounts:
+                if len(key) != len(self.labelnames):
+                    raise ValueError(f"{self.name} takes labels {self.labelnames}, not {key}")
+                if amount < 0 and isinstance(self, Counter):
+                    raise ValueError(f"{self.name} is a counter: it cannot go down")
+                self._make(key)
+                self._values[key] += float(amount)
 
     @abc.abstractmethod
     def _family(self) -> Metric:

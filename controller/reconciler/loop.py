@@ -62,6 +62,8 @@ class Requeue:
 class _Cost:
     """What a database would cost at its ceiling now, for the per-tick always-at-max counter."""
 
+    labels: tuple[str, str]
+    """(namespace, name), as the counter's series is labelled."""
     phase: types.Phase
     ceiling: float
 
@@ -209,8 +211,7 @@ class Reconciler:
                     log.exception("metrics source failed")
                     readings = {}
                 self.observations.update(readings)
-                for key in readings:
-                    self.exposition.readings.labels(*types.split_key(key)).inc()
+                self.exposition.readings.inc_each((types.split_key(key), 1) for key in readings)
                 for db in fleet:
                     if db.key in self._running:  # not if it came to rest while it was read
                         self.queue.add(db.key, Priority.TICK, self._offset(db.key))
@@ -221,10 +222,11 @@ class Reconciler:
     def _count_costs(self, elapsed: float) -> None:
         """What always-at-max would have used; parked databases cost nothing. (What was used comes
         from status.usage, which outlives the process.)"""
-        for key, cost in self._costs.items():
-            if cost.phase is types.Phase.PARKED:
-                continue
-            self.exposition.max_cu_seconds.labels(*types.split_key(key)).inc(cost.ceiling * elapsed)
+        self.exposition.max_cu_seconds.inc_each(
+            (cost.labels, cost.ceiling * elapsed)
+            for cost in self._costs.values()
+            if cost.phase is not types.Phase.PARKED
+        )
 
     async def _resync(self) -> None:
         while True:
@@ -453,7 +455,7 @@ class Reconciler:
                 self.observations.pop(db.key, None)
         if status.usage is not None:
             m.used(namespace, name, status.usage)
-        self._costs[db.key] = _Cost(status.phase, db.spec.capacity.max)
+        self._costs[db.key] = _Cost((namespace, name), status.phase, db.spec.capacity.max)
         m.databases.set(len(self._costs))
 
     def _accounted(self, db: types.ServerlessDatabase) -> types.DatabaseStatus:

@@ -56,6 +56,22 @@ def test_a_counter_only_rises_and_labels_must_match() -> None:
         counter.labels("shop", "a").set(1)
     with pytest.raises(ValueError, match="takes labels"):
         counter.labels("shop")
+    with pytest.raises(ValueError, match="cannot go down"):
+        counter.inc_each([(("shop", "a"), -1)])
+    with pytest.raises(ValueError, match="takes labels"):
+        counter.inc_each([(("shop",), 1)])
+
+
+def test_counting_a_fleet_at_once_is_counting_each() -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    at_once = series.Counter("sdb_c", "A counter.", LABELS, registry=ours)
+    each = series.Counter("sdb_c", "A counter.", LABELS, registry=theirs)
+    for amounts in ([(("shop", "a"), 2.0), (("shop", "b"), 0.5)], [(("shop", "a"), 1.0)], []):
+        at_once.inc_each(amounts)
+        for key, amount in amounts:
+            each.labels(*key).inc(amount)
+    assert _served(ours) == _served(theirs)
+    assert 'sdb_c_total{database="a",namespace="shop"} 3.0' in _served(ours)
 
 
 def test_a_database_has_one_phase_series_its_current_one_and_none_once_forgotten() -> None:
