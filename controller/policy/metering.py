@@ -25,7 +25,7 @@ again: no usage is ever negative or counted twice.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 
 from controller.api import types
@@ -95,12 +95,15 @@ def _add(
     span: types.UsageSpan, *, phase: types.Phase, size: float, elapsed: timedelta, metered: timedelta
 ) -> types.UsageSpan:
     seconds = dict(span.phase_seconds)
+    known = phase in seconds
     seconds[phase] = round(seconds.get(phase, 0.0) + elapsed.total_seconds(), SECONDS_PRECISION)
+    if not known:  # in the order of the phases; a phase already there keeps its place
+        seconds = {p: seconds[p] for p in types.Phase if p in seconds}
     unmetered = (elapsed - metered).total_seconds()
-    return replace(
-        span,
+    return types.UsageSpan(
+        start=span.start,
         compute_unit_hours=_hours(span.compute_unit_hours, size * metered.total_seconds()),
-        phase_seconds={p: seconds[p] for p in types.Phase if p in seconds},
+        phase_seconds=seconds,
         unmetered_compute_unit_hours=_hours(span.unmetered_compute_unit_hours, size * unmetered),
     )
 
@@ -153,4 +156,9 @@ def to_write(stored: types.DatabaseStatus, new: types.DatabaseStatus) -> types.D
     before, after = stored.usage, new.usage
     if before is None or after is None or after.period.start != before.period.start:
         return new
-    return stored if replace(new, usage=before) == stored else new
+    same = all(getattr(new, name) == getattr(stored, name) for name in _ALL_BUT_USAGE)
+    return stored if same else new
+
+
+_ALL_BUT_USAGE = tuple(f.name for f in fields(types.DatabaseStatus) if f.name != "usage")
+"""What `to_write` compares, field by field: a copy of the status to compare whole would cost more."""
