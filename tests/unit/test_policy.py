@@ -810,3 +810,14 @@ def test_a_wake_applies_declared_roles_again_when_they_are_older_than_a_resync()
     resuming = applied_at(db(DECLARING, phase=types.Phase.RESUMING), NOW - timedelta(hours=2))
     configure = plan.decide(db=resuming, compute=up, observation=None, now=NOW)
     assert (configure.action, configure.configure_access) == (Action.CONFIGURE, True)
+
+
+def test_the_access_digest_follows_the_spec_it_is_asked_of_not_the_object() -> None:
+    first = types.DatabaseSpec(access=types.AccessSpec(allowed_namespaces=("web",)))
+    digest = access.digest(first)
+    assert access.digest(first) == digest
+    assert access.digest(replace(first)) == digest  # an equal spec decoded again: the same roles
+    del first  # its memory may hold the next spec: that one gets its own digest
+    for namespaces in [("web", "jobs"), ("web",), ()] * 100:
+        spec = types.DatabaseSpec(access=types.AccessSpec(allowed_namespaces=namespaces))
+        assert (access.digest(spec) == digest) == (namespaces == ("web",))
