@@ -69,7 +69,9 @@ class Occupancy(Generic[T]):
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._negotiating: dict[T, None] = {}
+        self._negotiating: dict[T, str] = {}
+        """Each negotiating connection and the database it came for."""
+        self._negotiating_for: Counter[str] = Counter()
         self._held: Counter[str] = Counter()
 
     @property
@@ -80,18 +82,26 @@ class Occupancy(Generic[T]):
     def held(self) -> int:
         return self._held.total()
 
-    def arrive(self, connection: T) -> T | None:
-        """Count a new connection as negotiating; returns the one it displaces at the cap, if any."""
+    def in_hand(self, key: str) -> int:
+        """Connections for database `key` negotiating or held here: clients Postgres cannot see yet."""
+        return self._negotiating_for[key] + self._held[key]
+
+    def arrive(self, connection: T, key: str) -> T | None:
+        """Count a new connection for database `key` as negotiating; returns the one it displaces at
+        the cap, if any."""
         evicted = None
         if len(self._negotiating) >= self.limits.negotiating:
             evicted = next(iter(self._negotiating))
-            del self._negotiating[evicted]
-        self._negotiating[connection] = None
+            self.leave(evicted)
+        self._negotiating[connection] = key
+        self._negotiating_for[key] += 1
         return evicted
 
     def leave(self, connection: T) -> None:
         """It stopped negotiating: it was decided, or it ended."""
-        self._negotiating.pop(connection, None)
+        key = self._negotiating.pop(connection, None)
+        if key is not None:
+            _decrement(self._negotiating_for, key)
 
     def hold(self, key: str) -> str | None:
         """Count a held connection for database `key`, or say which cap refuses it."""
@@ -106,6 +116,11 @@ class Occupancy(Generic[T]):
         return None
 
     def release(self, key: str) -> None:
-        self._held[key] -= 1
-        if self._held[key] <= 0:
-            del self._held[key]
+        _decrement(self._held, key)
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    """One fewer for `key`, dropping it at zero so a counter holds only databases with connections."""
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]

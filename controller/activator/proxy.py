@@ -221,6 +221,11 @@ class Activator:
     def negotiating(self) -> int:
         return self._occupancy.negotiating
 
+    def in_hand(self, key: str) -> int:
+        """Clients of database `key` negotiating their startup here or held for a wake: they are
+        activity Postgres cannot show yet (a relayed one is Postgres's to show, once it has a session)."""
+        return self._occupancy.in_hand(key)
+
     def _size_to_descriptors(self) -> None:
         if self._sized:
             return
@@ -240,7 +245,7 @@ class Activator:
 
     def _arrived(self, client: _Client) -> None:
         self._clients.add(client)
-        evicted = self._occupancy.arrive(client)
+        evicted = self._occupancy.arrive(client, client.key)
         if evicted is not None:
             evicted.give_up(protocol.TOO_MANY_CONNECTIONS, EVICTED)
             self._refused(evicted, "evicted: too many connections negotiating their startup")

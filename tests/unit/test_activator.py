@@ -526,6 +526,37 @@ def test_caps_never_reach_the_last_descriptors(
     assert sized.negotiating + 2 * sized.held <= descriptors - min(1000, descriptors // 2)
 
 
+def test_clients_in_hand_are_counted_per_database_while_negotiating_or_held() -> None:
+    occupancy: limits.Occupancy[str] = limits.Occupancy(Limits(negotiating=2))
+    occupancy.arrive("first", "shop/orders")
+    occupancy.arrive("second", "shop/billing")
+    assert (occupancy.in_hand("shop/orders"), occupancy.in_hand("shop/billing")) == (1, 1)
+    assert occupancy.arrive("third", "shop/orders") == "first"  # at the cap the oldest goes
+    assert (occupancy.in_hand("shop/orders"), occupancy.in_hand("shop/billing")) == (1, 1)
+    occupancy.leave("third")  # its startup was decided: it is held for a wake next, or relayed
+    assert occupancy.hold("shop/orders") is None
+    assert occupancy.in_hand("shop/orders") == 1
+    occupancy.leave("first")  # an evicted connection's end changes nothing more
+    occupancy.release("shop/orders")  # relayed: Postgres's to show now
+    occupancy.leave("second")
+    assert (occupancy.in_hand("shop/orders"), occupancy.in_hand("shop/billing")) == (0, 0)
+    assert (occupancy.negotiating, occupancy.held) == (0, 0)
+
+
+async def test_a_stalled_startup_and_a_held_client_are_in_hand_for_their_database(echo: Upstream) -> None:
+    held = Held()
+    async with serving(Backend(echo, never=True), observer=held) as (activator, port):
+        stalled = await connect(port)
+        stalled[1].write(protocol.ssl_request()[:4])  # half an SSLRequest, and then nothing
+        waiting = await connect(port)
+        waiting[1].write(STARTUP)
+        await held.reach(1)  # accepted after the stalled one, so both are in hand by now
+        assert (activator.in_hand(KEY), activator.in_hand("other/database")) == (2, 0)
+        for _, writer in (stalled, waiting):
+            writer.close()
+    assert activator.in_hand(KEY) == 0
+
+
 def test_the_soft_descriptor_limit_is_raised_to_the_hard_one() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512), hard))
