@@ -168,7 +168,9 @@ def build(
     runtime = LocalRuntime(
         state_dir, activator, sessions=sessions, kernel_redirect=kernel_redirect, identity=identity
     )
-    source = PostgresSource(runtime.address, sessions=sessions, usage=runtime.usage)
+    source = PostgresSource(
+        runtime.address, sessions=sessions, usage=runtime.usage, pending=activator.in_hand
+    )
     reconciler = Reconciler(
         store=store, runtime=runtime, metrics=source, exposition=exposition, tuning=tuning, listener=backend
     )

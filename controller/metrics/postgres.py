@@ -3,7 +3,11 @@
 Sessions, waiting sessions, transactions and "a client came and went" come from the statistics
 views; CPU and memory come from a `Usage` function the assembly provides (a cgroup, or the process
 tree, on this host) and are absent where there is none. Where each database is comes from an
-`address` function: 127.0.0.1 locally, the pod's address in a cluster.
+`address` function: 127.0.0.1 locally, the pod's address in a cluster. Clients that Postgres cannot
+show yet, those still negotiating their startup at an activator or held there for a wake, come from
+a `pending` function the assembly provides (the in-process activator's count, locally): while there
+are any, the reading says a client was active at its time, so an idle wait starts again after them
+and a pause's recheck cancels the pause.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ log = structlog.get_logger("metrics.postgres")
 
 AddressOf = Callable[[types.ServerlessDatabase], Address | None]
 UsageOf = Callable[[types.ServerlessDatabase], Usage | None]
+PendingOf = Callable[[str], int]
+"""Clients of a database (by key) on their way to it that Postgres does not show yet."""
 
 
 @dataclass(frozen=True)
@@ -64,12 +70,14 @@ class PostgresSource:
         *,
         sessions: OperatorSessions,
         usage: UsageOf | None = None,
+        pending: PendingOf | None = None,
         clock: Callable[[], datetime] = units.now_utc,
     ) -> None:
         self.address = address
         self.sessions = sessions
         """The operator's sessions (shared with the runtime), so its own are never read as clients."""
         self.usage = usage
+        self.pending = pending
         self.clock = clock
         self._watches: dict[str, _Watch] = {}
         self.queries = 0
@@ -136,6 +144,7 @@ class PostgresSource:
             # Sessions started since the last reading, not by the operator: clients that came and went.
             started = reading.activity.sessions_started - previous.activity.sessions_started
             came_and_went = started - (reading.own_sessions - previous.own_sessions) > 0
+        pending = self.pending is not None and self.pending(db.key) > 0
         usage = reading.usage
         return Observation(
             time=now,
@@ -147,7 +156,7 @@ class PostgresSource:
             memory_working_set_bytes=usage.working_set_bytes if usage else None,
             memory_cache_bytes=usage.cache_bytes if usage else None,
             transactions_per_second=tps,
-            last_activity=now if came_and_went else None,
+            last_activity=now if came_and_went or pending else None,
             lag=lag,
         )
 

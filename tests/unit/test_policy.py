@@ -344,6 +344,22 @@ def test_idle_database_pauses_through_the_activator_and_a_recheck() -> None:
     assert (done.action, done.phase) == (Action.NONE, types.Phase.PAUSED)
 
 
+def test_a_client_seen_at_the_recheck_but_not_in_postgres_cancels_the_pause() -> None:
+    """A client the activator has in hand has no session yet: the reading says it was active."""
+    idle_since = NOW - timedelta(minutes=6)
+    held = replace(RUNNING, route=Route.ACTIVATOR)
+    pausing = db(phase=types.Phase.PAUSING, phase_since=NOW, last_activity=idle_since)
+    later = NOW + timedelta(milliseconds=5)
+    reading = replace(observation(at=later), last_activity=later)
+    cancel = plan.decide(db=pausing, compute=held, observation=reading, now=later)
+    assert (cancel.action, cancel.phase, cancel.reason, cancel.message) == (
+        Action.ROUTE_DIRECT,
+        types.Phase.ACTIVE,
+        types.Reason.PAUSE_CANCELLED,
+        "pause cancelled: idle for 0s",  # the idle clock started again at the reading
+    )
+
+
 def test_idleness_is_never_assumed_before_observations_began() -> None:
     # last activity long ago, but the operator only watches since 2 minutes ago (it restarted)
     the_db = db(last_activity=NOW - timedelta(days=1))
