@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,8 +15,9 @@ import pytest
 from support.operator import Operator, database, running_operator, wait_for
 from support.requirements import require_postgres
 
+from controller.activator import protocol
 from controller.api import types
-from controller.runtime.local.runtime import cgroup_group, free_port
+from controller.runtime.local.runtime import cgroup_group, free_port, read_endpoint
 
 pytestmark = pytest.mark.postgres
 
@@ -100,6 +102,38 @@ def test_two_hundred_concurrent_connections_to_a_paused_database_start_it_once(f
     assert results == list(range(200))
     assert starts(fast, "crowd") == before + 1
     assert fast.metric("sdb_wakes_total", database="crowd") == 1
+
+
+def test_a_client_stalled_in_its_startup_at_the_activator_keeps_the_database_awake(fast: Operator) -> None:
+    """A client that reached the activator while the database rested, and is still negotiating when
+    it is awake, is no session of Postgres's: it still counts as activity, so no pause strands it."""
+    fast.apply(database("stalled", autoPause={"idleAfter": "1s"}))
+    fast.wait_phase("stalled", types.Phase.ACTIVE)
+    fast.wait_phase("stalled", types.Phase.PAUSED)
+    endpoint = read_endpoint(fast.state_dir, "default/stalled")
+    assert endpoint is not None
+    pauses = fast.metric("sdb_pauses_total", database="stalled")
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=30) as stalled:
+        stalled.sendall(protocol.ssl_request())
+        assert stalled.recv(1) == protocol.ACCEPT_TLS  # the activator has it; no ClientHello follows
+        with fast.connect("stalled") as conn:  # wakes it
+            assert conn.execute("select 1").fetchone() == (1,)
+        fast.wait_phase("stalled", types.Phase.ACTIVE)
+        readings = fast.metric("sdb_load_readings_total", database="stalled")
+
+        def fifteen_readings_or_a_pause() -> bool:
+            if fast.get("stalled").status.phase is not types.Phase.ACTIVE:
+                return True
+            return fast.metric("sdb_load_readings_total", database="stalled") >= readings + 15
+
+        wait_for(
+            fifteen_readings_or_a_pause,
+            timeout=60,
+            what="fifteen readings (three times idleAfter) with only the stalled client",
+        )
+        assert fast.get("stalled").status.phase is types.Phase.ACTIVE
+        assert fast.metric("sdb_pauses_total", database="stalled") == pauses
+    fast.wait_phase("stalled", types.Phase.PAUSED, timeout=30)  # once it has gone, the database pauses
 
 
 def test_a_failed_wake_refuses_with_57p03_keeps_the_data_and_a_later_wake_works(fast: Operator) -> None:
