@@ -68,9 +68,9 @@ class OperatorMetrics:
             "sdb_capacity_max_cu", "The database's ceiling (spec.capacity.max).", DB_LABELS, registry=r
         )
         self._phases: dict[tuple[str, str], types.Phase] = {}
+        """The phase each database's series says, so a pass that changes none touches none."""
         self._shown: dict[tuple[str, str], Shown] = {}
         """What each database's gauges show, so a pass that changes nothing touches no series."""
-        """The phase each database's series says, so a pass that changes none touches none."""
         self.phase = series.Gauge(
             "sdb_phase",
             "1 for the database's current phase (there is no series for the others).",
