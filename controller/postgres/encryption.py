@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import psycopg.sql
 
+from controller.postgres import membership
 from controller.postgres.sessions import USER, Address, OperatorSessions
 
 PLAINTEXT_ROLE = "sdb_plaintext"
@@ -49,12 +50,10 @@ def plan(*, required: bool, catalog: Catalog) -> list[psycopg.sql.Composed]:
     out: list[psycopg.sql.Composed] = []
     if not catalog.exists:
         out.append(sql("CREATE ROLE {} NOLOGIN").format(ident(PLAINTEXT_ROLE)))
-    wanted = frozenset() if required else catalog.logins
-    for role in sorted(wanted - catalog.members):
-        out.append(sql("GRANT {} TO {}").format(ident(PLAINTEXT_ROLE), ident(role)))
-    for role in sorted(catalog.members - wanted):
-        out.append(sql("REVOKE {} FROM {}").format(ident(PLAINTEXT_ROLE), ident(role)))
-    return out
+    grants, revokes = membership.changes(
+        PLAINTEXT_ROLE, wanted=frozenset() if required else catalog.logins, members=catalog.members
+    )
+    return out + grants + revokes
 
 
 CATALOG_SQL = """

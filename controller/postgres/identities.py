@@ -24,6 +24,7 @@ import psycopg
 import psycopg.sql
 import structlog
 
+from controller.postgres import membership
 from controller.postgres.sessions import Address, OperatorSessions
 
 log = structlog.get_logger("identities")
@@ -78,15 +79,10 @@ def plan(*, certificate_name: str, roles: Iterable[str], catalog: Catalog) -> Pl
     grant: list[psycopg.sql.Composed] = []
     if not catalog.exists and bound:  # pg_hba's `+` of a role that does not exist matches no one
         grant.append(sql("CREATE ROLE {} NOLOGIN").format(ident(IDENTITY_ROLE)))
-    # A bound role not made yet is granted on a later pass, once it is (declared roles come first).
-    grant += [
-        sql("GRANT {} TO {}").format(ident(IDENTITY_ROLE), ident(role))
-        for role in sorted((bound & catalog.roles) - catalog.members)
-    ]
-    revoke = [
-        sql("REVOKE {} FROM {}").format(ident(IDENTITY_ROLE), ident(role))
-        for role in sorted(catalog.members - bound)
-    ]
+    # A bound role not made yet is granted on a later pass, once it is (declared roles come first);
+    # members are roles that exist, so leaving those out takes no member's way in.
+    granted, revoke = membership.changes(IDENTITY_ROLE, wanted=bound & catalog.roles, members=catalog.members)
+    grant += granted
     wanted = ident_rules(certificate_name, bound)
     return Plan(revoke, wanted if mappings(wanted) != mappings(catalog.ident) else None, grant)
 
