@@ -137,7 +137,7 @@ class ClusterBackend:
     async def admits(self, key: str, peer: tuple[str, int]) -> bool:
         """Whether a client may reach this database: its pod is in a namespace the spec allows (the
         database's own unless `spec.access.allowedNamespaces` names others), as its NetworkPolicy says."""
-        db = self._db(key)
+        db = self.database(key)
         if db is None:
             return False
         allowed = set(db.spec.access.allowed_namespaces) or {db.metadata.namespace}
@@ -163,7 +163,7 @@ class ClusterBackend:
             self._namespaces.pop(next(iter(self._namespaces)))
         return peer
 
-    def _db(self, key: str) -> types.ServerlessDatabase | None:
+    def database(self, key: str) -> types.ServerlessDatabase | None:
         """The database as the watch last saw it, decoded once per version: a `/sql` request asks
         for it several times (exists, admits, awake, upstream)."""
         raw = self.databases.get(*types.split_key(key))
@@ -181,12 +181,12 @@ class ClusterBackend:
         return db
 
     async def exists(self, key: str) -> bool:
-        return self._db(key) is not None
+        return self.database(key) is not None
 
     def awake(self, key: str) -> bool:
         """Active and Ready by the last status seen: the gateway's kept sessions may go on being used
         (a new session still asks for a wake, as every connection does)."""
-        db = self._db(key)
+        db = self.database(key)
         ready = db.status.condition(types.ConditionType.READY) if db is not None else None
         return (
             db is not None
@@ -202,7 +202,7 @@ class ClusterBackend:
 
     async def wake(self, key: str) -> Upstream:
         if not self._wakes.waiting(key):
-            db = self._db(key)
+            db = self.database(key)
             if db is None:
                 raise WakeError(f"database {key} does not exist")
             if db.spec.state in (types.State.PAUSED, types.State.PARKED):
@@ -223,7 +223,7 @@ class ClusterBackend:
     def _check(self, key: str) -> None:
         """Settle a pending wake from the database's status, if the operator has answered it."""
         token = self._tokens.get(key)
-        db = self._db(key)
+        db = self.database(key)
         if not token or db is None or db.status.wake_request != token:
             return  # not answered yet (an Active status from before the request proves nothing)
         ready = db.status.condition(types.ConditionType.READY)
@@ -243,7 +243,7 @@ class ClusterBackend:
 
     def _changed(self, key: str, obj: dict[str, Any], deleted: bool) -> None:
         if self.identities is not None:
-            db = None if deleted else self._db(key)
+            db = None if deleted else self.database(key)
             self._spawn(self.identities.follow(key, db.spec.access.identities if db is not None else ()))
         # The port is in status, which only the operator writes: a spec author cannot claim another's.
         port = (obj.get("status") or {}).get("activatorPort")
@@ -313,7 +313,7 @@ class GatewayBackend:
         self.cluster = cluster
 
     async def upstream(self, key: str) -> Upstream | None:
-        db = self.cluster._db(key)
+        db = self.cluster.database(key)
         return self.cluster.address(db) if db is not None and self.cluster.awake(key) else None
 
     async def wake(self, key: str) -> Upstream:
@@ -329,7 +329,7 @@ class GatewayBackend:
         return await self.cluster.admits(key, peer)
 
     async def identities(self, key: str) -> Sequence[types.IdentitySpec] | None:
-        db = self.cluster._db(key)
+        db = self.cluster.database(key)
         return db.spec.access.identities if db is not None else None
 
 
