@@ -721,7 +721,7 @@ class ControlLoop:
         self.controllers = controllers
         self.kubelet = kubelet
         self._controllers_enabled = True
-        self.kubelet_enabled = True
+        self._kubelet_enabled = True
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -738,6 +738,15 @@ class ControlLoop:
         self._controllers_enabled = on
         self._seen = None  # what changed while they were off is not in their view: look at everything
 
+    @property
+    def kubelet_enabled(self) -> bool:
+        return self._kubelet_enabled
+
+    @kubelet_enabled.setter
+    def kubelet_enabled(self, on: bool) -> None:
+        self._kubelet_enabled = on
+        self.kubelet.reconsider()  # nor in the kubelet's
+
     def step(self, *, everything: bool = False) -> float | None:
         """One pass of everything enabled, on what changed since the last (or on everything);
         returns the next timer deadline (monotonic), if any."""
@@ -751,7 +760,7 @@ class ControlLoop:
                 if self.controllers_enabled:
                     self.controllers.sync(changes)
                 if self.kubelet_enabled:
-                    wake = self.kubelet.sync()
+                    wake = self.kubelet.sync(changes)
             except ApiError:
                 wake = time.monotonic() + 0.05  # lost a race with a client; the next pass will redo it
                 self._seen = seen

@@ -175,6 +175,7 @@ class KubeApiDouble:
     def set_node_capacity(self, **capacity: str) -> None:
         """E.g. set_node_capacity(cpu="4", memory="16Gi")."""
         self.kubelet.node_capacity.update(capacity)
+        self.kubelet.reconsider()
         self.store.wake_watchers()
 
     def compact_history(self) -> int:

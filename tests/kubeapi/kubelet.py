@@ -30,7 +30,20 @@ from typing import Any
 from . import quantity
 from .errors import ApiError
 from .registry import Registry
-from .store import Obj, Store, now_rfc3339
+from .store import Changes, Obj, Store, now_rfc3339
+
+PODS = "pods"
+_SWITCHES = frozenset(
+    {
+        "node_capacity",
+        "ready_delay",
+        "resize_delay",
+        "termination_delay",
+        "resize_outcome",
+        "default_behaviour",
+    }
+)
+"""The public switches tests set: after one changes, every pod is looked at again."""
 
 MANAGER = "kubelet"
 
@@ -96,8 +109,21 @@ class Kubelet:
         self._network = ipaddress.ip_network(pod_cidr)
         self._next_ip = 2
         self._lock = threading.Lock()
-        self._pods_rt = registry.by_key("pods")
+        self._pods_rt = registry.by_key(PODS)
         self._nodes_rt = registry.by_key("nodes")
+        self._due: dict[str, float] = {}
+        """A pod's own next timer (start, resize, graceful deletion), by uid."""
+        self._reconsider = True
+        """A switch was thrown since the last pass: the next one looks at every pod."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _SWITCHES:
+            super().__setattr__("_reconsider", True)
+
+    def reconsider(self) -> None:
+        """Have the next pass look at every pod (a switch changed what they should do)."""
+        self._reconsider = True
 
     # -- switches -----------------------------------------------------------------------------------
 
@@ -105,10 +131,12 @@ class Kubelet:
         """Decide what happens to pod `name` (now, or whenever a pod of that name appears)."""
         with self._lock:
             self._behaviours[(namespace, name)] = PodBehaviour(behaviour)
+        self.reconsider()
 
     def clear_behaviour(self, namespace: str, name: str) -> None:
         with self._lock:
             self._behaviours.pop((namespace, name), None)
+        self.reconsider()
 
     def behaviour(self, namespace: str, name: str) -> PodBehaviour:
         with self._lock:
@@ -125,23 +153,50 @@ class Kubelet:
 
     # -- the loop -----------------------------------------------------------------------------------
 
-    def sync(self) -> float | None:
-        """One pass over all pods; returns when (monotonic time) it next needs to run, if ever."""
+    def sync(self, changes: Changes | None = None) -> float | None:
+        """One pass over the pods that need one; returns when (monotonic time) it next needs to run,
+        if ever. Without `changes`, or after a switch was thrown, that is every pod. Otherwise it is
+        the changed pods, those whose timer is due, and, when any pod changed, those waiting for room
+        on the node: a kubelet acts on its watch and its own timers, and a pass over every pod at
+        every write would cost the double more than the operator it serves."""
         self._register_node()
-        wake: list[float] = []
-        pods = self.store.stored("pods")
+        everything, self._reconsider = changes is None or self._reconsider, False
+        touched = changes.of(PODS) if changes is not None else set()
+        room_changed = bool(touched) or (changes is not None and changes.deleted)
+        pods = self.store.stored(PODS)
         live = {p["metadata"]["uid"] for p in pods}
-        for uid in list(self._pods):
-            if uid not in live:
-                del self._pods[uid]
+        for uid in [uid for uid in self._pods if uid not in live]:
+            del self._pods[uid]
+        for uid in [uid for uid in self._due if uid not in live]:
+            del self._due[uid]
+        now = time.monotonic()
         for pod in pods:
+            meta = pod["metadata"]
+            uid = meta["uid"]
+            due = self._due.get(uid)
+            if not (
+                everything
+                or (meta["namespace"], meta["name"]) in touched
+                or (due is not None and due <= now)
+                or (room_changed and self._waits_for_room(pod))
+            ):
+                continue
             try:
                 when = self._sync_pod(pod, pods)
             except ApiError:
                 when = time.monotonic() + 0.05  # raced with a client write: try again shortly
-            if when is not None:
-                wake.append(when)
-        return min(wake) if wake else None
+            if when is None:
+                self._due.pop(uid, None)
+            else:
+                self._due[uid] = when
+        return min(self._due.values(), default=None)
+
+    def _waits_for_room(self, pod: Obj) -> bool:
+        """Not yet scheduled, or a resize not admitted: what another pod's change can let through."""
+        state = self._pods.get(pod["metadata"]["uid"])
+        return not (pod.get("spec") or {}).get("nodeName") or (
+            state is not None and state.pending is not None
+        )
 
     def _register_node(self) -> None:
         """Keep the Node object in line with the configured capacity (heartbeats are not simulated)."""
