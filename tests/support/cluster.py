@@ -197,9 +197,16 @@ def reading(cpu: float = 0.0, sessions: int = 0, *, last_activity: datetime | No
 
 
 async def steady_requests(kube: KubeApiDouble, running: Running, key: str = "shop/orders") -> list[Any]:
-    """The API requests the operator makes over several ticks while a database with a client is steady."""
+    """The API requests the operator makes over several ticks while a database with a client is steady:
+    counted from when its status shows the client (the one write the client itself is owed)."""
     running.readings[key] = reading(sessions=1)
-    await asyncio.sleep(0.5)
+    namespace, name = key.split("/")
+    await eventually(
+        lambda: (
+            (kube.get("serverlessdatabases", name, namespace) or {}).get("status", {}).get("connections") == 1
+        ),
+        what="the client in the status",
+    )
     kube.clear_requests()
     await asyncio.sleep(1.5)
     return list(kube.requests)
