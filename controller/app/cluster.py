@@ -262,7 +262,7 @@ class ClusterOperator:
             await self.reconciler.start()
             self._tasks.append(
                 asyncio.create_task(
-                    process.watch_poolers(self.store, self.runtime.pooler_console, self.exposition),
+                    process.watch_poolers(self.store, self.runtime, self.exposition),
                     name="poolers",
                 )
             )

@@ -275,7 +275,7 @@ def run(operator: LocalOperator, args: argparse.Namespace) -> None:
         gateway = process.gateway_socket(args, default=GATEWAY_PORT)
         await operator.runtime.open()
         poolers = asyncio.create_task(
-            process.watch_poolers(operator.store, operator.runtime.pooler_console, operator.exposition)
+            process.watch_poolers(operator.store, operator.runtime, operator.exposition)
         )
         try:
             if gateway is not None:

@@ -9,14 +9,15 @@ import contextlib
 import errno
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from typing import Protocol, TypeVar
 
 import psycopg
 import structlog
 from kubernetes import client, config
 
 from controller.api import types
+from controller.api.validation import InvalidSpecError
 from controller.app import health
 from controller.gateway import server
 from controller.metrics.exposition import OperatorMetrics
@@ -127,22 +128,35 @@ async def until_signalled(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:
 
 POOLER_READ_SECONDS = 5.0
 """How often each pooler's statistics are read onto /metrics (PgBouncer averages over 10 s)."""
-ConsoleOf = Callable[[types.ServerlessDatabase], pooler.Console | None]
-"""Where a runtime's pooler for a database answers on its admin console (None: none serves)."""
+
+
+class Poolers(Protocol):
+    """A runtime's poolers, as the statistics reader finds them."""
+
+    def pooled(self) -> Collection[str]:
+        """The databases this runtime has made a pooler for (kept in its memory: no list of the fleet)."""
+
+    def pooler_console(self, db: types.ServerlessDatabase) -> pooler.Console | None:
+        """Where the database's pooler answers on its admin console (None: none serves)."""
 
 
 async def watch_poolers(
-    store: Store, console_of: ConsoleOf, exposition: OperatorMetrics, *, every: float = POOLER_READ_SECONDS
+    store: Store, poolers: Poolers, exposition: OperatorMetrics, *, every: float = POOLER_READ_SECONDS
 ) -> None:
     """PgBouncer's statistics onto /metrics, in either runtime: SHOW POOLS and SHOW STATS on each
     serving pooler's console. A reading that fails is skipped (the pass reports a pooler that does
-    not serve)."""
+    not serve). Only databases with a pooler are read from the store: decoding all ten thousand of a
+    fleet every few seconds would be most of the operator's CPU."""
     watched: set[str] = set()
     while True:
         pooled: set[str] = set()
-        for db in await store.list():
-            console = console_of(db) if db.spec.pooling.enabled else None
-            if console is None:
+        for key in list(poolers.pooled()):
+            try:
+                db = await store.get(key)
+            except InvalidSpecError:
+                continue  # reported when that object is reconciled
+            console = poolers.pooler_console(db) if db is not None and db.spec.pooling.enabled else None
+            if db is None or console is None:
                 continue
             pooled.add(db.key)
             try:

@@ -15,7 +15,7 @@ import base64
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -356,6 +356,10 @@ class KubernetesRuntime:
     def _forget_pooler(self, key: str) -> None:
         for memo in (self._pooler_admin, self._pooler_written, self._pool_sizes, self._pooler_logins):
             memo.pop(key, None)
+
+    def pooled(self) -> Collection[str]:
+        """The databases whose pooler this operator has set up (it holds their console password)."""
+        return self._pooler_admin.keys()
 
     def pooler_console(self, db: types.ServerlessDatabase) -> pooler.Console | None:
         """Where the operator reads the pooler's statistics, while a pod of it is ready."""

@@ -37,6 +37,7 @@ import secrets
 import shutil
 import socket
 import ssl
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,9 @@ class LocalRuntime:
     def _console(self, database: _Database, port: int) -> pooler.Console:
         credentials = database.credentials
         return pooler.Console(HOST, port, credentials.ensure(credentials.pooler))
+
+    def pooled(self) -> Collection[str]:
+        return self._poolers.keys()
 
     def pooler_console(self, db: types.ServerlessDatabase) -> pooler.Console | None:
         """Where the operator reads the pooler's statistics, while it runs."""
