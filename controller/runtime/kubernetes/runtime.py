@@ -309,8 +309,7 @@ class KubernetesRuntime:
         digest = _digest([desired for _, desired in unwatched])
         if self._pooler_written.get(db.key) != digest:
             for kind, desired in unwatched:
-                name = desired["metadata"]["name"]
-                await self._ensure(kind, desired, await asyncio.to_thread(self._read, kind, db, name))
+                await self._ensure(kind, desired)
             self._pooler_written[db.key] = digest
         observed = self.informers.deployments.get(namespace, names.pooler)
         await self._ensure(kc.DEPLOYMENTS, deployment, observed)
@@ -390,18 +389,23 @@ class KubernetesRuntime:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    async def _ensure(self, kind: kc.Kind, desired: dict[str, Any], observed: dict[str, Any] | None) -> None:
-        """One apply when what is observed differs from what is wanted; none when it matches.
+    async def _ensure(
+        self, kind: kc.Kind, desired: dict[str, Any], cached: dict[str, Any] | None = None
+    ) -> None:
+        """One apply when the object differs from what is wanted; none when it matches.
 
-        The informers see only objects with the operator's labels: one of another's by the same name is
-        looked for on the server before the first apply, and refused rather than taken over.
+        `cached` is an informer's copy. Without one the object is read from the server once: kinds the
+        runtime does not watch (Services, ConfigMaps, NetworkPolicies) are read only when they may need
+        a write, and the informers see only objects with the operator's labels, so one of another's by
+        the same name is found there and refused rather than taken over.
         """
-        if observed is not None and _contains(observed, desired):
-            return
         meta = desired["metadata"]
+        observed = cached
         if observed is None:
             observed = await asyncio.to_thread(self.kube.get, kind, meta["namespace"], meta["name"])
         if observed is not None:
+            if _contains(observed, desired):
+                return
             _check_ours(observed, desired)
         written = await asyncio.to_thread(self.kube.apply, kind, desired)
         cache = self._caches.get(kind.kind)
@@ -460,39 +464,24 @@ class KubernetesRuntime:
         self._passwords[db.key] = await self._ensure_secret(db, names.secret, username=roles.OPERATOR_ROLE)
         await self._ensure_secret(db, names.app_secret, username=roles.APP_ROLE)
         await self._ensure_network_policy(db)
-        await self._ensure(
-            kc.SERVICES,
-            builders.client_service(db),
-            await asyncio.to_thread(self._read, kc.SERVICES, db, names.service),
-        )
+        await self._ensure(kc.SERVICES, builders.client_service(db))
         await self.route(db, Route.ACTIVATOR)
 
     async def _ensure_network_policy(self, db: types.ServerlessDatabase) -> None:
-        names = Names.of(db.metadata.name)
         await self._ensure(
-            kc.NETWORK_POLICIES,
-            builders.network_policy(db, system_namespace=self.system_namespace),
-            await asyncio.to_thread(self._read, kc.NETWORK_POLICIES, db, names.networkpolicy),
+            kc.NETWORK_POLICIES, builders.network_policy(db, system_namespace=self.system_namespace)
         )
-
-    def _read(self, kind: kc.Kind, db: types.ServerlessDatabase, name: str) -> dict[str, Any] | None:
-        """Objects the runtime does not watch (Services, ConfigMaps, claims) are read on demand: rare, and
-        cheap."""
-        return self.kube.get(kind, db.metadata.namespace, name)
 
     async def _compute_objects(self, db: types.ServerlessDatabase, *, replicas: int, capacity: float) -> None:
         names = Names.of(db.metadata.name)
         await self.certificates.ensure(db)  # the pod mounts it
-        for kind, desired, name in (
-            (kc.CONFIGMAPS, builders.configmap(db), names.configmap),
-            (kc.SERVICES, builders.headless_service(db), names.headless),
-        ):
-            await self._ensure(kind, desired, await asyncio.to_thread(self._read, kind, db, name))
+        await self._ensure(kc.CONFIGMAPS, builders.configmap(db))
+        await self._ensure(kc.SERVICES, builders.headless_service(db))
         sts = self._statefulset(db)
         if sts is None:
             # Its claim template would adopt any claim of that name: before the StatefulSet is made
             # (not on every wake of one that exists) the claim must be the database's or none.
-            claim = await asyncio.to_thread(self._read, kc.CLAIMS, db, names.pvc)
+            claim = await asyncio.to_thread(self.kube.get, kc.CLAIMS, db.metadata.namespace, names.pvc)
             if claim is not None:
                 _check_ours(claim, builders.headless_service(db))
         await self._ensure(
