@@ -286,6 +286,15 @@ class Reconciler:
                 phase=db.status.phase.value,
                 action=plan.action.value,
             )
+            if (
+                db is stored
+                and not stored.status.observed_generation
+                and plan.action is Action.CREATE_STORAGE
+            ):
+                # A new database says at once that it was seen: the steps that make it take a while at
+                # a fleet's scale, and meanwhile `kubectl get` shows Pending (Creating), not nothing.
+                announced = status_of.next_status(db, status_of.Outcome(plan, compute), now, self.tuning)
+                await self.store.write_status(stored, announced)
             outcome = await self._act(db, plan, compute)
             step = status_of.advance(db, outcome, now, self.tuning)
             notes += step.notes

@@ -102,14 +102,28 @@ class World:
         return self.store.objects[key]
 
 
-async def test_a_new_database_becomes_active_with_one_status_write_per_reconcile() -> None:
+async def test_a_new_database_says_pending_at_once_then_becomes_active_in_one_pass() -> None:
     world = World()
     world.store.put(new_db())
+    seen: list[types.DatabaseStatus] = []
+    create_storage = world.runtime.create_storage
+
+    async def noting(db: types.ServerlessDatabase) -> None:
+        seen.append(world.store.objects[db.key].status)  # what `kubectl get` shows while it is made
+        await create_storage(db)
+
+    world.runtime.create_storage = noting  # type: ignore[method-assign]
     db = await world.reconcile("shop/orders")
-    # create storage, start, its size's settings, route: four steps in one pass, one status write for them
+    # create storage, start, its size's settings, route: four steps in one pass, written once at the end
     steps = [a for a in world.runtime.calls_for("shop/orders") if a != "observe"]
     assert steps == ["create_storage", "start", "configure", "route_direct"]
-    assert world.store.status_writes["shop/orders"] == 1
+    assert world.store.status_writes["shop/orders"] == 2
+    (announced,) = seen
+    assert announced.phase is types.Phase.PENDING
+    assert announced.observed_generation == 1
+    creating = announced.condition(types.ConditionType.READY)
+    assert creating is not None
+    assert (creating.status, creating.reason) == (types.ConditionStatus.FALSE, types.Reason.CREATING)
     status = db.status
     assert status.phase is types.Phase.ACTIVE
     assert status.capacity.current == 0.25
