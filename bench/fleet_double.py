@@ -110,6 +110,14 @@ class Side:
         with self.store.lock:
             return bool((self.store._peek(self.rt.key, NAMESPACE, name) or {}).get("status"))
 
+    def past_creating(self, name: str) -> bool:
+        """Whether its status has moved on from Creating: its first pass made its storage, endpoint and
+        compute, and said so."""
+        with self.store.lock:
+            status = (self.store._peek(self.rt.key, NAMESPACE, name) or {}).get("status") or {}
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+        return ready is not None and ready.get("reason") != "Creating"
+
     def expect(self, want: dict[str, str]) -> None:
         self.want = want
 
