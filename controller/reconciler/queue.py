@@ -11,13 +11,17 @@ handed to a free worker still shares the CPU with every pass in flight: a resync
 workers would slow a wake down, though it went first. A resync pass of a quiet database waits on
 nothing, so fewer of them at once costs the resync no time.
 
+Idle workers are woken one at a time: a key that becomes due wakes one, and a worker that takes a
+key wakes the next while more is due or a timer waits, so that one idle worker always watches the
+earliest timer. Waking every idle worker for each key cost more than the passes of a quiet fleet.
+
 Time is the event loop's, so a test fast-forwards it (looptime).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import heapq
 import itertools
 from dataclasses import dataclass
@@ -61,7 +65,10 @@ class WorkQueue:
         """Keys backing off after a failure, until when."""
         self._failures: dict[str, int] = {}
         self._seq = itertools.count()
-        self._changed = asyncio.Event()
+        self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
+        """Idle workers, each waiting to be woken, the first to sleep first."""
+        self._watching: tuple[asyncio.Future[None], float] | None = None
+        """The idle worker that wakes by itself when the earliest timer is due, and when that is."""
         self._closed = False
 
     @staticmethod
@@ -87,7 +94,8 @@ class WorkQueue:
             if self._later.get(key) != pending:
                 self._later[key] = pending
                 heapq.heappush(self._timers, (pending.due, next(self._seq), key))
-                self._changed.set()
+                if self._watching is None or pending.due < self._watching[1]:
+                    self._wake(self._watching[0] if self._watching else None)  # to watch this one
             return
         spent = self._later.pop(key, None)  # due now: its timer is spent, its urgency kept
         self._push_ready(key, min(priority, spent.priority) if spent else priority, now)
@@ -95,7 +103,7 @@ class WorkQueue:
     def _push_ready(self, key: str, priority: Priority, since: float) -> None:
         self._queued[key] = (priority, since)
         heapq.heappush(self._ready, (priority, next(self._seq), key))
-        self._changed.set()
+        self._wake()
 
     def back_off(self, key: str, delay: float) -> None:
         """The key's pass failed: look again after `delay`; until then ticks and resyncs wait too."""
@@ -150,33 +158,72 @@ class WorkQueue:
         while not self._closed:
             now = self._now()
             self._promote(now)
-            while self._ready:
-                priority, _, key = self._ready[0]
-                queued = self._queued.get(key)
-                if queued is None or queued[0] != priority:
-                    heapq.heappop(self._ready)
-                    continue  # raised to a more urgent priority since, or forgotten
-                if priority is Priority.RESYNC and len(self._resyncing) >= self.resync_limit:
-                    break  # nothing more urgent is due: wait for a resync pass to end, or a new key
-                heapq.heappop(self._ready)
-                del self._queued[key]
-                self._active.add(key)
-                if priority is Priority.RESYNC:
-                    self._resyncing.add(key)
-                return Item(key, priority, now - queued[1])
-            self._changed.clear()
-            while self._timers and self._later.get(self._timers[0][2]) is None:
-                heapq.heappop(self._timers)  # drop stale timers so the wait below is for a live one
-            timeout = self._timers[0][0] - now if self._timers else None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+            item = self._take(now)
+            if item is not None:
+                if self._ready or self._timers:
+                    self._wake()  # the next idle worker takes what is due, or watches the timers
+                return item
+            await self._sleep()
         return None
+
+    def _take(self, now: float) -> Item | None:
+        while self._ready:
+            priority, _, key = self._ready[0]
+            queued = self._queued.get(key)
+            if queued is None or queued[0] != priority:
+                heapq.heappop(self._ready)
+                continue  # raised to a more urgent priority since, or forgotten
+            if priority is Priority.RESYNC and len(self._resyncing) >= self.resync_limit:
+                return None  # nothing more urgent is due: wait for a resync pass to end, or a new key
+            heapq.heappop(self._ready)
+            del self._queued[key]
+            self._active.add(key)
+            if priority is Priority.RESYNC:
+                self._resyncing.add(key)
+            return Item(key, priority, now - queued[1])
+        return None
+
+    async def _sleep(self) -> None:
+        """Until woken; the first idle worker also until the earliest live timer is due."""
+        while self._timers and self._later.get(self._timers[0][2]) is None:
+            heapq.heappop(self._timers)  # drop stale timers so the wait below is for a live one
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        alarm = None
+        if self._timers and self._watching is None:
+            due = self._timers[0][0]
+            self._watching = (waiter, due)
+            alarm = loop.call_at(due, _resolve, waiter)
+        self._idle.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            self._wake()  # cancelled: a wake it was owed, or its watch of the timers, goes on
+            raise
+        finally:
+            if alarm is not None:
+                alarm.cancel()
+            if self._watching is not None and self._watching[0] is waiter:
+                self._watching = None
+            if waiter in self._idle:  # woken by its alarm, or as the watcher
+                self._idle.remove(waiter)
+
+    def _wake(self, which: asyncio.Future[None] | None = None) -> None:
+        """Wake one idle worker: `which`, or the one idle longest."""
+        if which is not None:
+            _resolve(which)
+            return
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def done(self, key: str) -> None:
         self._active.discard(key)
         if key in self._resyncing:
             self._resyncing.discard(key)
-            self._changed.set()  # a worker waiting for a resync's turn may take one now
+            self._wake()  # a worker waiting for a resync's turn may take one now
         again = self._again.pop(key, None)
         if again is not None:
             self.add(key, again.priority, again.due - self._now())
@@ -194,7 +241,9 @@ class WorkQueue:
 
     def close(self) -> None:
         self._closed = True
-        self._changed.set()
+        for waiter in self._idle:
+            _resolve(waiter)
+        self._idle.clear()
 
 
 def _merge(old: _Pending | None, new: _Pending) -> _Pending:
@@ -202,3 +251,8 @@ def _merge(old: _Pending | None, new: _Pending) -> _Pending:
     if old is None:
         return new
     return _Pending(min(old.due, new.due), min(old.priority, new.priority))
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

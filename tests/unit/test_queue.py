@@ -166,3 +166,80 @@ async def test_a_key_found_at_rest_drops_its_routine_looks_but_not_a_change() ->
             break
     assert seen == ["shop/changed", "shop/last"]
     assert loop.time() - started == pytest.approx(10)
+
+
+async def run_pool(
+    queue: WorkQueue, workers: int, seconds: float, handed: list[tuple[str, float]]
+) -> list[asyncio.Task[None]]:
+    """`workers` workers, each pass `seconds` long, noting each key and when it was handed out."""
+    loop = asyncio.get_running_loop()
+
+    async def worker() -> None:
+        while (item := await queue.get()) is not None:
+            handed.append((item.key, loop.time()))
+            await asyncio.sleep(seconds)
+            queue.done(item.key)
+
+    return [asyncio.create_task(worker()) for _ in range(workers)]
+
+
+async def test_idle_workers_take_keys_as_they_come_due_and_a_burst_in_waves() -> None:
+    loop = asyncio.get_running_loop()
+    queue = WorkQueue()
+    handed: list[tuple[str, float]] = []
+    pool = await run_pool(queue, 8, 2.0, handed)
+    started = loop.time()
+    for index in range(20):  # due faster than a pass ends, later ones added first: never 8 in flight
+        queue.add(f"shop/timer{19 - index}", Priority.TICK, after=10 + 0.5 * (19 - index))
+    await asyncio.sleep(100)
+    assert [(key, at - started) for key, at in handed] == [
+        (f"shop/timer{index}", pytest.approx(10 + 0.5 * index)) for index in range(20)
+    ]
+    handed.clear()
+    burst = loop.time()
+    for index in range(20):  # all due at once: eight at a time, each as soon as a worker is free
+        queue.add(f"shop/burst{index}", Priority.CHANGE)
+    await asyncio.sleep(10)
+    assert [round(at - burst, 6) for _, at in handed] == [0.0] * 8 + [2.0] * 8 + [4.0] * 4
+    queue.close()
+    await asyncio.gather(*pool)
+
+
+async def test_a_worker_cancelled_while_idle_leaves_the_timers_watched() -> None:
+    loop = asyncio.get_running_loop()
+    queue = WorkQueue()
+    handed: list[tuple[str, float]] = []
+    queue.add("shop/first", Priority.TICK, after=5)
+    pool = await run_pool(queue, 3, 0.1, handed)
+    await asyncio.sleep(1)  # all three idle, one of them watching the timer
+    for task in pool[:2]:
+        task.cancel()
+    started = loop.time()
+    queue.add("shop/second", Priority.TICK, after=10)
+    await asyncio.sleep(20)
+    assert [(key, round(at - started, 6)) for key, at in handed] == [
+        ("shop/first", 4.0),
+        ("shop/second", 10.0),
+    ]
+    queue.close()
+    await asyncio.gather(*pool, return_exceptions=True)
+
+
+async def test_a_timer_is_still_watched_after_its_watcher_took_a_change() -> None:
+    loop = asyncio.get_running_loop()
+    queue = WorkQueue()
+    handed: list[tuple[str, float]] = []
+    started = loop.time()
+    queue.add("shop/ticked", Priority.TICK, after=5)
+    pool = await run_pool(queue, 3, 100.0, handed)
+    await asyncio.sleep(1)  # all three idle, the longest idle watching the timer
+    queue.add("shop/changed", Priority.CHANGE)  # handed to the longest idle: the watcher
+    await asyncio.sleep(10)
+    assert [(key, round(at - started, 6)) for key, at in handed] == [
+        ("shop/changed", 1.0),
+        ("shop/ticked", 5.0),
+    ]
+    queue.close()
+    for task in pool:
+        task.cancel()
+    await asyncio.gather(*pool, return_exceptions=True)
