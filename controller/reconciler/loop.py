@@ -125,6 +125,7 @@ class Reconciler:
         self._tasks.append(asyncio.create_task(self._sample(), name="sample"))
         self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
         listed = await self.store.list()
+        await self._read([db for db in listed if db.status.capacity.current is not None])
         for db in listed:  # whatever waits on a wake or a change goes first; the rest is a resync
             self.queue.add(db.key, priority.of(db, otherwise=Priority.RESYNC))
         self._first_pass = {db.key for db in listed} - self._passed_early
@@ -205,19 +206,27 @@ class Reconciler:
             counted_at = started
             fleet = list(self._running.values())
             if fleet:
-                try:
-                    readings = await self.metrics.observe(fleet)
-                except Exception:
-                    log.exception("metrics source failed")
-                    readings = {}
-                self.observations.update(readings)
-                self.exposition.readings.inc_each((types.split_key(key), 1) for key in readings)
+                await self._read(fleet)
                 for db in fleet:
                     if db.key in self._running:  # not if it came to rest while it was read
                         self.queue.add(db.key, Priority.TICK, self._offset(db.key))
             for each, count in self.queue.depth().items():
                 self.exposition.queue_depth.labels(each.label).set(count)
             await asyncio.sleep(max(tick - (loop.time() - started), 0.05))
+
+    async def _read(self, fleet: list[types.ServerlessDatabase]) -> None:
+        """One reading for these databases. A start takes one for those its status says run, before
+        their first pass: without it each would hold its size for want of a reading, and say so in
+        its status and an Event, at every restart."""
+        if not fleet:
+            return
+        try:
+            readings = await self.metrics.observe(fleet)
+        except Exception:
+            log.exception("metrics source failed")
+            return
+        self.observations.update(readings)
+        self.exposition.readings.inc_each((types.split_key(key), 1) for key in readings)
 
     def _count_costs(self, elapsed: float) -> None:
         """What always-at-max would have used; parked databases cost nothing. (What was used comes

@@ -353,6 +353,25 @@ async def test_a_new_object_is_picked_up_ahead_of_a_resync() -> None:
 
 
 @pytest.mark.looptime
+async def test_a_restarted_operator_reads_the_running_ones_before_their_first_pass() -> None:
+    world = World()
+    world.store.put(new_db())
+    while world.store.objects["shop/orders"].status.phase is not types.Phase.ACTIVE:
+        await world.reconcile("shop/orders")
+    world.reading("shop/orders", sessions=1, cpu=0.1)
+    await world.reconcile("shop/orders")
+    writes, events = world.store.status_writes["shop/orders"], list(world.store.reasons("shop/orders"))
+    world.reconciler = world.fresh_reconciler()  # a new process: no reading in memory
+    await world.reconciler.start()
+    try:
+        await asyncio.wait_for(world.reconciler.synced.wait(), 60)
+        assert world.store.status_writes["shop/orders"] == writes  # it decides as the last one did
+        assert list(world.store.reasons("shop/orders")) == events  # and has nothing new to tell
+    finally:
+        await world.reconciler.stop()
+
+
+@pytest.mark.looptime
 async def test_running_databases_are_looked_at_once_a_tick_at_their_own_offsets() -> None:
     world = World()
     loop = asyncio.get_running_loop()
