@@ -160,7 +160,7 @@ class WorkQueue:
             self._promote(now)
             item = self._take(now)
             if item is not None:
-                if self._ready or self._timers:
+                if self._ready or (self._timers and self._watching is None):
                     self._wake()  # the next idle worker takes what is due, or watches the timers
                 return item
             await self._sleep()

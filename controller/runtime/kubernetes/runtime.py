@@ -396,8 +396,8 @@ class KubernetesRuntime:
 
         `cached` is an informer's copy. Without one the object is read from the server once: kinds the
         runtime does not watch (Services, ConfigMaps, NetworkPolicies) are read only when they may need
-        a write, and the informers see only objects with the operator's labels, so one of another's by
-        the same name is found there and refused rather than taken over.
+        a write, and informers see only objects with the operator's labels, so one of another's by the
+        same name is found by that read alone, and refused rather than taken over.
         """
         meta = desired["metadata"]
         observed = cached
