@@ -6,12 +6,13 @@ import asyncio
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 
+from support.fakes import MemoryStore
+
 from controller.api import types
 from controller.app import process
 from controller.metrics.exposition import OperatorMetrics
 from controller.postgres import pooler
 from controller.runtime.local.runtime import free_port
-from support.fakes import MemoryStore
 
 
 @dataclass
