@@ -10,7 +10,8 @@ the double's work slows neither. The fleet is 10% Active, 30% Paused and 60% Par
   then holds N - 10 copies of them, restored as settled objects (`fleet_double.preload`);
 - start: a new operator starts on the fleet: from its taking the Lease to its first pass of every
   database, and the writes it made meanwhile (a faithful preload needs almost none);
-- steady: 60 s later: the operator's RSS and CPU, and the API requests and writes it made;
+- steady: 60 s later: the operator's RSS and CPU, the API requests and writes it made, and the
+  passes it made a second (a 2 s tick for the running tenth is N / 20 a second);
 - pickup: 20 new objects, one at a time; from each object's creation to its first status write
   (Pending, before any step), and to the status its first pass ends with (storage, endpoint and
   compute made: no longer Creating);
@@ -347,13 +348,17 @@ def cpu_seconds(ps: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def measure_steady(child: Child, double: Double, seconds: float) -> dict[str, float]:
+def measure_steady(child: Child, double: Double, seconds: float, metrics_port: int) -> dict[str, float]:
+    """The operator's RSS, CPU and requests over `seconds` of steady state, and the passes it made
+    a second (counted from its /metrics, read just before and after, outside the CPU's window)."""
     ps = child.ps
+    passes_before, counted = reconcile_count(metrics_port), time.monotonic()
     since = time.time()
     cpu_before, started = cpu_seconds(ps), time.monotonic()
     time.sleep(seconds)
     elapsed = time.monotonic() - started
     cpu = (cpu_seconds(ps) - cpu_before) / elapsed
+    passes = (reconcile_count(metrics_port) - passes_before) / (time.monotonic() - counted)
     traffic = double.call("traffic", since, time.time())
     until = time.time()
     print(f"   steady writes: {double.call('writes_by_resource', since, until)}", flush=True)
@@ -364,6 +369,7 @@ def measure_steady(child: Child, double: Double, seconds: float) -> dict[str, fl
         "api_rps": traffic["requests"] / elapsed,
         "api_writes_per_s": traffic["writes"] / elapsed,
         "secret_reads_per_min": traffic["secret_reads"] / elapsed * 60,
+        "passes_per_s": passes,
         "load_steady": os.getloadavg()[0],  # others' work on this machine slows every latency
     }
 
@@ -408,16 +414,27 @@ def measure_wakes(child: Child, fleet: Fleet, names: list[str]) -> tuple[list[fl
     return latencies, [acted[name] - asked[name] for name in names]
 
 
-def wake_queueing(port: int) -> float:
-    """The longest a wake waited in the operator's queue: the first histogram bucket holding them all."""
+def scrape(port: int) -> list[str]:
     import urllib.request
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=120) as response:
-        lines = [
-            line
-            for line in response.read().decode().splitlines()
-            if line.startswith("sdb_workqueue_wait_seconds_bucket") and 'priority="Wake"' in line
-        ]
+        body: bytes = response.read()
+    return body.decode().splitlines()
+
+
+def reconcile_count(port: int) -> float:
+    """Passes the operator has made (its reconcile-duration histogram's count)."""
+    found = [line for line in scrape(port) if line.startswith("sdb_reconcile_duration_seconds_count")]
+    return float(found[0].rsplit(" ", 1)[1])
+
+
+def wake_queueing(port: int) -> float:
+    """The longest a wake waited in the operator's queue: the first histogram bucket holding them all."""
+    lines = [
+        line
+        for line in scrape(port)
+        if line.startswith("sdb_workqueue_wait_seconds_bucket") and 'priority="Wake"' in line
+    ]
     buckets = []
     for line in lines:
         bound = line.split('le="', 1)[1].split('"', 1)[0]
@@ -495,7 +512,7 @@ def run_fleet(count: int, args: argparse.Namespace, postgres_port: int) -> dict[
         child, started = start(fleet, options)
         fleet.wait_converged(want, timeout=3600, what="the operator's first look")
         time.sleep(args.settle)
-        steady = measure_steady(child, double, args.steady)
+        steady = measure_steady(child, double, args.steady, options.metrics_port)
         print(f"   steady: {steady}", flush=True)
         pickup, first_pass = measure_pickup(fleet, args.new)
         print(f"   pickup p50 {percentile(pickup, 0.5):.3f} s p99 {percentile(pickup, 0.99):.3f} s")
@@ -573,6 +590,7 @@ def main() -> None:
         "api_rps",
         "api_writes_per_s",
         "secret_reads_per_min",
+        "passes_per_s",
         "preload_s",
         "first_start_s",
         "pickup_p50_s",
