@@ -243,11 +243,13 @@ class Reconciler:
             await self.resync_all()
 
     async def resync_all(self) -> None:
-        """A full look at every database, in case a change was missed; it goes after everything else."""
-        listed = await self.store.list()
-        log.info("resync", databases=len(listed))
-        for db in listed:
-            self.queue.add(db.key, Priority.RESYNC)
+        """A full look at every database, in case a change was missed; it goes after everything else.
+        Each is decoded at its own pass, not all at once here: ten thousand decodes in a row would
+        hold up the wakes that go first."""
+        keys = await self.store.all_keys()
+        log.info("resync", databases=len(keys))
+        for key in keys:
+            self.queue.add(key, Priority.RESYNC)
 
     # -- one database ----------------------------------------------------------------------------
 

@@ -60,6 +60,9 @@ class Store(Protocol):
 
     async def list(self) -> Sequence[types.ServerlessDatabase]: ...
 
+    async def all_keys(self) -> Sequence[str]:
+        """Every stored database's key, none of them decoded (what a resync needs)."""
+
     async def get(self, key: str) -> types.ServerlessDatabase | None: ...
 
     async def write_status(self, db: types.ServerlessDatabase, status: types.DatabaseStatus) -> None:

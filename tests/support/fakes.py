@@ -168,6 +168,9 @@ class MemoryStore:
     async def list(self) -> Sequence[types.ServerlessDatabase]:
         return list(self.objects.values())
 
+    async def all_keys(self) -> Sequence[str]:
+        return list(self.objects)
+
     def read_spec(self, key: str) -> types.DatabaseSpec | None:
         db = self.objects.get(key)
         return None if db is None else db.spec

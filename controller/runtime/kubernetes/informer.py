@@ -86,6 +86,9 @@ class Informer:
     def values(self) -> list[dict[str, Any]]:
         return list(self.cache.values())
 
+    def keys(self) -> list[str]:
+        return list(self.cache)
+
     async def run(self) -> None:
         """List, then watch, forever (until cancelled)."""
         loop = asyncio.get_running_loop()

@@ -90,6 +90,10 @@ class KubeStore:
                 continue  # reported when that object is reconciled
         return out
 
+    async def all_keys(self) -> Sequence[str]:
+        await self.databases.synced.wait()
+        return self.databases.keys()
+
     async def get(self, key: str) -> types.ServerlessDatabase | None:
         """The object as the cache holds it, once the cache holds the operator's own last write of it.
 

@@ -256,6 +256,9 @@ class FileStore:
     async def list(self) -> Sequence[types.ServerlessDatabase]:
         return await asyncio.to_thread(self.read_all)
 
+    async def all_keys(self) -> Sequence[str]:
+        return await asyncio.to_thread(self.keys)
+
     async def get(self, key: str) -> types.ServerlessDatabase | None:
         return await asyncio.to_thread(self.read, key)
 
