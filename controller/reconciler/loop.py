@@ -125,7 +125,12 @@ class Reconciler:
         self._tasks.append(asyncio.create_task(self._sample(), name="sample"))
         self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
         listed = await self.store.list()
-        await self._read([db for db in listed if db.status.capacity.current is not None])
+        running = [
+            db for db in listed if db.status.phase is types.Phase.ACTIVE and db.status.capacity.current
+        ]
+        for db in running:  # the sampler's fleet until their own passes say otherwise
+            self._running.setdefault(db.key, db)
+        await self._read(running)
         for db in listed:  # whatever waits on a wake or a change goes first; the rest is a resync
             self.queue.add(db.key, priority.of(db, otherwise=Priority.RESYNC))
         self._first_pass = {db.key for db in listed} - self._passed_early
@@ -215,9 +220,9 @@ class Reconciler:
             await asyncio.sleep(max(tick - (loop.time() - started), 0.05))
 
     async def _read(self, fleet: list[types.ServerlessDatabase]) -> None:
-        """One reading for these databases. A start takes one for those its status says run, before
-        their first pass: without it each would hold its size for want of a reading, and say so in
-        its status and an Event, at every restart."""
+        """One reading for these databases. A start takes one for those whose status says they run,
+        before their first pass, and the sampler keeps reading them until that pass: without a fresh
+        reading each would hold its size, and say so in its status and an Event, at every restart."""
         if not fleet:
             return
         try:

@@ -299,6 +299,30 @@ async def test_a_wake_queued_behind_a_thousand_object_resync_runs_first() -> Non
         await world.reconciler.stop()
 
 
+@pytest.mark.looptime
+async def test_a_resync_looks_at_each_database_once_behind_a_wake() -> None:
+    world, runtime = World(), GatedRuntime()
+    resting_fleet(world, 100)
+    world.runtime = runtime
+    world.reconciler = world.fresh_reconciler()
+    world.reconciler.workers = 1
+    await world.reconciler.start()
+    try:
+        await asyncio.wait_for(world.reconciler.synced.wait(), 60)
+        runtime.calls.clear()
+        runtime.gate.clear()
+        await world.reconciler.resync_all()
+        await asyncio.wait_for(runtime.held.wait(), 10)
+        world.reconciler.wake("shop/db99")
+        runtime.gate.set()
+        await asyncio.sleep(60)
+        order = passes(runtime)
+        assert order[1] == "shop/db99"  # right after the pass that was in flight
+        assert sorted(order) == sorted(world.store.objects)  # and every database once
+    finally:
+        await world.reconciler.stop()
+
+
 class SlowListStore(MemoryStore):
     """A list that takes as long as the test says, as reading ten thousand objects takes seconds."""
 
@@ -368,6 +392,26 @@ async def test_a_restarted_operator_reads_the_running_ones_before_their_first_pa
         assert world.store.status_writes["shop/orders"] == writes  # it decides as the last one did
         assert list(world.store.reasons("shop/orders")) == events  # and has nothing new to tell
     finally:
+        await world.reconciler.stop()
+
+
+@pytest.mark.looptime
+async def test_a_restarted_operator_keeps_reading_running_ones_whose_first_pass_is_late() -> None:
+    world, runtime = World(), GatedRuntime()
+    world.runtime = runtime
+    world.reconciler = world.fresh_reconciler()
+    world.store.put(new_db())
+    while world.store.objects["shop/orders"].status.phase is not types.Phase.ACTIVE:
+        await world.reconcile("shop/orders")
+    world.reading("shop/orders", sessions=1)
+    resting_fleet(world, 10)
+    await start_held(world, runtime)  # the first pass stops at the gate, the rest wait behind it
+    try:
+        asked = world.metrics.asked["shop/orders"]
+        await asyncio.sleep(5 * Tuning().tick.total_seconds())
+        assert world.metrics.asked["shop/orders"] >= asked + 4  # read each tick, before its pass
+    finally:
+        runtime.gate.set()
         await world.reconciler.stop()
 
 
